@@ -1,0 +1,91 @@
+"""User-facing quantization options, validated once so every later step can trust them."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, asdict
+from typing import Sequence
+
+SALIENCE_KINDS = ("weight", "activation", "fisher")
+QUANTIZERS = ("rtn", "gptq")
+MIN_BITS, MAX_BITS = 1, 8
+
+
+class SFMPConfigError(ValueError):
+    """A quantization option is out of range or inconsistent."""
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Everything that decides how a model is quantized.
+
+    bits: target average *code* bits per quantized weight, 1 < bits <= 8 (e.g. 2.75).
+    bit_choices: None for the 2-level scheme (floor/ceil of ``bits``), or a sorted tuple of three
+        widths such as (2, 3, 4) for the paper's 3-level scheme.
+    block_rows: output rows per block (m_b). group_size: input columns per block and per
+        scale/zero group (n_b); a multiple of 32 so every bit-plane row fills whole int32 words.
+    """
+
+    bits: float = 3.0
+    bit_choices: tuple[int, ...] | None = None
+    block_rows: int = 512
+    group_size: int = 128
+    salience: str = "activation"
+    quantizer: str = "rtn"
+    clip_search: bool = True
+    reorder_rows: bool = True
+    reorder_cols: bool = True
+    skip: tuple[str, ...] = ("lm_head",)
+    gptq_damp: float = 0.01
+
+    def __post_init__(self):
+        b = self.bits
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b):
+            raise SFMPConfigError(f"bits must be a number, got {b!r}")
+        if not (MIN_BITS < b <= MAX_BITS):
+            raise SFMPConfigError(
+                f"bits={b} is out of range: the average code width must be in ({MIN_BITS}, {MAX_BITS}]"
+            )
+        if self.bit_choices is not None:
+            ch = tuple(self.bit_choices)
+            if len(ch) != 3 or any(not isinstance(c, int) or isinstance(c, bool) for c in ch):
+                raise SFMPConfigError(f"bit_choices must be three integers such as (2, 3, 4), got {ch!r}")
+            if list(ch) != sorted(set(ch)):
+                raise SFMPConfigError(f"bit_choices must be strictly increasing, got {ch!r}")
+            if ch[0] < MIN_BITS or ch[-1] > MAX_BITS:
+                raise SFMPConfigError(f"bit_choices must lie in [{MIN_BITS}, {MAX_BITS}], got {ch!r}")
+            if not (ch[0] <= b <= ch[-1]):
+                raise SFMPConfigError(f"bits={b} cannot be reached with bit_choices {ch!r}")
+            object.__setattr__(self, "bit_choices", ch)
+        for name in ("block_rows", "group_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise SFMPConfigError(f"{name} must be a positive integer, got {v!r}")
+        if self.group_size % 32:
+            raise SFMPConfigError(f"group_size must be a multiple of 32 (packed int32 words), got {self.group_size}")
+        if self.salience not in SALIENCE_KINDS:
+            raise SFMPConfigError(f"salience must be one of {SALIENCE_KINDS}, got {self.salience!r}")
+        if self.quantizer not in QUANTIZERS:
+            raise SFMPConfigError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
+        if isinstance(self.skip, str):
+            object.__setattr__(self, "skip", (self.skip,))
+        else:
+            object.__setattr__(self, "skip", tuple(self.skip))
+
+    @property
+    def levels(self) -> int:
+        return 2 if self.bit_choices is None else 3
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["bit_choices"] = list(self.bit_choices) if self.bit_choices else None
+        d["skip"] = list(self.skip)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "QuantConfig":
+        d = dict(d)
+        if d.get("bit_choices") is not None:
+            d["bit_choices"] = tuple(d["bit_choices"])
+        if "skip" in d:
+            d["skip"] = tuple(d["skip"])
+        return cls(**d)

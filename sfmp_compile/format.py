@@ -1,0 +1,300 @@
+"""The packed SFMP weight format (version 1). See docs/FORMAT.md for the byte-level description.
+
+A b-bit block is stored at exactly b bits per weight, as power-of-two *sub-planes* (b = 3 -> a
+2-bit plane + a 1-bit plane; 7 -> 4+2+1). Each sub-plane of width w packs 32/w consecutive input
+columns per int32 word, and is laid out [words_per_row, rows] so a tile of output rows loads
+contiguous words. Within a row-block, blocks are stored grouped by bit width (ascending), so a
+kernel walks one segment per width with the width as a compile-time constant.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from .blocks import BlockGrid
+
+FORMAT_VERSION = 1
+_PLANE_WIDTHS = (8, 4, 2, 1)
+
+
+def plane_widths(bits: int) -> tuple[int, ...]:
+    """Sub-plane widths of a b-bit code, widest first; the first plane holds the lowest bits."""
+    return tuple(w for w in _PLANE_WIDTHS if bits & w)
+
+
+def _to_int32(words: torch.Tensor) -> torch.Tensor:
+    """Reinterpret uint32 values held in int64 as int32 (two's complement wrap)."""
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+
+
+def _pack_run(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack a run of same-width blocks. codes: uint8 [rows, nblk, cols] (cols % 32 == 0).
+
+    Returns int32 [nblk, words_per_block]: per block, its sub-planes one after another, each
+    [cols*w/32, rows] row-contiguous.
+    """
+    rows, nblk, cols = codes.shape
+    c = codes.to(torch.int64)
+    planes, shift = [], 0
+    for w in plane_widths(bits):
+        per = 32 // w
+        v = ((c >> shift) & ((1 << w) - 1)).view(rows, nblk, cols // per, per)
+        weights = torch.arange(per, dtype=torch.int64) * w
+        words = (v << weights).sum(-1)  # disjoint bit fields: sum == bitwise or
+        planes.append(words.permute(1, 2, 0))  # [nblk, cols/per, rows]
+        shift += w
+    return _to_int32(torch.cat(planes, dim=1)).reshape(nblk, -1)
+
+
+def _unpack_run(words: torch.Tensor, bits: int, rows: int, cols: int) -> torch.Tensor:
+    """Inverse of _pack_run. words: int32 [nblk, words_per_block] -> uint8 [rows, nblk, cols]."""
+    nblk = words.shape[0]
+    w64 = words.to(torch.int64).view(nblk, -1, rows)  # [nblk, total_word_rows, rows]
+    out = torch.zeros(rows, nblk, cols, dtype=torch.int64, device=words.device)
+    start, shift = 0, 0
+    for w in plane_widths(bits):
+        per = 32 // w
+        n = cols // per
+        plane = w64[:, start : start + n, :].permute(2, 0, 1)  # [rows, nblk, n]
+        offs = torch.arange(per, dtype=torch.int64, device=words.device) * w
+        v = (plane[..., None] >> offs) & ((1 << w) - 1)  # arithmetic shift is fine under the mask
+        out |= v.reshape(rows, nblk, cols) << shift
+        start += n
+        shift += w
+    return out.to(torch.uint8)
+
+
+@dataclass
+class PackedWeight:
+    """One quantized linear layer, all tensors, no float weight.
+
+    Shapes (R row-blocks, G groups, N out_features, K in_features):
+      qweight      int32 [total_words]   all blocks' sub-planes, row-block major, width-sorted inside
+      bits         uint8 [R, G]          bit width of block (r, j); j indexes reordered groups
+      block_offset int32 [R, G]          word offset of block (r, j) in qweight
+      group_order  int32 [R, G]          per row-block, group indices sorted by (bits, j)
+      segment_ptr  int32 [R, 10]         groups of width b are group_order[r, ptr[r,b]:ptr[r,b+1]]
+      scales       fp16  [G, N]          per (group, reordered row); w = scale * (q - zero)
+      zeros        fp16  [G, N]          integer-valued zero points in code units
+      row_perm     int32 [N] or [0]      reordered row i is original row row_perm[i]; [0] = identity
+      col_perm     int32 [K] or [0]      reordered column j is original column col_perm[j]
+    """
+
+    qweight: torch.Tensor
+    bits: torch.Tensor
+    block_offset: torch.Tensor
+    group_order: torch.Tensor
+    segment_ptr: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor
+    row_perm: torch.Tensor
+    col_perm: torch.Tensor
+    out_features: int
+    in_features: int
+    block_rows: int
+    group_size: int
+    version: int = FORMAT_VERSION
+
+    TENSOR_FIELDS = ("qweight", "bits", "block_offset", "group_order", "segment_ptr", "scales", "zeros", "row_perm", "col_perm")
+    META_FIELDS = ("out_features", "in_features", "block_rows", "group_size", "version")
+
+    @property
+    def grid(self) -> BlockGrid:
+        return BlockGrid(self.out_features, self.in_features, self.block_rows, self.group_size)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f: getattr(self, f) for f in self.TENSOR_FIELDS}
+
+    def meta(self) -> dict[str, int]:
+        return {f: int(getattr(self, f)) for f in self.META_FIELDS}
+
+    def to(self, device) -> "PackedWeight":
+        return PackedWeight(**{k: v.to(device) for k, v in self.tensors().items()}, **self.meta())
+
+    @property
+    def nbytes(self) -> int:
+        """Every stored byte: codes, bit map, offsets, walk order, scales, zeros, permutations."""
+        return sum(t.numel() * t.element_size() for t in self.tensors().values())
+
+    @property
+    def code_bits(self) -> int:
+        """Total code bits over real weights (padding excluded)."""
+        return int((self.bits.to(torch.int64) * self.grid.weight_counts()).sum())
+
+    @property
+    def n_weights(self) -> int:
+        return self.out_features * self.in_features
+
+    def codes(self) -> torch.Tensor:
+        """Unpack to uint8 codes [N, K] in reordered coordinates."""
+        return unpack_codes(self)
+
+    def dequantize_reordered(self, dtype=torch.float32) -> torch.Tensor:
+        """W' = scale * (q - zero), [N, K] in reordered coordinates."""
+        q = self.codes().to(torch.float32)
+        g = self.group_size
+        s = self.scales.float().t().repeat_interleave(g, dim=1)[:, : self.in_features]
+        z = self.zeros.float().t().repeat_interleave(g, dim=1)[:, : self.in_features]
+        return ((q - z) * s).to(dtype)
+
+    def dequantize(self, dtype=torch.float32) -> torch.Tensor:
+        """The dequantized weight in the ORIGINAL row/column order, [N, K]."""
+        w = self.dequantize_reordered(torch.float32)
+        out = torch.empty_like(w)
+        rows = self.row_perm.long() if self.row_perm.numel() else slice(None)
+        cols = self.col_perm.long() if self.col_perm.numel() else slice(None)
+        if self.col_perm.numel():
+            tmp = torch.empty_like(w)
+            tmp[:, cols] = w
+            w = tmp
+        if self.row_perm.numel():
+            out[rows] = w
+            w = out
+        return w.to(dtype)
+
+
+def pack(codes: torch.Tensor, bits: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+         row_perm: torch.Tensor | None, col_perm: torch.Tensor | None, block_rows: int, group_size: int) -> PackedWeight:
+    """Pack quantized codes into the SFMP format.
+
+    codes: uint8 [N, K] in reordered coordinates, each < 2**bits of its block.
+    bits: integer [R, G] in 1..8. scales, zeros: float [N, G] (fp16-representable).
+    row_perm / col_perm: int [N] / [K] orders used to reorder (None for identity).
+    """
+    N, K = codes.shape
+    grid = BlockGrid(N, K, block_rows, group_size)
+    R, G = grid.shape
+    if group_size % 32:
+        raise ValueError(f"group_size must be a multiple of 32, got {group_size}")
+    if tuple(bits.shape) != (R, G):
+        raise ValueError(f"bit map shape {tuple(bits.shape)} does not match the block grid {(R, G)}")
+    bits_cpu = bits.to("cpu", torch.int64)
+    if bits_cpu.numel() and (bits_cpu.min() < 1 or bits_cpu.max() > 8):
+        raise ValueError("block bit widths must lie in 1..8")
+    codes = codes.to("cpu", torch.uint8)
+    limit = grid.expand_rows(bits_cpu).repeat_interleave(group_size, dim=1)[:, :K]
+    if (codes.to(torch.int64) >= (1 << limit)).any():
+        raise ValueError("a code does not fit the bit width of its block")
+
+    order = torch.sort(bits_cpu * G + torch.arange(G), dim=1).indices  # stable by (bits, j)
+    seg = torch.zeros(R, 10, dtype=torch.int64)
+    for b in range(1, 10):
+        seg[:, b] = (bits_cpu < b).sum(dim=1)
+    offsets = torch.zeros(R, G, dtype=torch.int64)
+    chunks, cursor = [], 0
+    full_cols = group_size
+    padded = torch.nn.functional.pad(codes, (0, G * group_size - K))
+    for r in range(R):
+        r0, nr = r * block_rows, grid.rows_in(r)
+        rows = padded[r0 : r0 + nr].view(nr, G, group_size)
+        for b in range(1, 9):
+            js = order[r, seg[r, b] : seg[r, b + 1]].tolist()
+            if not js:
+                continue
+            full = [j for j in js if grid.cols_in(j) == full_cols]
+            ragged = [j for j in js if grid.cols_in(j) != full_cols]
+            for group, cols in ((full, full_cols), (ragged, None)):
+                if not group:
+                    continue
+                cols = cols or grid.stored_cols(group[0])
+                run = _pack_run(rows[:, group, :cols], b)
+                for i, j in enumerate(group):
+                    offsets[r, j] = cursor + i * run.shape[1]
+                cursor += run.numel()
+                chunks.append(run.reshape(-1))
+    qweight = torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.int32)
+    if cursor >= 2**31:
+        raise ValueError("layer too large for int32 word offsets")
+
+    def perm(p, n):
+        if p is None:
+            return torch.zeros(0, dtype=torch.int32)
+        p = p.to("cpu", torch.int64)
+        if torch.equal(p, torch.arange(n)):
+            return torch.zeros(0, dtype=torch.int32)  # identity: store nothing, gather nothing
+        return p.to(torch.int32)
+
+    return PackedWeight(
+        qweight=qweight,
+        bits=bits_cpu.to(torch.uint8),
+        block_offset=offsets.to(torch.int32),
+        group_order=order.to(torch.int32),
+        segment_ptr=seg.to(torch.int32),
+        scales=scales.to("cpu", torch.float16).t().contiguous(),
+        zeros=zeros.to("cpu", torch.float16).t().contiguous(),
+        row_perm=perm(row_perm, N),
+        col_perm=perm(col_perm, K),
+        out_features=N, in_features=K, block_rows=block_rows, group_size=group_size,
+    )
+
+
+def unpack_codes(p: PackedWeight) -> torch.Tensor:
+    """uint8 codes [N, K] (reordered coordinates) from a PackedWeight."""
+    grid = p.grid
+    R, G = grid.shape
+    gs = p.group_size
+    dev = p.qweight.device
+    out = torch.zeros(p.out_features, G * gs, dtype=torch.uint8, device=dev)
+    bits = p.bits.to("cpu", torch.int64)
+    order = p.group_order.to("cpu", torch.int64)
+    seg = p.segment_ptr.to("cpu", torch.int64)
+    offs = p.block_offset.to("cpu", torch.int64)
+    for r in range(R):
+        r0, nr = r * p.block_rows, grid.rows_in(r)
+        for b in range(1, 9):
+            js = order[r, seg[r, b] : seg[r, b + 1]].tolist()
+            full = [j for j in js if grid.cols_in(j) == gs]
+            ragged = [j for j in js if grid.cols_in(j) != gs]
+            for group in (full, ragged):
+                if not group:
+                    continue
+                cols = grid.stored_cols(group[0])
+                size = nr * cols * b // 32
+                start = int(offs[r, group[0]])
+                words = p.qweight[start : start + size * len(group)].view(len(group), size)
+                codes = _unpack_run(words, b, nr, cols)  # [nr, nblk, cols]
+                for i, j in enumerate(group):
+                    out[r0 : r0 + nr, j * gs : j * gs + cols] = codes[:, i]
+    return out[:, : p.in_features]
+
+
+def validate(p: PackedWeight, where: str = "packed weight") -> None:
+    """Check a PackedWeight's version, dtypes and shapes; raise ValueError saying exactly what is wrong."""
+    if p.version != FORMAT_VERSION:
+        raise ValueError(f"{where}: format version {p.version} is not supported (this build reads version {FORMAT_VERSION})")
+    for f in PackedWeight.META_FIELDS:
+        v = getattr(p, f)
+        if not isinstance(v, int) or v <= 0:
+            raise ValueError(f"{where}: {f} must be a positive integer, got {v!r}")
+    grid = p.grid
+    R, G = grid.shape
+    N, K = p.out_features, p.in_features
+    expect = {
+        "bits": (torch.uint8, (R, G)),
+        "block_offset": (torch.int32, (R, G)),
+        "group_order": (torch.int32, (R, G)),
+        "segment_ptr": (torch.int32, (R, 10)),
+        "scales": (torch.float16, (G, N)),
+        "zeros": (torch.float16, (G, N)),
+    }
+    for name, (dtype, shape) in expect.items():
+        t = getattr(p, name)
+        if t.dtype != dtype or tuple(t.shape) != shape:
+            raise ValueError(f"{where}: {name} must be {dtype} {shape}, got {t.dtype} {tuple(t.shape)}")
+    for name, n in (("row_perm", N), ("col_perm", K)):
+        t = getattr(p, name)
+        if t.dtype != torch.int32 or t.dim() != 1 or t.numel() not in (0, n):
+            raise ValueError(f"{where}: {name} must be int32 [{n}] or [0], got {t.dtype} {tuple(t.shape)}")
+        if t.numel() and not torch.equal(torch.sort(t.long()).values, torch.arange(n, device=t.device)):
+            raise ValueError(f"{where}: {name} is not a permutation of 0..{n - 1}")
+    if p.qweight.dtype != torch.int32 or p.qweight.dim() != 1:
+        raise ValueError(f"{where}: qweight must be a 1-D int32 tensor, got {p.qweight.dtype} {tuple(p.qweight.shape)}")
+    b = p.bits.to(torch.int64)
+    if b.numel() and (b.min() < 1 or b.max() > 8):
+        raise ValueError(f"{where}: bit widths must lie in 1..8")
+    stored_cols = torch.tensor([grid.stored_cols(j) for j in range(G)], dtype=torch.int64)
+    rows = torch.tensor([grid.rows_in(r) for r in range(R)], dtype=torch.int64)
+    need = int((rows[:, None] * stored_cols[None, :] * b.cpu()).sum()) // 32
+    if p.qweight.numel() != need:
+        raise ValueError(f"{where}: qweight holds {p.qweight.numel()} words but the bit map needs {need} (truncated or corrupt)")
