@@ -1,0 +1,10 @@
+"""sfmp_compile: search-free mixed-precision (SFMP) weight quantization for PyTorch LLMs.
+
+Data flows top-down through the package: salience -> reordering -> allocation -> quantizers ->
+format -> ops / codegen -> linear -> plan / quantize -> checkpoint -> passes -> backend -> cli.
+"""
+from .config import QuantConfig, SFMPConfigError  # noqa: F401
+from .format import FORMAT_VERSION, PackedWeight, pack  # noqa: F401
+from .linear import SFMPLinear  # noqa: F401
+from .plan import Plan, LayerPlan, plan, find_linears  # noqa: F401
+from .quantize import quantize, quantization_report, quantize_weight  # noqa: F401

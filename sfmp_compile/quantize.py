@@ -1,0 +1,140 @@
+"""``quantize(model, bits=...)``: plan, quantize each layer inside its blocks, pack, swap modules in.
+
+Like torchao's ``quantize_``, it replaces layers in place. Every layer is quantized and packed
+before any module is swapped, so an error leaves the user's model untouched.
+"""
+from __future__ import annotations
+
+import time
+from typing import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from .blocks import BlockGrid
+from .format import PackedWeight, pack
+from .linear import SFMPLinear
+from .plan import LayerPlan, Plan, check_weight, find_linears, plan as make_model_plan
+from .quantizers.minmax import minmax_quantize
+from .reordering import reorder
+from .salience import linear_weight
+
+
+def quantize_weight(weight: torch.Tensor, layer_plan: LayerPlan, config, hessian: torch.Tensor | None = None) -> PackedWeight:
+    """Quantize one [N, K] float weight (original order) under its plan into a PackedWeight.
+
+    hessian: fp32 [K, K] (original column order) for the GPTQ quantizer; ignored by RTN.
+    """
+    N, K = weight.shape
+    if layer_plan.shape != (N, K):
+        raise ValueError(f"plan is for a {layer_plan.shape} weight, got {(N, K)}")
+    grid = BlockGrid(N, K, config.block_rows, config.group_size)
+    if tuple(layer_plan.bits.shape) != grid.shape:
+        raise ValueError(f"plan bit map {tuple(layer_plan.bits.shape)} does not match block grid {grid.shape}")
+    ro, co = layer_plan.row_order, layer_plan.col_order
+    w = reorder(weight.detach().float(), ro, co)
+    group_bits = grid.expand_rows(layer_plan.bits.to(torch.int64)).to(w.device)
+    if config.quantizer == "gptq":
+        from .quantizers.gptq import gptq_quantize
+        if hessian is None:
+            raise ValueError("the gptq quantizer needs calibration data (a Hessian per layer)")
+        h = hessian.float().to(w.device).index_select(0, co.to(w.device)).index_select(1, co.to(w.device))
+        codes, scales, zeros = gptq_quantize(w, group_bits, config.group_size, h, damp=config.gptq_damp, clip=config.clip_search)
+    else:
+        cw = layer_plan.col_weight
+        cw = cw.float().to(w.device)[co.to(w.device)] if cw is not None else None
+        codes, scales, zeros = minmax_quantize(w, group_bits, config.group_size, clip=config.clip_search, col_weight=cw)
+    return pack(codes, layer_plan.bits, scales, zeros, ro, co, config.block_rows, config.group_size)
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, leaf = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, leaf, new)
+
+
+def quantize(model: nn.Module, bits: float = 3.0, *, calibration: Iterable | None = None,
+             salience: str | Mapping[str, torch.Tensor] | None = None, plan: Plan | None = None,
+             **options) -> nn.Module:
+    """Quantize every linear layer of ``model`` in place with SFMP and return the model.
+
+    bits: target average code bits (e.g. 2.75). calibration: iterable of model inputs (token-id
+    tensors [B, T] or kwargs dicts) for activation/fisher salience, clipping and GPTQ.
+    salience: "weight" | "activation" | "fisher" | dict name -> fp32 [N, K]. plan: a precomputed
+    Plan (bits/salience/options are then taken from it). options: QuantConfig fields, e.g.
+    bit_choices=(2, 3, 4), block_rows=512, group_size=128, quantizer="gptq", skip=("lm_head",).
+    """
+    t0 = time.perf_counter()
+    if calibration is not None and not isinstance(calibration, (list, tuple)):
+        calibration = list(calibration)
+    if plan is None:
+        plan = make_model_plan(model, bits, calibration=calibration, salience=salience, **options)
+    config = plan.config
+    layers = find_linears(model, ())
+    missing = [n for n in plan.layers if n not in layers]
+    if missing:
+        raise ValueError(f"the plan names layers this model does not have (or that are already quantized): {missing[:5]}")
+    t1 = time.perf_counter()
+    hessians = {}
+    if config.quantizer == "gptq":
+        if calibration is None:
+            raise ValueError("quantizer='gptq' needs calibration= data")
+        from .quantizers.gptq import collect_hessians
+        hessians = collect_hessians(model, {n: layers[n] for n in plan.layers}, calibration)
+    packed = {}
+    for name, lp in plan.layers.items():
+        m = layers[name]
+        check_weight(name, m.weight)
+        packed[name] = (quantize_weight(linear_weight(m), lp, config, hessians.pop(name, None)), m.bias)
+    for name, (p, bias) in packed.items():
+        _set_module(model, name, SFMPLinear(p.to(layers[name].weight.device), bias))
+    plan.timings["quantize_s"] = time.perf_counter() - t1
+    plan.timings["total_s"] = time.perf_counter() - t0
+    model.sfmp_plan = plan  # kept for reports and save_quantized; plain attribute, not a submodule
+    return model
+
+
+def quantization_report(model: nn.Module) -> dict:
+    """Bits and bytes of every SFMPLinear in ``model``.
+
+    weight_bits: average code bits over quantized weights; bpw: every stored bit (codes, scales,
+    zeros, permutations, bit maps, offsets) over quantized weights; layers: per-layer details;
+    quantized_bytes / float_bytes_fp32 / other_bytes: the packed layers, what they would take in
+    fp32, and every other parameter/buffer of the model.
+    """
+    layers, code_bits, stored, n = {}, 0, 0, 0
+    q_ids = set()
+    for name, m in model.named_modules():
+        if isinstance(m, SFMPLinear):
+            p = m.packed
+            hist = torch.bincount(p.bits.to(torch.int64).flatten().cpu(), weights=p.grid.weight_counts().flatten().double(), minlength=9)
+            layers[name] = {
+                "shape": [p.out_features, p.in_features],
+                "weight_bits": p.code_bits / p.n_weights,
+                "bpw": p.nbytes * 8 / p.n_weights,
+                "bytes": p.nbytes,
+                "bits_histogram": {b: float(hist[b]) / p.n_weights for b in range(1, 9) if hist[b] > 0},
+                "row_reordered": bool(p.row_perm.numel()),
+                "col_reordered": bool(p.col_perm.numel()),
+            }
+            code_bits += p.code_bits
+            stored += p.nbytes
+            n += p.n_weights
+            q_ids.update(id(t) for t in m.buffers())
+    if not layers:
+        raise ValueError("the model has no SFMPLinear layers: quantize it first")
+    seen, other = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) in q_ids or t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        other += t.numel() * t.element_size()
+    return {
+        "weight_bits": code_bits / n,
+        "bpw": stored * 8 / n,
+        "n_quantized_weights": n,
+        "quantized_bytes": stored,
+        "float_bytes_fp32": n * 4,
+        "other_bytes": other,
+        "layers": layers,
+    }

@@ -1,0 +1,155 @@
+"""Per-weight salience of every quantized linear layer (step 1 of SFMP).
+
+Three estimators, all returning fp32 tensors shaped like each weight [out, in]:
+  weight      S = W²                         data-free
+  activation  S = W² ⊙ E[x²] (per input col) one forward pass over calibration batches
+  fisher      S = Σ_n (∂L_n/∂W)²             the paper's diagonal empirical Fisher, one
+                                             backward per calibration sequence, fp32 accumulation
+Raw values are compared across layers (no per-layer normalisation), as the paper does.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterable, Mapping
+
+import torch
+from torch import nn
+from safetensors.torch import load_file, save_file
+
+
+def linear_weight(module: nn.Module) -> torch.Tensor:
+    """The [out, in] weight of an nn.Linear or a transformers Conv1D (stored [in, out])."""
+    if type(module).__name__ == "Conv1D":
+        return module.weight.t()
+    return module.weight
+
+
+def weight_salience(layers: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """Data-free salience W², fp32 [out, in] per layer."""
+    return {name: linear_weight(m).detach().float().pow(2) for name, m in layers.items()}
+
+
+def run_model(model: nn.Module, batch) -> object:
+    """Call a model on one calibration item: a token-id tensor, a dict of kwargs, or a tuple of args."""
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    return model(batch)
+
+
+@contextmanager
+def _input_hooks(layers: Mapping[str, nn.Module], fn):
+    handles = [m.register_forward_pre_hook(lambda mod, args, n=name: fn(n, args[0])) for name, m in layers.items()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def input_second_moments(model: nn.Module, layers: Mapping[str, nn.Module], calibration: Iterable) -> dict[str, torch.Tensor]:
+    """E[x_k²] over all calibration tokens for each layer's input columns, fp32 [in] per layer."""
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def record(name, x):
+        x = x.detach().float().reshape(-1, x.shape[-1])
+        s = x.pow(2).sum(0)
+        sums[name] = sums[name] + s if name in sums else s
+        counts[name] = counts.get(name, 0) + x.shape[0]
+
+    n_batches = 0
+    with _input_hooks(layers, record), torch.no_grad():
+        for batch in calibration:
+            run_model(model, batch)
+            n_batches += 1
+    if n_batches == 0:
+        raise ValueError("activation salience needs calibration data, but the calibration iterable was empty")
+    missing = [n for n in layers if n not in sums]
+    if missing:
+        raise ValueError(f"calibration never reached these layers: {missing[:5]}")
+    return {n: sums[n] / counts[n] for n in layers}
+
+
+def activation_salience(model: nn.Module, layers: Mapping[str, nn.Module], calibration: Iterable) -> dict[str, torch.Tensor]:
+    """S = W² ⊙ E[x²] (broadcast over rows), fp32 [out, in] per layer."""
+    moments = input_second_moments(model, layers, calibration)
+    return {n: linear_weight(m).detach().float().pow(2) * moments[n][None, :].to(m.weight.device) for n, m in layers.items()}
+
+
+def _split_sequences(batch):
+    """Yield one-sequence items so L_n is the loss of sequence n, as the paper's Fisher requires."""
+    if isinstance(batch, torch.Tensor):
+        if batch.dim() == 1:
+            batch = batch[None]
+        for i in range(batch.shape[0]):
+            yield {"input_ids": batch[i : i + 1]}
+    elif isinstance(batch, Mapping):
+        ids = batch["input_ids"]
+        for i in range(ids.shape[0]):
+            yield {k: (v[i : i + 1] if isinstance(v, torch.Tensor) and v.shape[:1] == ids.shape[:1] else v) for k, v in batch.items()}
+    else:
+        raise TypeError("fisher salience needs token-id tensors or dicts with 'input_ids'")
+
+
+def fisher_salience(model: nn.Module, layers: Mapping[str, nn.Module], calibration: Iterable) -> dict[str, torch.Tensor]:
+    """Diagonal empirical Fisher Σ_n (∂L_n/∂W)², L_n = mean next-token cross-entropy of sequence n.
+
+    Needs a causal LM that returns ``.loss`` when given ``labels``. Gradients flow only into the
+    linear weights (everything else frozen for the duration) and are squared into fp32 sums.
+    """
+    params = {n: m.weight for n, m in layers.items()}
+    saved = {p: p.requires_grad for p in model.parameters()}
+    acc = {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in params.items()}
+    n_seq = 0
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in params.values():
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            for batch in calibration:
+                for item in _split_sequences(batch):
+                    out = model(**item, labels=item["input_ids"])
+                    loss = getattr(out, "loss", None)
+                    if loss is None:
+                        raise TypeError("fisher salience needs a model that returns .loss when given labels")
+                    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+                    for (n, _), g in zip(params.items(), grads):
+                        if g is not None:
+                            acc[n].add_(g.float().pow(2))
+                    n_seq += 1
+    finally:
+        for p, rg in saved.items():
+            p.requires_grad_(rg)
+    if n_seq == 0:
+        raise ValueError("fisher salience needs calibration data, but the calibration iterable was empty")
+    out = {}
+    for n, m in layers.items():
+        out[n] = acc[n].t().contiguous() if type(m).__name__ == "Conv1D" else acc[n]
+    return out
+
+
+def compute_salience(kind: str, model: nn.Module, layers: Mapping[str, nn.Module], calibration: Iterable | None) -> dict[str, torch.Tensor]:
+    """Dispatch on ``kind`` in ("weight", "activation", "fisher")."""
+    if kind == "weight":
+        return weight_salience(layers)
+    if calibration is None:
+        raise ValueError(f"salience='{kind}' needs calibration= data (an iterable of token-id tensors or input dicts); "
+                         "use salience='weight' for a data-free run")
+    if kind == "activation":
+        return activation_salience(model, layers, calibration)
+    if kind == "fisher":
+        return fisher_salience(model, layers, calibration)
+    raise ValueError(f"unknown salience kind {kind!r}")
+
+
+def save_salience(saliences: Mapping[str, torch.Tensor], path: str) -> None:
+    """Write saliences (fp32) to a safetensors file, one tensor per layer name."""
+    save_file({k: v.detach().float().contiguous().cpu() for k, v in saliences.items()}, path)
+
+
+def load_salience(path: str) -> dict[str, torch.Tensor]:
+    """Read saliences written by save_salience."""
+    return load_file(path)
