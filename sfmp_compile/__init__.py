@@ -8,3 +8,4 @@ from .format import FORMAT_VERSION, PackedWeight, pack  # noqa: F401
 from .linear import SFMPLinear  # noqa: F401
 from .plan import Plan, LayerPlan, plan, find_linears  # noqa: F401
 from .quantize import quantize, quantization_report, quantize_weight  # noqa: F401
+from .checkpoint import save_quantized, load_quantized, CheckpointError  # noqa: F401
