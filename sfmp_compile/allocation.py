@@ -88,10 +88,12 @@ def scan_three_level(sal: torch.Tensor, cnt: torch.Tensor, bits: float, choices:
         a2 = 1 - a1 - a3
         if not (-eps <= a3 <= 1 + eps and -eps <= a2 <= 1 + eps):
             continue
+        a3 = min(max(a3, 0.0), 1.0)  # the eps above admits tiny negatives from float error
         n1 = int(torch.searchsorted(cum, torch.tensor(a1 * total * (1 - 1e-12)), right=False))  # first prefix ≥ α1
         top = cum[T] - cum  # weight of the suffix starting at each position
         n3 = T - int(torch.searchsorted(-top, torch.tensor(-a3 * total * (1 + 1e-12)), right=False))
-        n3 = min(n3, T - n1)
+        n1 = min(n1, T)
+        n3 = max(0, min(n3, T - n1))
         loss = float(ps[n1] * w[0] + (ps[T - n3] - ps[n1]) * w[1] + (ps[T] - ps[T - n3]) * w[2])
         if best is None or loss < best.loss:
             best = ThreeLevelChoice(a1, n1, n3, loss)

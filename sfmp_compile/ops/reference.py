@@ -53,15 +53,29 @@ def _(x, qweight, bits, block_offset, group_order, segment_ptr, scales, zeros, r
     return x.new_empty((*x.shape[:-1], out_features))
 
 
+@torch.library.custom_op("sfmp::linear_ref_grad_input", mutates_args=())
+def linear_ref_grad_input(grad: Tensor, qweight: Tensor, bits: Tensor, block_offset: Tensor, group_order: Tensor,
+                          segment_ptr: Tensor, scales: Tensor, zeros: Tensor, row_perm: Tensor, col_perm: Tensor,
+                          out_features: int, in_features: int, block_rows: int, group_size: int) -> Tensor:
+    """dX = dY @ Ŵ (original order). grad: [..., N] -> [..., K] in grad.dtype. Weights are frozen."""
+    w = _packed(qweight, bits, block_offset, group_order, segment_ptr, scales, zeros, row_perm, col_perm,
+                out_features, in_features, block_rows, group_size).dequantize(torch.float32)
+    return (grad.to(torch.float32) @ w).to(grad.dtype)
+
+
+@linear_ref_grad_input.register_fake
+def _(grad, qweight, bits, block_offset, group_order, segment_ptr, scales, zeros, row_perm, col_perm,
+      out_features, in_features, block_rows, group_size):
+    return grad.new_empty((*grad.shape[:-1], in_features))
+
+
 def _setup_ctx(ctx, inputs, output):
     ctx.packed = inputs[1:]
 
 
 def _backward(ctx, grad):
-    # Weights are frozen: only the input gradient, dX = dY @ Ŵ (original order).
-    w = _packed(*ctx.packed).dequantize(torch.float32)
-    gx = (grad.to(torch.float32) @ w).to(grad.dtype)
-    return (gx,) + (None,) * 13
+    # An op of its own (not inline Python) so AOT autograd can trace the backward with fake tensors.
+    return (linear_ref_grad_input(grad, *ctx.packed),) + (None,) * 13
 
 
 linear_ref.register_autograd(_backward, setup_context=_setup_ctx)

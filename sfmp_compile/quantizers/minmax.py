@@ -44,8 +44,10 @@ def minmax_quantize(w: torch.Tensor, group_bits: torch.Tensor, group_size: int, 
     wp, mask = _grouped(w, group_size)
     qmax = (2.0 ** group_bits.to(w.device, torch.float32)) - 1  # [N, G]
     big = torch.finfo(torch.float32).max
-    lo = torch.where(mask, wp, torch.full_like(wp, big)).amin(-1)
-    hi = torch.where(mask, wp, torch.full_like(wp, -big)).amax(-1)
+    # The range always contains 0 (as GPTQ does): the reference's clamped zero point otherwise
+    # cannot represent a group that lies entirely on one side of zero.
+    lo = torch.where(mask, wp, torch.full_like(wp, big)).amin(-1).clamp_max(0)
+    hi = torch.where(mask, wp, torch.full_like(wp, -big)).amax(-1).clamp_min(0)
     scale, zero = params_from_range(lo, hi, qmax)
     if clip:
         cw = torch.ones(K, device=w.device) if col_weight is None else col_weight.float().to(w.device)

@@ -1,0 +1,28 @@
+import pytest
+
+from sfmp_compile.config import QuantConfig, SFMPConfigError
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(bits=1.0), "out of range"),
+    (dict(bits=0.5), "out of range"),
+    (dict(bits=8.5), "out of range"),
+    (dict(bits=float("nan")), "must be a number"),
+    (dict(bits="3"), "must be a number"),
+    (dict(bits=3.0, bit_choices=(4, 3, 2)), "strictly increasing"),
+    (dict(bits=3.0, bit_choices=(2, 3)), "three integers"),
+    (dict(bits=3.0, bit_choices=(0, 3, 4)), r"lie in \[1, 8\]"),
+    (dict(bits=5.0, bit_choices=(2, 3, 4)), "cannot be reached"),
+    (dict(group_size=48), "multiple of 32"),
+    (dict(block_rows=0), "positive integer"),
+    (dict(salience="hessian"), "salience must be one of"),
+    (dict(quantizer="awq"), "quantizer must be one of"),
+])
+def test_bad_options_get_one_clear_error(kwargs, message):
+    with pytest.raises(SFMPConfigError, match=message):
+        QuantConfig(**kwargs)
+
+
+def test_roundtrip_dict():
+    c = QuantConfig(bits=2.75, bit_choices=(2, 3, 4), skip=("lm_head", "*.gate"))
+    assert QuantConfig.from_dict(c.to_dict()) == c

@@ -1,0 +1,119 @@
+import copy
+
+import pytest
+import torch
+from hypothesis import given, strategies as st
+from torch import nn
+
+from sfmp_compile import SFMPLinear, plan, quantization_report, quantize
+from sfmp_compile.blocks import BlockGrid
+from sfmp_compile.config import SFMPConfigError
+from sfmp_compile.models import tiny_llama
+
+
+class MLP(nn.Module):
+    def __init__(self, d=96, h=160, bias=True):
+        super().__init__()
+        self.up = nn.Linear(d, h, bias=bias)
+        self.down = nn.Linear(h, d, bias=bias)
+        self.lm_head = nn.Linear(d, 10)
+
+    def forward(self, x):
+        return self.lm_head(self.down(torch.relu(self.up(x))))
+
+
+@given(seed=st.integers(0, 100), bits=st.floats(1.5, 6.0), rows=st.booleans(), cols=st.booleans(),
+       bias=st.booleans())
+def test_layer_output_equals_dequantized_weight_in_original_order(seed, bits, rows, cols, bias):
+    torch.manual_seed(seed)
+    m = MLP(bias=bias)
+    x = torch.randn(4, 96)
+    quantize(m, bits=bits, calibration=[x], block_rows=32, group_size=32, reorder_rows=rows, reorder_cols=cols)
+    for layer in (m.up, m.down):
+        assert isinstance(layer, SFMPLinear)
+        inp = torch.randn(3, layer.in_features)
+        want = inp @ layer.packed.dequantize().t() + (layer.bias if bias else 0)
+        torch.testing.assert_close(layer(inp), want, rtol=1e-5, atol=1e-5)
+    assert isinstance(m.lm_head, nn.Linear)  # skipped by default
+
+
+@pytest.mark.parametrize("bits", [2.25, 2.75, 3.0, 3.5])
+def test_budget_met_on_ragged_real_shapes(bits):
+    # SmolLM2's shapes: 576 and 192 divide neither 512 nor 128
+    m = nn.Sequential(nn.Linear(576, 576), nn.Linear(576, 192), nn.Linear(576, 1536), nn.Linear(1536, 576))
+    weights = {str(i): l.weight for i, l in enumerate(m)}
+    p = plan(m, bits=bits, skip=())
+    got = p.average_bits()
+    max_block = max(int(BlockGrid(*w.shape, 512, 128).weight_counts().max()) for w in weights.values())
+    assert got <= bits + 1e-9 and bits - got <= max_block / sum(w.numel() for w in weights.values())
+
+
+def test_quantize_report_counts_every_bit():
+    m = MLP()
+    quantize(m, bits=2.5, block_rows=32, group_size=32)
+    r = quantization_report(m)
+    assert r["weight_bits"] == pytest.approx(2.5, abs=0.05)
+    stored = sum(t.numel() * t.element_size() for l in (m.up, m.down) for t in l.packed.tensors().values())
+    assert r["quantized_bytes"] == stored
+    assert r["bpw"] == pytest.approx(stored * 8 / (96 * 160 * 2))
+    assert r["bpw"] > r["weight_bits"] + 1.0  # 2 fp16 per 32 weights = +1 bit, plus perms and maps
+    assert set(r["layers"]) == {"up", "down"}
+
+
+def test_three_level_end_to_end():
+    m = tiny_llama()
+    x = torch.randint(0, 256, (2, 16))
+    quantize(m, bits=3.0, bit_choices=(2, 3, 4), calibration=[x], block_rows=16, group_size=32)
+    r = quantization_report(m)
+    widths = set().union(*[set(l["bits_histogram"]) for l in r["layers"].values()])
+    assert widths <= {2, 3, 4} and r["weight_bits"] <= 3.0 + 1e-9
+
+
+def test_fisher_salience_quantizes_llama():
+    m = tiny_llama()
+    ref = copy.deepcopy(m)
+    x = torch.randint(0, 256, (2, 16))
+    quantize(m, bits=3.5, salience="fisher", calibration=[x], block_rows=16, group_size=32)
+    assert not any(p.requires_grad is False and p.grad is not None for p in ref.parameters())
+    assert torch.isfinite(m(x).logits).all()
+
+
+def _bad_model(weight):
+    m = nn.Sequential(nn.Linear(32, 32))
+    m[0].weight = nn.Parameter(weight, requires_grad=False)
+    return m
+
+
+@pytest.mark.parametrize("make, exc, message", [
+    (lambda: _bad_model(torch.full((32, 32), float("nan"))), ValueError, "NaN or inf"),
+    (lambda: _bad_model(torch.full((32, 32), float("inf"))), ValueError, "NaN or inf"),
+    (lambda: _bad_model(torch.ones(32, 32, dtype=torch.int32)), TypeError, "not a floating-point"),
+])
+def test_bad_weights_are_refused_and_model_untouched(make, exc, message):
+    m = make()
+    before = m[0].weight.clone()
+    with pytest.raises(exc, match=message):
+        quantize(m, bits=3.0, group_size=32, skip=())
+    assert isinstance(m[0], nn.Linear)
+    torch.testing.assert_close(m[0].weight.detach(), before, equal_nan=True, rtol=0, atol=0)
+
+
+def test_bad_bits_and_salience_shapes():
+    with pytest.raises(SFMPConfigError, match="out of range"):
+        quantize(MLP(), bits=1.0)
+    with pytest.raises(SFMPConfigError, match="out of range"):
+        quantize(MLP(), bits=9)
+    m = MLP()
+    with pytest.raises(ValueError, match="salience shape"):
+        quantize(m, bits=3.0, salience={"up": torch.ones(3, 3), "down": torch.ones(96, 160)}, group_size=32)
+    assert isinstance(m.up, nn.Linear)
+    with pytest.raises(ValueError, match="needs calibration"):
+        quantize(MLP(), bits=3.0, salience="activation")
+
+
+def test_partial_failure_leaves_model_untouched():
+    m = MLP()
+    m.down.weight.data[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="down"):
+        quantize(m, bits=3.0, group_size=32)
+    assert isinstance(m.up, nn.Linear) and isinstance(m.down, nn.Linear)
