@@ -75,17 +75,29 @@ def quantize(model: nn.Module, bits: float = 3.0, *, calibration: Iterable | Non
     if missing:
         raise ValueError(f"the plan names layers this model does not have (or that are already quantized): {missing[:5]}")
     t1 = time.perf_counter()
-    hessians = {}
+    packed = {}
     if config.quantizer == "gptq":
         if calibration is None:
             raise ValueError("quantizer='gptq' needs calibration= data")
-        from .quantizers.gptq import collect_hessians
-        hessians = collect_hessians(model, {n: layers[n] for n in plan.layers}, calibration)
-    packed = {}
+        from .quantizers.gptq import gptq_model
+
+        def gptq_layer(name, hessian):
+            # Quantize one layer and hand back its dequantized weight, which feeds the later layers.
+            m = layers[name]
+            check_weight(name, m.weight)
+            pw = quantize_weight(linear_weight(m), plan.layers[name], config, hessian)
+            return pw, pw.dequantize(torch.float32).to(m.weight.device)
+
+        # Decoder layer by decoder layer (memory bounded by one layer's Hessians); model weights
+        # are restored afterwards, so the swap below is still all-or-nothing.
+        results = gptq_model(model, {n: layers[n] for n in plan.layers}, calibration, gptq_layer)
+        packed = {name: (results[name], layers[name].bias) for name in plan.layers}
     for name, lp in plan.layers.items():
+        if name in packed:
+            continue
         m = layers[name]
         check_weight(name, m.weight)
-        packed[name] = (quantize_weight(linear_weight(m), lp, config, hessians.pop(name, None)), m.bias)
+        packed[name] = (quantize_weight(linear_weight(m), lp, config), m.bias)
     for name, (p, bias) in packed.items():
         _set_module(model, name, SFMPLinear(p.to(layers[name].weight.device), bias))
     plan.timings["quantize_s"] = time.perf_counter() - t1

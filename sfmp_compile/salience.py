@@ -101,13 +101,22 @@ def fisher_salience(model: nn.Module, layers: Mapping[str, nn.Module], calibrati
     """
     params = {n: m.weight for n, m in layers.items()}
     saved = {p: p.requires_grad for p in model.parameters()}
+    saved_grads = {p: p.grad for p in params.values()}
     acc = {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in params.items()}
     n_seq = 0
+    # Gradient checkpointing: a *reentrant* checkpoint only records a graph when its input requires
+    # grad, and the frozen embeddings' output does not, so every gradient came out silently zero.
+    # Making the embedding output require grad (as transformers' enable_input_require_grads does)
+    # fixes that; .backward() rather than autograd.grad because reentrant checkpoints reject .grad().
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    hook = emb.register_forward_hook(lambda mod, inp, out: out.requires_grad_(True)) if isinstance(emb, nn.Module) else None
+    reached = False
     try:
         for p in model.parameters():
             p.requires_grad_(False)
         for p in params.values():
             p.requires_grad_(True)
+            p.grad = None
         with torch.enable_grad():
             for batch in calibration:
                 for item in _split_sequences(batch):
@@ -115,14 +124,22 @@ def fisher_salience(model: nn.Module, layers: Mapping[str, nn.Module], calibrati
                     loss = getattr(out, "loss", None)
                     if loss is None:
                         raise TypeError("fisher salience needs a model that returns .loss when given labels")
-                    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-                    for (n, _), g in zip(params.items(), grads):
-                        if g is not None:
-                            acc[n].add_(g.float().pow(2))
+                    loss.backward()
+                    for n, p in params.items():
+                        if p.grad is not None:
+                            acc[n].add_(p.grad.float().pow(2))
+                            reached = True
+                            p.grad = None
                     n_seq += 1
     finally:
+        if hook is not None:
+            hook.remove()
         for p, rg in saved.items():
             p.requires_grad_(rg)
+        for p, g in saved_grads.items():
+            p.grad = g
+    if n_seq and not reached:
+        raise ValueError("fisher salience: no gradient reached the linear layers (is the model's loss detached?)")
     if n_seq == 0:
         raise ValueError("fisher salience needs calibration data, but the calibration iterable was empty")
     out = {}

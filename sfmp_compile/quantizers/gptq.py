@@ -1,0 +1,322 @@
+"""GPTQ with SFMP's block bit map, and the calibration Hessians it needs.
+
+``gptq_quantize`` is GPTQ (Frantar et al. 2022) run on the *reordered* weight: the sweep visits the
+columns in SFMP's salience order, like GPTQ's act-order, and each (row, group) is quantized at the
+width its block was given. A group's scale/zero are fixed when the sweep reaches its first column,
+from the weights as the error feedback of earlier columns left them.
+
+Hessians are H = 2/n Σ x xᵀ over the n calibration tokens seen by a layer, in the layer's ORIGINAL
+input-column order (``quantize_weight`` permutes them). ``collect_hessians`` gathers all of them in one
+pass (memory: one K×K matrix per layer). ``gptq_model`` is what ``quantize(quantizer="gptq")`` uses:
+for decoder stacks it goes decoder layer by decoder layer, feeding each layer the outputs of the
+already-quantized layers before it, as GPTQ does, so live memory is one decoder layer's Hessians plus
+the calibration hidden states.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from .minmax import minmax_quantize
+
+
+# --------------------------------------------------------------------------------------------------
+# The quantizer
+# --------------------------------------------------------------------------------------------------
+
+def _inverse_hessian_factor(h: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Upper Cholesky factor U of (H + λI)⁻¹ (so H⁻¹ = UᵀU), λ = damp·mean(diag H), and the dead mask.
+
+    Dead columns (diag 0: inputs that were always zero) get H_kk = 1 so the matrix stays positive
+    definite; their weights never influence the output and are zeroed by the caller. If the damped
+    matrix is still not positive definite (fp32 round-off on a near-singular H), λ is raised tenfold
+    until the factorisation succeeds.
+    """
+    h = h.double().clone()  # fp64: Cholesky of a badly conditioned 1536×1536 matrix is fragile in fp32
+    K = h.shape[0]
+    diag = torch.diagonal(h)
+    dead = diag == 0
+    diag[dead] = 1.0
+    lam = damp * float(diag.mean()) if damp > 0 else 0.0
+    eye = torch.eye(K, dtype=h.dtype, device=h.device)
+    for _ in range(8):
+        L, info = torch.linalg.cholesky_ex(h + lam * eye)
+        if int(info) == 0:
+            hinv = torch.cholesky_inverse(L)
+            U, info = torch.linalg.cholesky_ex(hinv, upper=True)
+            if int(info) == 0:
+                return U.float(), dead
+        lam = max(lam * 10, 1e-8 * float(diag.mean()) + 1e-12)
+    raise ValueError("GPTQ: the calibration Hessian is not positive definite even after heavy damping")
+
+
+def gptq_quantize(w: torch.Tensor, group_bits: torch.Tensor, group_size: int, hessian: torch.Tensor,
+                  damp: float = 0.01, clip: bool = False, block: int = 128
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GPTQ of one reordered weight under a per-(row, group) bit map.
+
+    w: float [N, K], rows and columns already in SFMP order. group_bits: int [N, G], G = ceil(K /
+    group_size), width of row n's group j. hessian: fp32 [K, K] = 2/n Σ x xᵀ, ALREADY permuted to
+    w's column order. damp: λ = damp·mean(diag H) added to the diagonal. clip: per group, pick the
+    min-max shrink ratio (minmax's grid) with the least diag(H)-weighted error on the error-updated
+    weights. block: columns per lazy-update block (rounded to a multiple of group_size so a group
+    never straddles two blocks and its parameters come from fully updated weights).
+
+    Returns codes uint8 [N, K], scales fp32 [N, G] (fp16-exact), zeros fp32 [N, G] (integers),
+    the same contract as ``minmax_quantize``.
+    """
+    W = w.detach().float().clone()
+    N, K = W.shape
+    G = -(-K // group_size)
+    if tuple(group_bits.shape) != (N, G):
+        raise ValueError(f"group_bits must be [{N}, {G}] for a [{N}, {K}] weight with group_size {group_size}, "
+                         f"got {tuple(group_bits.shape)}")
+    if tuple(hessian.shape) != (K, K):
+        raise ValueError(f"hessian must be [{K}, {K}], got {tuple(hessian.shape)}")
+    if not torch.isfinite(hessian).all():
+        raise ValueError("GPTQ: the calibration Hessian contains NaN or inf")
+    dev = W.device
+    hessian = hessian.to(dev)
+    U, dead = _inverse_hessian_factor(hessian, damp)
+    W[:, dead] = 0
+    hdiag = torch.diagonal(hessian).float().clamp_min(0)
+    block = max(1, block // group_size) * group_size
+
+    gb = group_bits.to(dev, torch.int64)
+    qmax_all = (2.0 ** gb.float()) - 1  # [N, G]
+    codes = torch.zeros(N, K, dtype=torch.uint8, device=dev)
+    scales = torch.zeros(N, G, dtype=torch.float32, device=dev)
+    zeros = torch.zeros(N, G, dtype=torch.float32, device=dev)
+
+    for i1 in range(0, K, block):
+        i2 = min(i1 + block, K)
+        W1 = W[:, i1:i2].clone()
+        Err1 = torch.zeros_like(W1)
+        U1 = U[i1:i2, i1:i2]
+        scale = zero = qmax = None
+        for i in range(i2 - i1):
+            col = i1 + i
+            if col % group_size == 0:
+                # Parameters of group g from its columns as they stand now: earlier columns' errors
+                # have already been pushed into them (within this block through W1).
+                g = col // group_size
+                end = min(i + group_size, i2 - i1)
+                _, s, z = minmax_quantize(W1[:, i:end], gb[:, g : g + 1], group_size, clip=clip,
+                                          col_weight=hdiag[col : i1 + end] if clip else None)
+                scale, zero, qmax = s[:, 0], z[:, 0], qmax_all[:, g]
+                scales[:, g], zeros[:, g] = scale, zero
+            x = W1[:, i]
+            q = torch.clamp(torch.round(x / scale) + zero, torch.zeros_like(qmax), qmax)
+            codes[:, col] = q.to(torch.uint8)
+            err = (x - scale * (q - zero)) / U1[i, i]
+            # Error feedback onto the not-yet-quantized columns of this block (row i of U = H⁻¹ factor).
+            W1[:, i:] -= err[:, None] * U1[i, i:][None, :]
+            Err1[:, i] = err
+        # Lazy batch update of every later column, once per block (the GPTQ trick that makes it fast).
+        W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+    return codes, scales, zeros
+
+
+# --------------------------------------------------------------------------------------------------
+# Hessians
+# --------------------------------------------------------------------------------------------------
+
+def _linear_input_dim(module: nn.Module) -> int:
+    if type(module).__name__ == "Conv1D":
+        return module.weight.shape[0]
+    return module.in_features
+
+
+class _HessianAccumulator:
+    """Running H = 2/n Σ x xᵀ, fp32 [K, K], for the inputs of a set of linear layers."""
+
+    def __init__(self, layers: Mapping[str, nn.Module]):
+        self.layers = dict(layers)
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def record(self, name: str, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).float()
+        xtx = x.t() @ x
+        if name in self.sums:
+            self.sums[name] += xtx
+        else:
+            self.sums[name] = xtx
+        self.counts[name] = self.counts.get(name, 0) + x.shape[0]
+
+    @contextmanager
+    def hooks(self):
+        handles = [m.register_forward_pre_hook(lambda mod, args, n=name: self.record(n, args[0]))
+                   for name, m in self.layers.items()]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def result(self) -> dict[str, torch.Tensor]:
+        missing = [n for n in self.layers if n not in self.sums]
+        if missing:
+            raise ValueError(f"calibration never reached these layers: {missing[:5]}")
+        return {n: self.sums[n] * (2.0 / self.counts[n]) for n in self.layers}
+
+
+def _run(model: nn.Module, batch) -> None:
+    """One calibration item through the model; a KV cache is useless here and costs memory."""
+    if isinstance(batch, Mapping):
+        kwargs = dict(batch)
+    elif isinstance(batch, torch.Tensor):
+        kwargs = {"input_ids": batch if batch.dim() > 1 else batch[None]}
+    else:
+        model(*batch)
+        return
+    if hasattr(model, "config"):
+        kwargs.setdefault("use_cache", False)
+    model(**kwargs)
+
+
+def collect_hessians(model: nn.Module, layers: Mapping[str, nn.Module], calibration: Iterable) -> dict[str, torch.Tensor]:
+    """H = 2/n Σ_t x_t x_tᵀ for every layer in one pass over ``calibration`` with the current weights.
+
+    layers: name -> nn.Linear / Conv1D. calibration: token-id tensors [B, T] or kwargs dicts.
+    Returns name -> fp32 [K, K] in the layer's ORIGINAL input-column order. Memory: all Hessians at
+    once (``gptq_model`` bounds it to one decoder layer for decoder stacks).
+    """
+    acc = _HessianAccumulator(layers)
+    n = 0
+    with acc.hooks(), torch.no_grad():
+        for batch in calibration:
+            _run(model, batch)
+            n += 1
+    if n == 0:
+        raise ValueError("GPTQ needs calibration data, but the calibration iterable was empty")
+    return acc.result()
+
+
+# --------------------------------------------------------------------------------------------------
+# Layer-by-layer GPTQ over a decoder stack
+# --------------------------------------------------------------------------------------------------
+
+class _Captured(Exception):
+    """Raised by the first decoder layer's pre-hook: its inputs are all we need from the model."""
+
+
+def find_decoder_layers(model: nn.Module, names: Iterable[str]) -> tuple[str, nn.ModuleList] | None:
+    """The ModuleList of repeated blocks holding most of the given linears (``model.layers``,
+    ``transformer.h`` ...), or None. Returns (qualified name, module list)."""
+    names = list(names)
+    best, best_hits = None, 0
+    for lname, mod in model.named_modules():
+        if not isinstance(mod, nn.ModuleList) or len(mod) == 0:
+            continue
+        hits = sum(1 for n in names if n.startswith(lname + "."))
+        if hits > best_hits:
+            best, best_hits = (lname, mod), hits
+    if best is None or best_hits < max(1, len(names) // 2):
+        return None
+    return best
+
+
+@contextmanager
+def _swapped_weights(modules: Mapping[nn.Module, torch.Tensor]):
+    """Temporarily give linears new [out, in] weights (restored afterwards, even on error)."""
+    saved = {}
+    try:
+        for m, w in modules.items():
+            saved[m] = m.weight.data
+            m.weight.data = (w.t() if type(m).__name__ == "Conv1D" else w).to(m.weight.dtype).contiguous()
+        yield
+    finally:
+        for m, w in saved.items():
+            m.weight.data = w
+
+
+def _layer_output(out):
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    raise TypeError(f"cannot read hidden states from a decoder layer output of type {type(out).__name__}")
+
+
+def gptq_model(model: nn.Module, layers: Mapping[str, nn.Module], calibration: Iterable,
+               quantize_layer: Callable[[str, torch.Tensor], tuple[object, torch.Tensor]],
+               sequential: bool = True, progress: Callable[[int, int], None] | None = None) -> dict[str, object]:
+    """Quantize ``layers`` with GPTQ, Hessians measured on the inputs a quantized model would see.
+
+    quantize_layer(name, hessian fp32 [K, K] original order) -> (result, dequantized weight [out, in]
+    in original order): quantizes one layer (e.g. ``quantize_weight`` + ``dequantize()``).
+    Decoder stacks (a ModuleList of blocks holding the layers) are processed block by block: capture
+    the first block's inputs for every calibration item, then per block collect its linears'
+    Hessians, quantize them, and rerun the block with the dequantized weights to get the next block's
+    inputs. Peak extra memory: one block's Hessians plus the calibration hidden states. Layers outside
+    the stack (and models without one, or ``sequential=False``) fall back to ``collect_hessians``
+    on the float model. The model's weights are restored before returning.
+    Returns name -> result.
+    """
+    calibration = list(calibration)
+    if not calibration:
+        raise ValueError("GPTQ needs calibration data, but the calibration iterable was empty")
+    found = find_decoder_layers(model, layers) if sequential else None
+    results: dict[str, object] = {}
+    done: set[str] = set()
+    if found is not None:
+        prefix, blocks = found
+        inputs = []
+
+        def capture(mod, args, kwargs):
+            inputs.append((args, kwargs))
+            raise _Captured
+
+        handle = blocks[0].register_forward_pre_hook(capture, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                for batch in calibration:
+                    try:
+                        _run(model, batch)
+                    except _Captured:
+                        pass
+        finally:
+            handle.remove()
+        if len(inputs) != len(calibration):
+            raise ValueError("GPTQ: the calibration data never reached the first decoder layer")
+        try:
+            for i, blk in enumerate(blocks):
+                bprefix = f"{prefix}.{i}."
+                mine = {n: m for n, m in layers.items() if n.startswith(bprefix)}
+                quantized_w: dict[nn.Module, torch.Tensor] = {}
+                if mine:
+                    acc = _HessianAccumulator(mine)
+                    with torch.no_grad(), acc.hooks():
+                        for args, kwargs in inputs:
+                            blk(*args, **kwargs)
+                    hess = acc.result()
+                    del acc
+                    for n, m in mine.items():
+                        results[n], quantized_w[m] = quantize_layer(n, hess.pop(n))
+                        done.add(n)
+                if i + 1 < len(blocks):
+                    # The next block sees what the quantized model will feed it (GPTQ's sequential mode).
+                    outs = []
+                    with torch.no_grad(), _swapped_weights(quantized_w):
+                        for args, kwargs in inputs:
+                            h = _layer_output(blk(*args, **kwargs))
+                            if args:
+                                outs.append(((h,) + tuple(args[1:]), kwargs))
+                            else:
+                                outs.append((args, {**kwargs, "hidden_states": h}))
+                    inputs = outs
+                if progress is not None:
+                    progress(i + 1, len(blocks))
+        finally:
+            del inputs
+    rest = {n: m for n, m in layers.items() if n not in done}
+    if rest:
+        hess = collect_hessians(model, rest, calibration)
+        for n in rest:
+            results[n], _ = quantize_layer(n, hess.pop(n))
+    return results
