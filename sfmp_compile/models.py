@@ -73,16 +73,29 @@ def _convert_smollm2(dest: Path) -> None:
     model.load_state_dict(state, strict=True)
     model.tie_weights()
 
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+    atomic_write_dir(dest, write)
+
+
+def atomic_write_dir(dest: Path, write) -> None:
+    """Call ``write(tmp_dir)`` on a fresh sibling directory of ``dest``, then rename it to ``dest``.
+
+    An interrupted or failing ``write`` leaves no ``dest`` behind (only a hidden temp dir that is
+    removed on exceptions), so a cache directory that exists is always complete.
+    """
+    dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        write(tmp)
         try:
             os.rename(tmp, dest)
         except OSError:
-            # Another process finished first; its copy is as good as ours.
-            if not _is_complete_cache(dest):
+            # Another process renamed its copy into place first; that copy is as good as ours.
+            if not dest.is_dir():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -159,3 +172,18 @@ def tiny_gpt2(seed: int = 0, hidden: int = 64, layers: int = 2, heads: int = 4, 
                         bos_token_id=0, eos_token_id=1, pad_token_id=1)
     torch.manual_seed(seed)
     return GPT2LMHeadModel(config).eval()
+
+
+def tiny_tokenizer():
+    """A character-level fast tokenizer for tests: 98 ids (``<unk>``=0, ``<eos>``=1 also used as pad,
+    then newline and printable ASCII), so its ids fit the tiny models' default ``vocab=256``."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = ["\n"] + [chr(i) for i in range(32, 127)]
+    vocab = {"<unk>": 0, "<eos>": 1, **{c: i + 2 for i, c in enumerate(chars)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>",
+                                   pad_token="<eos>")
