@@ -9,3 +9,4 @@ from .linear import SFMPLinear  # noqa: F401
 from .plan import Plan, LayerPlan, plan, find_linears  # noqa: F401
 from .quantize import quantize, quantization_report, quantize_weight  # noqa: F401
 from .checkpoint import save_quantized, load_quantized, CheckpointError  # noqa: F401
+from .backend import SFMPBackend, sfmp_backend  # noqa: F401

@@ -1,0 +1,464 @@
+"""``torch.compile(model, backend=sfmp_backend(bits=3))``: quantize and rewrite linears inside Dynamo graphs.
+
+Per graph Dynamo hands over, the backend:
+  1. finds every linear (passes.find_linears) and names its weight by qualified name;
+  2. plans the weights it has not seen before — salience, tied orders, one global allocation over
+     all of them (passes.tie_orders) — or looks them up in a whole-model ``plan=``;
+  3. quantizes each weight once, caching the packed result by parameter identity (a recompile for a
+     new sequence length reuses it);
+  4. rewrites linears into gather -> SFMP GEMM -> gather (passes.rewrite_linears) and folds the
+     gathers that can be folded exactly (passes.fold_permutations);
+  5. optionally frees the float weights (passes.release) and writes graph dumps (dump);
+  6. hands the graph to the inner compiler (Inductor by default).
+
+The budget is global over what one planning step sees: the whole model when Dynamo produces one
+graph. When Dynamo splits the model, each new graph is planned on its own (with a warning) unless a
+whole-model plan is given: ``sfmp_backend(plan=sfmp_compile.plan(model, bits=...))``.
+"""
+from __future__ import annotations
+
+import os
+import time
+import warnings
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
+
+from .config import QuantConfig, SFMPConfigError
+from .dump import GraphReport, LayerRow, kernel_sources, write_graph_dump
+from .format import PackedWeight
+from .plan import LayerPlan, Plan, skipped
+from .quantize import quantize_weight
+from .passes.calibrate import graph_input_moments
+from .passes.find_linears import LinearSite, find_linear_sites
+from .passes.fold_permutations import FoldReport, count_gathers, fold_permutations, gather_counts
+from .passes.fx_utils import ROLE_IN, ROLE_OUT, copy_graph_module, get_constant, is_gather
+from .passes.names import NameResolver, is_relative
+from .passes.release import can_release, release
+from .passes.rewrite_linears import LayerRewrite, rewrite_linears
+from .passes.tie_orders import make_tied_plan, tie_groups
+
+INNER = ("inductor", "aot_eager", "eager")
+_QUANT_OPTIONS = {"bit_choices", "block_rows", "group_size", "salience", "quantizer", "clip_search", "reorder_rows",
+                  "reorder_cols", "skip", "gptq_damp"}
+
+
+@dataclass
+class _Entry:
+    """A cached quantization of one parameter."""
+
+    name: str
+    packed: PackedWeight
+    version: int
+
+
+class SFMPBackend:
+    """The callable ``torch.compile`` backend returned by :func:`sfmp_backend`.
+
+    Attributes after compiling: ``plan`` (a Plan of every layer this backend quantized, names as
+    in ``model.named_modules()``; feed it to ``quantize(copy, plan=...)`` for an eager twin),
+    ``reports`` (one ``dump.GraphReport`` per graph), ``timings`` (seconds per phase, summed over
+    graphs), ``quantize_calls`` (weights quantized so far), ``released_bytes``.
+    """
+
+    def __init__(self, bits: float | None = None, *, plan: Plan | None = None, model: nn.Module | None = None,
+                 calibration: Iterable | None = None, inner: str | Callable = "inductor", dump_dir: str | None = None,
+                 release_weights: bool = False, fold: bool = True, tie: bool = True, **options):
+        unknown = set(options) - _QUANT_OPTIONS
+        if unknown:
+            raise TypeError(f"sfmp_backend() got unexpected options {sorted(unknown)}; quantization options are "
+                            f"{sorted(_QUANT_OPTIONS)}")
+        if not callable(inner) and inner not in INNER:
+            raise SFMPConfigError(f"inner must be one of {INNER} or a backend callable, got {inner!r}")
+        self.saliences: Mapping[str, torch.Tensor] | None = None
+        if plan is not None:
+            if not isinstance(plan, Plan):
+                raise SFMPConfigError(f"plan= must be an sfmp_compile.Plan (from sfmp_compile.plan(model, ...)), got {type(plan).__name__}")
+            if bits is not None or options:
+                raise SFMPConfigError("pass either plan= or quantization options (bits, salience, ...), not both: "
+                                      "the plan already fixes them")
+            self.config = plan.config
+            self.user_plan = plan
+        else:
+            sal = options.pop("salience", None)
+            if sal is None:
+                kind = "activation" if calibration is not None else "weight"
+            elif isinstance(sal, str):
+                kind = sal
+            elif isinstance(sal, Mapping):
+                kind, self.saliences = "weight", sal
+            else:
+                raise SFMPConfigError(f"salience must be 'weight', 'activation', 'fisher' or a dict name -> tensor, got {type(sal).__name__}")
+            self.config = QuantConfig(bits=3.0 if bits is None else bits, salience=kind, **options)
+            if kind == "fisher":
+                raise SFMPConfigError(
+                    "salience='fisher' needs gradients of the model's loss, which a backend (seeing one graph, "
+                    "without labels) cannot take. Plan first and pass the plan: "
+                    "sfmp_backend(plan=sfmp_compile.plan(model, bits, salience='fisher', calibration=data))")
+            if kind == "activation" and calibration is None:
+                raise SFMPConfigError("salience='activation' needs calibration= (model inputs such as token-id "
+                                      "tensors); use salience='weight' for a data-free run")
+            self.user_plan = None
+        if self.config.quantizer == "gptq":
+            raise SFMPConfigError("quantizer='gptq' needs per-layer Hessians from calibration data: quantize first "
+                                  "(sfmp_compile.quantize(model, quantizer='gptq', calibration=...)), then "
+                                  "torch.compile the quantized model")
+        self.calibration = list(calibration) if calibration is not None else None
+        self.inner = inner
+        self.dump_dir = dump_dir if dump_dir is not None else os.environ.get("SFMP_DUMP_DIR") or None
+        self.release_weights = bool(release_weights)
+        self.fold = bool(fold)
+        self.tie = bool(tie)
+        self.resolver = NameResolver(model)
+        self._keep_float = self._non_linear_param_ids(model) if model is not None else set()
+        self._cache: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._names: dict[str, int] = {}  # layer name -> id of the parameter that holds it
+        self.plan = Plan(self.config, {})
+        self.reports: list[GraphReport] = []
+        self.timings: dict[str, float] = {}
+        self.quantize_calls = 0
+        self.released_bytes = 0
+        self._planned_graphs = 0
+        self._warned: set[str] = set()
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _non_linear_param_ids(model: nn.Module) -> set[int]:
+        """Parameters some non-linear module also holds (tied embeddings): never free them."""
+        keep = set()
+        for m in model.modules():
+            if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D":
+                continue
+            keep.update(id(p) for p in m.parameters(recurse=False))
+        return keep
+
+    def _warn_once(self, key: str, msg: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(msg, stacklevel=3)
+
+    def _tick(self, report: GraphReport, phase: str, t0: float) -> float:
+        t = time.perf_counter()
+        report.timings[phase] = report.timings.get(phase, 0.0) + (t - t0)
+        self.timings[phase] = self.timings.get(phase, 0.0) + (t - t0)
+        return t
+
+    def _cached(self, p: torch.Tensor) -> _Entry | None:
+        e = self._cache.get(p)
+        if e is None:
+            return None
+        if e.version != p._version and p.untyped_storage().nbytes() > 0:
+            return None  # the weight changed in place since it was quantized: quantize again
+        return e
+
+    def _unique_name(self, name: str, p: torch.Tensor) -> str:
+        owner = self._names.get(name)
+        if owner is None or owner == id(p):
+            self._names[name] = id(p)
+            return name
+        i = 2
+        while f"{name}#{i}" in self._names and self._names[f"{name}#{i}"] != id(p):
+            i += 1
+        self._names[f"{name}#{i}"] = id(p)
+        return f"{name}#{i}"
+
+    def _constant(self, gm: fx.GraphModule, example_inputs):
+        """node -> real tensor for parameters / buffers / get_attr (constants the passes may permute)."""
+        phs = {n: e for n, e in zip([n for n in gm.graph.nodes if n.op == "placeholder"], example_inputs)}
+
+        def constant(node: fx.Node):
+            if node.op == "get_attr":
+                try:
+                    return get_constant(gm, node)
+                except AttributeError:
+                    return None
+            if node.op == "placeholder":
+                e = phs.get(node)
+                ga = node.meta.get("grapharg")
+                src = str(getattr(getattr(ga, "source", None), "name", "")) if ga is not None else ""
+                if isinstance(e, nn.Parameter) or (isinstance(e, torch.Tensor) and "_buffers[" in src):
+                    if e.untyped_storage().nbytes() == 0:
+                        return None  # released: its values are gone
+                    return e
+            return None
+
+        return constant
+
+    # ------------------------------------------------------------------ planning
+    def _saliences(self, gm, example_inputs, sites: list[LinearSite], weights: dict[str, torch.Tensor], report):
+        """(saliences, col_weights) for the new layers of this graph."""
+        moments = None
+        if self.calibration is not None:
+            moments = graph_input_moments(gm, example_inputs, sites, self.calibration)
+            if isinstance(moments, str):
+                report.notes.append(f"calibration not used: {moments}")
+                self._warn_once(f"calib{report.index}", f"sfmp_backend: graph {report.index}: calibration not used "
+                                f"({moments}); weight salience instead. A whole-model plan avoids this: "
+                                "sfmp_backend(plan=sfmp_compile.plan(model, bits, calibration=data)).")
+                moments = None
+        kind = self.config.salience
+        if self.saliences is not None:
+            sal = {}
+            for name in weights:
+                key = self.resolver.resolve(name, self.saliences)
+                if key is None:
+                    raise ValueError(f"salience= has no entry for layer {name}")
+                sal[name] = self.saliences[key].float()
+        elif kind == "activation" and moments is not None:
+            sal = {n: w.float().pow(2) * moments[n][None, :].to(w.device) for n, w in weights.items()}
+        else:
+            sal = {n: w.float().pow(2) for n, w in weights.items()}
+        cws = {n: moments[n] for n in weights} if moments is not None else None
+        return sal, cws
+
+    def _plan_new(self, gm, example_inputs, sites, new: dict[str, LinearSite], report) -> dict[str, LayerPlan]:
+        if self.user_plan is not None:
+            return {name: self.user_plan.layers[name] for name in new}
+        self._planned_graphs += 1
+        if self._planned_graphs == 2:
+            self._warn_once("split", "sfmp_backend: Dynamo produced more than one graph with new weights, and no plan= "
+                            "was given, so each graph's linears are allocated on their own budget (the average bit "
+                            "width holds per graph, not across the model). For one global budget pass "
+                            "sfmp_backend(plan=sfmp_compile.plan(model, bits=...)).")
+        t0 = time.perf_counter()
+        weights = {n: s.linear_weight() for n, s in new.items()}
+        sal, cws = self._saliences(gm, example_inputs, list(new.values()), weights, report)
+        t0 = self._tick(report, "salience", t0)
+        rows, cols = tie_groups(new.values(), self._constant(gm, example_inputs)) if self.tie else ([], [])
+        plan = make_tied_plan(weights, sal, self.config, cws, rows, cols)
+        self._tick(report, "allocation", t0)
+        return plan.layers
+
+    # ------------------------------------------------------------------ the backend
+    def __call__(self, gm: fx.GraphModule, example_inputs: list) -> Callable:
+        pristine = copy_graph_module(gm)  # for recompiling the graph for other parameters (see _Specialized)
+        compiled = self._compile_graph(gm, example_inputs)
+        return _Specialized(self, pristine, list(example_inputs), compiled)
+
+    def _compile_graph(self, gm: fx.GraphModule, example_inputs: list, variant_of: int | None = None) -> Callable:
+        report = GraphReport(index=len(self.reports))
+        if variant_of is not None:
+            report.notes.append(f"recompiled graph {variant_of} for other parameters (Dynamo reuses a graph for "
+                                "every module instance of the same code)")
+        t_all = t0 = time.perf_counter()
+        before = gm.print_readable(print_output=False) if self.dump_dir else ""
+        report.n_nodes_before = len(gm.graph.nodes)
+        sites = find_linear_sites(gm, example_inputs, self.resolver)
+        t0 = self._tick(report, "find", t0)
+
+        # Name, filter, and split into cached / new weights.
+        new: dict[str, LinearSite] = {}
+        for s in sites:
+            if not s.quantizable or s.form == "sfmp":
+                continue
+            if not self.resolver.exact and is_relative(s.source):
+                self._warn_once("relative", "sfmp_backend: a graph starts inside a submodule (after a graph break), so "
+                                "its parameter names are relative; pass model= to sfmp_backend for exact names")
+            entry = self._cached(s.weight)
+            if entry is not None:
+                s.name = entry.name
+                continue
+            if self.user_plan is not None:
+                name = self.resolver.resolve(s.name, self.user_plan.layers)
+                if name is None:
+                    s.skip_reason = "not in the plan"
+                    continue
+                if self.user_plan.layers[name].shape != (s.out_features, s.in_features):
+                    raise ValueError(f"{name}: the plan is for shape {self.user_plan.layers[name].shape}, the graph's "
+                                     f"weight is {(s.out_features, s.in_features)}")
+                s.name = name
+            elif skipped(s.name, self.config.skip):
+                s.skip_reason = f"skip pattern {list(self.config.skip)}"
+                continue
+            if s.weight.untyped_storage().nbytes() == 0:
+                raise RuntimeError(f"{s.name}: its float weight was released (release_weights=True) by another "
+                                   "backend instance; compile again with the same backend object")
+            s.name = self._unique_name(s.name, s.weight)
+            new.setdefault(s.name, s)
+        cached_names = {s.name for s in sites if s.quantizable and s.form != "sfmp" and s.name not in new}
+
+        if new:
+            layer_plans = self._plan_new(gm, example_inputs, sites, new, report)
+            t0 = time.perf_counter()
+            for name, s in new.items():
+                packed = quantize_weight(s.linear_weight(), layer_plans[name], self.config)
+                self.quantize_calls += 1
+                self._cache[s.weight] = _Entry(name, packed, s.weight._version)
+                self.plan.layers[name] = layer_plans[name]
+            t0 = self._tick(report, "quantization", t0)
+
+        # Rewrite and fold.
+        t0 = time.perf_counter()
+        work = []
+        for s in sites:
+            if not s.quantizable:
+                report.skipped.append((s.node.name, s.name, s.skip_reason))
+            elif s.form == "sfmp":
+                work.append((s, None))
+            else:
+                work.append((s, self._cache[s.weight].packed))
+        records = rewrite_linears(gm, work)
+        fold = FoldReport()
+        if self.fold:
+            fold = fold_permutations(gm, self._constant(gm, example_inputs))
+        else:
+            fold.gathers_before = fold.gathers_after = count_gathers(gm)
+        report.regions, report.not_folded = fold.regions, list(fold.not_folded)
+        report.gathers_before, report.gathers_after = fold.gathers_before, fold.gathers_after
+        report.gathers = gather_counts(gm)
+        report.layers = [self._row(r, s.name in cached_names) for r, (s, _) in zip(records, work)]
+        report.n_nodes_after = len(gm.graph.nodes)
+        t0 = self._tick(report, "passes", t0)
+
+        if self.release_weights:
+            self._release(gm, sites, report)
+        compiled, inner_code = self._compile_inner(gm, example_inputs, report)
+        report.timings["total"] = time.perf_counter() - t_all
+        if self.dump_dir:
+            after = gm.print_readable(print_output=False)
+            kernels = kernel_sources()
+            if inner_code:
+                kernels = (kernels + "\n\n" if kernels else "") + "# ---- Inductor output code ----\n" + "\n\n".join(inner_code)
+            write_graph_dump(self.dump_dir, report, before, after, kernels)
+        self.reports.append(report)
+        return compiled
+
+    def _row(self, r: LayerRewrite, cached: bool) -> LayerRow:
+        g = r.gemm
+        a = g.args[0]
+        if is_gather(a, (ROLE_IN,)):
+            flags = [k for k in ("composed", "shared") if a.meta["sfmp"].get(k)]
+            in_perm = "kept" + (f" ({', '.join(flags)})" if flags else "")
+        else:
+            in_perm = "folded" if r.has_col_perm else "none"
+        outs = [u for u in g.users if is_gather(u, (ROLE_OUT,))]
+        if outs:
+            out_perm = "kept (realigned)" if outs[0].meta["sfmp"].get("realigned") else "kept"
+        else:
+            out_perm = "folded" if r.has_row_perm else "none"
+        op = r.op.replace("sfmp.", "").replace(".default", "")
+        return LayerRow(r.node, r.layer, r.form, r.shape, r.bits_hist, in_perm, out_perm, op, cached)
+
+    def _release(self, gm, sites, report) -> None:
+        """Free float weights whose only uses in this graph were the rewritten linears."""
+        params = {}
+        for s in sites:
+            if s.weight is None or s.form == "sfmp" or s.weight_node is None or not s.quantizable:
+                continue
+            if s.weight_node.users:
+                report.notes.append(f"{s.name}: float weight kept (still used elsewhere in the graph)")
+            elif id(s.weight) in self._keep_float:
+                report.notes.append(f"{s.name}: float weight kept (tied to a non-linear module)")
+            elif (why := can_release(s.weight)) is not None:
+                if why != "already released":
+                    report.notes.append(f"{s.name}: float weight kept ({why})")
+            else:
+                params[id(s.weight)] = s.weight
+        freed = release(params.values())
+        self.released_bytes += freed
+        report.notes.append(f"released {freed} bytes of float weights")
+
+    def _compile_inner(self, gm: fx.GraphModule, example_inputs, report) -> tuple[Callable, list[str]]:
+        t0 = time.perf_counter()
+        # A fresh GraphModule over the same graph: compile_fx rejects buffers registered on the module
+        # Dynamo built (its parameter-source bookkeeping does not know them); a re-wrap has none of it.
+        gm2 = fx.GraphModule(gm, gm.graph)
+        code: list[str] = []
+        if callable(self.inner):
+            compiled = self.inner(gm2, example_inputs)
+        elif self.inner == "eager":
+            compiled = gm2.forward
+        elif self.inner == "aot_eager":
+            from torch._dynamo.backends.debugging import aot_eager
+            compiled = aot_eager(gm2, example_inputs)
+        else:
+            from torch._inductor.compile_fx import compile_fx
+            if self.dump_dir:
+                from unittest import mock
+                from torch._inductor.graph import GraphLowering
+                with mock.patch.object(GraphLowering, "save_output_code", code.append):
+                    compiled = compile_fx(gm2, example_inputs)
+            else:
+                compiled = compile_fx(gm2, example_inputs)
+        self._tick(report, "inner_compile", t0)
+        return compiled, code
+
+    # ------------------------------------------------------------------ reports
+    def gather_counts(self) -> dict[str, dict[str, int]]:
+        """Per layer, the gathers left in the most recent graph that contains it: {"in", "out", "shared"}."""
+        out: dict[str, dict[str, int]] = {}
+        for r in self.reports:
+            out.update(r.gathers)
+        return out
+
+    @property
+    def packed_bytes(self) -> int:
+        """Bytes of every packed weight this backend holds."""
+        return sum(e.packed.nbytes for e in self._cache.values())
+
+
+class _Specialized:
+    """The callable handed back to Dynamo for one graph: the compiled graph, per parameter set.
+
+    Dynamo passes parameters to a graph as inputs and guards them on metadata only, so it reuses
+    one graph for every instance of the same module code (e.g. each decoder layer's forward after a
+    graph break inside it). Our graph has that instance's packed weights and permutations baked in,
+    so a call with *other* parameter objects gets its own compilation (cached by their identity).
+    Checking identities costs one pass over the parameter inputs per call.
+    """
+
+    def __init__(self, backend: "SFMPBackend", pristine: fx.GraphModule, example_inputs: list, compiled: Callable):
+        self.backend = backend
+        self.pristine = pristine
+        self.example_inputs = example_inputs
+        self.index = len(backend.reports) - 1
+        phs = [n for n in pristine.graph.nodes if n.op == "placeholder"]
+        self.positions = [i for i, (n, e) in enumerate(zip(phs, example_inputs)) if _is_state(n, e)]
+        self.variants: dict[tuple, tuple[list, Callable]] = {}
+        self._add([example_inputs[i] for i in self.positions], compiled)
+
+    def _add(self, tensors: list, compiled: Callable) -> None:
+        key = tuple(id(t) for t in tensors)
+        self.variants[key] = ([weakref.ref(t) for t in tensors], compiled)
+
+    def __call__(self, *args):
+        state = [args[i] for i in self.positions]
+        hit = self.variants.get(tuple(id(t) for t in state))
+        if hit is None or any(r() is not t for r, t in zip(hit[0], state)):
+            inputs = list(self.example_inputs)
+            for i in self.positions:
+                inputs[i] = args[i]
+            compiled = self.backend._compile_graph(copy_graph_module(self.pristine), inputs, variant_of=self.index)
+            self._add(state, compiled)
+            hit = self.variants[tuple(id(t) for t in state)]
+        return hit[1](*args)  # Dynamo's convention for a backend's result: unboxed positional args
+
+
+def _is_state(node: fx.Node, e) -> bool:
+    """Parameters and buffers (what a compiled graph may have baked in: weights, permutations)."""
+    if isinstance(e, nn.Parameter):
+        return True
+    ga = node.meta.get("grapharg")
+    src = str(getattr(getattr(ga, "source", None), "name", "")) if ga is not None else ""
+    return isinstance(e, torch.Tensor) and "._buffers[" in src
+
+
+def sfmp_backend(bits: float | None = None, **options: Any) -> SFMPBackend:
+    """A ``torch.compile`` backend that quantizes every linear with SFMP and compiles the result.
+
+    bits: target average code bits (1 < bits <= 8; default 3.0). Options: any QuantConfig field
+    (bit_choices, block_rows, group_size, salience, quantizer, clip_search, reorder_rows,
+    reorder_cols, skip); ``plan=`` a whole-model Plan (from ``sfmp_compile.plan``) instead of those;
+    ``model=`` the model, to name parameters exactly across graph breaks; ``calibration=`` model inputs
+    run through each graph for activation salience; ``inner=`` "inductor" | "aot_eager" | "eager";
+    ``dump_dir=`` (or env SFMP_DUMP_DIR) for graph dumps; ``release_weights=`` free float weights after
+    compiling; ``fold=`` / ``tie=`` to disable permutation folding / order tying.
+
+    Options are validated here, so a bad value fails at this call rather than inside torch.compile.
+    """
+    return SFMPBackend(bits, **options)

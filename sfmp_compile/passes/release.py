@@ -1,0 +1,51 @@
+"""Free the float weights once their packed copies exist, without upsetting Dynamo.
+
+Dynamo guards each parameter input on its metadata (shape, stride, dtype, device, requires_grad) and
+keeps passing the same nn.Parameter object to the compiled graph. Replacing ``p.data`` changes that
+metadata and triggers recompiles; resizing the parameter's *storage* to zero bytes keeps every
+guarded property and frees the memory. The compiled graph no longer reads the parameter, and a
+recompile (new sequence length) finds the packed weight in the backend's cache by identity.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+
+def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes held by the distinct storages of ``tensors`` (released ones count 0)."""
+    seen, total = set(), 0
+    for t in tensors:
+        st = t.untyped_storage()
+        key = st.data_ptr()
+        if key in seen or st.nbytes() == 0:
+            continue
+        seen.add(key)
+        total += st.nbytes()
+    return total
+
+
+def can_release(p: torch.Tensor) -> str | None:
+    """None if ``p``'s storage can be freed on its own, else why not."""
+    st = p.untyped_storage()
+    if st.nbytes() == 0:
+        return "already released"
+    if p.storage_offset() != 0 or st.nbytes() != p.numel() * p.element_size():
+        return "its storage is shared with other tensors"
+    return None
+
+
+def release(params: Iterable[torch.Tensor]) -> int:
+    """Resize each parameter's storage to 0 bytes (metadata untouched). Returns the bytes freed."""
+    freed = 0
+    for p in params:
+        if can_release(p) is None:
+            st = p.untyped_storage()
+            freed += st.nbytes()
+            st.resize_(0)
+    return freed
+
+
+def is_released(p: torch.Tensor) -> bool:
+    return p.untyped_storage().nbytes() == 0 and p.numel() > 0
