@@ -1,0 +1,284 @@
+"""Quality on SmolLM2: SFMP vs uniform and layer-wise mixed precision at equal bits per weight.
+
+  python benchmarks/quality.py                       # every run, resumable, -> benchmarks/quality.json
+  python benchmarks/quality.py --shard 0/2 --out /tmp/q0.json &   # two 1-thread shards in parallel
+  python benchmarks/quality.py --shard 1/2 --out /tmp/q1.json &
+  python benchmarks/quality.py --merge /tmp/q0.json /tmp/q1.json  # -> quality.json, RESULTS.md, PNG
+  python benchmarks/quality.py --report              # rewrite RESULTS.md section + PNG from the JSON
+
+Setup (sfmp_compile.experiments.load_bench): group 64 (SmolLM2's source weights are Q4_1 g32, so g32
+4-bit would land on the old grid), 16 x 512 calibration tokens from the first wiki articles, 8,192
+held-out tokens from the last ones, context 512. BPW counts everything stored. Runs are keyed; an
+output JSON that already holds a key is not rerun (delete it to redo).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+BPWS = (2.5, 3.0, 3.5, 4.0)
+ABLATION_BPW = 3.5
+
+
+def run_specs():
+    """(key, callable(bench) -> record) for the whole table, cheap RTN runs first, GPTQ last."""
+    specs = []
+    for b in (2, 3, 4):
+        specs.append((f"uniform-rtn-{b}", lambda B, b=b: B.uniform(b, "rtn")))
+    for bpw in BPWS:
+        specs.append((f"sfmp3-fisher-rtn-{bpw}", lambda B, bpw=bpw: B.sfmp(bpw, "fisher", 3, "rtn")))
+        specs.append((f"sfmp2-fisher-rtn-{bpw}", lambda B, bpw=bpw: B.sfmp(bpw, "fisher", 2, "rtn")))
+        specs.append((f"layerwise-fisher-rtn-{bpw}", lambda B, bpw=bpw: B.layerwise(bpw, "fisher", "rtn")))
+    a = ABLATION_BPW
+    specs += [
+        (f"sfmp3-fisher-rtn-{a}-norow", lambda B: B.sfmp(a, "fisher", 3, "rtn", reorder_rows=False, tag="no row reorder")),
+        (f"sfmp3-fisher-rtn-{a}-nocol", lambda B: B.sfmp(a, "fisher", 3, "rtn", reorder_cols=False, tag="no col reorder")),
+        (f"sfmp3-fisher-rtn-{a}-sorted", lambda B: B.sfmp(a, "fisher", 3, "rtn", regroup=False, tag="salience-sorted groups")),
+        (f"sfmp3-activation-rtn-{a}", lambda B: B.sfmp(a, "activation", 3, "rtn")),
+        (f"sfmp3-weight-rtn-{a}", lambda B: B.sfmp(a, "weight", 3, "rtn")),
+        (f"layerwise-activation-rtn-{a}", lambda B: B.layerwise(a, "activation", "rtn")),
+        ("uniform-rtn-3-colsorted", lambda B: _uniform_sorted(B, 3)),
+    ]
+    for b in (3, 4, 2):
+        specs.append((f"uniform-gptq-{b}", lambda B, b=b: B.uniform(b, "gptq")))
+    for bpw in (3.5, 4.0, 3.0):
+        specs.append((f"sfmp3-fisher-gptq-{bpw}", lambda B, bpw=bpw: B.sfmp(bpw, "fisher", 3, "gptq")))
+    specs.append((f"layerwise-fisher-gptq-{a}", lambda B: B.layerwise(a, "fisher", "gptq")))
+    return specs
+
+
+def _uniform_sorted(B, bits):
+    """The prototype's problem case: integer bits, activation-salience column sort kept (no regroup)."""
+    from sfmp_compile.plan import make_plan
+    sal, sal_s = B.salience("activation")
+    cfg = B.config(bits=float(bits), salience="activation")
+    plan = make_plan(B.weights, sal, cfg, B.moments, regroup=False)
+    return B.run(plan, {"method": "ablation", "label": f"uniform {bits}-bit rtn, activation col sort (prototype)",
+                        "quantizer": "rtn", "salience": "activation", "target_bpw": None, "levels": 1,
+                        "regroup": False, "alloc_s": plan.timings["reorder_s"] + plan.timings["allocate_s"],
+                        "salience_s": sal_s})
+
+
+def machine() -> dict:
+    import torch
+    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "python": platform.python_version(),
+            "loadavg_at_start": os.getloadavg()}
+
+
+def run(args) -> None:
+    import torch
+    torch.set_num_threads(args.threads)
+    from sfmp_compile.experiments import load_bench
+    out = Path(args.out)
+    data = json.loads(out.read_text()) if out.exists() else {"runs": {}}
+    specs = run_specs()
+    if args.only:
+        specs = [s for s in specs if any(o in s[0] for o in args.only.split(","))]
+    k, n = (int(x) for x in args.shard.split("/"))
+    specs = [s for i, s in enumerate(specs) if i % n == k]
+    todo = [s for s in specs if s[0] not in data["runs"]]
+    print(f"[quality] {len(todo)} of {len(specs)} runs to do -> {out}", flush=True)
+    if not todo:
+        return
+    t0 = time.perf_counter()
+    bench = load_bench(args.model, cache_dir=args.cache)
+    data["setup"] = {"model": args.model, "group_size": bench.group_size, "block_rows": bench.block_rows,
+                     "calibration": f"{len(bench.calibration)}x{bench.calibration[0].shape[1]} tokens (first wiki articles)",
+                     "eval_tokens": int(bench.eval_ids.shape[1]), "context": bench.context,
+                     "fp32": bench.fp32, "moments_s": bench.moments_s, "machine": machine(),
+                     "command": " ".join([Path(sys.executable).name] + sys.argv)}
+    for key, fn in todo:
+        t = time.perf_counter()
+        rec = fn(bench)
+        rec["key"] = key
+        rec["wall_s"] = time.perf_counter() - t
+        data["runs"][key] = rec
+        data.setdefault("saliences_s", {}).update({k: v[1] for k, v in bench.saliences.items()})
+        out.write_text(json.dumps(data, indent=1, default=float))
+    data["setup"]["wall_s"] = data["setup"].get("wall_s", 0.0) + time.perf_counter() - t0
+    out.write_text(json.dumps(data, indent=1, default=float))
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------------
+
+def _interp(points, x):
+    from sfmp_compile.experiments import interpolate
+    return interpolate(points, x)
+
+
+def goals(data) -> list[str]:
+    runs = data["runs"]
+    lines = []
+    for q in ("rtn", "gptq"):
+        uni = sorted((r["bpw"], r["ppl"]) for r in runs.values() if r["method"] == "uniform" and r["quantizer"] == q)
+        for lv in (3, 2):
+            sf = {r["target_bpw"]: r for r in runs.values() if r["method"] == "sfmp" and r["quantizer"] == q
+                  and r["levels"] == lv and r["salience"] == "fisher" and not r.get("tag")}
+            lw = {r["target_bpw"]: r for r in runs.values() if r["method"] == "layerwise" and r["quantizer"] == q
+                  and r["salience"] == "fisher"}
+            if not sf:
+                continue
+            lines.append(f"- SFMP {lv}-level Fisher, {q.upper()}:")
+            for bpw in sorted(sf):
+                r = sf[bpw]
+                u = _interp(uni, r["bpw"])
+                parts = [f"BPW {r['bpw']:.3f}: PPL {r['ppl']:.2f}"]
+                if u is not None:
+                    parts.append(f"uniform line {u:.2f} -> {'beats' if r['ppl'] < u else 'LOSES'}")
+                elif uni and r["bpw"] < uni[0][0]:
+                    # Below the lowest uniform point: beating that point (more bits) beats the line.
+                    parts.append(f"uniform {uni[0][1]:.2f} at BPW {uni[0][0]:.3f} (more bits) -> "
+                                 f"{'beats' if r['ppl'] < uni[0][1] else 'LOSES'}")
+                else:
+                    parts.append("uniform line: outside the measured range")
+                if bpw in lw:
+                    parts.append(f"layer-wise {lw[bpw]['ppl']:.2f} -> {'beats' if r['ppl'] < lw[bpw]['ppl'] else 'LOSES'}")
+                lines.append("  - " + "; ".join(parts))
+    u4 = [r for r in runs.values() if r["method"] == "uniform" and r["weight_bits"] == 4.0]
+    for r4 in u4:
+        for r in runs.values():
+            if r["method"] == "sfmp" and r.get("target_bpw") == 4.0 and not r.get("tag") and r["salience"] == "fisher":
+                lines.append(f"- BPW 4.0 goal: {r['label']} PPL {r['ppl']:.2f} vs uniform 4-bit {r4['quantizer']} "
+                             f"(BPW {r4['bpw']:.3f}) {r4['ppl']:.2f} -> {'met' if r['ppl'] <= r4['ppl'] else 'NOT met'}")
+    for r in runs.values():
+        if r["method"] == "sfmp" and r.get("target_bpw") == 3.5 and not r.get("tag") and r["salience"] == "fisher":
+            lines.append(f"- BPW 3.5 goal (PPL <= 40): {r['label']} PPL {r['ppl']:.2f} -> {'met' if r['ppl'] <= 40 else 'NOT met'}")
+    return lines
+
+
+def table(data) -> str:
+    rows = sorted(data["runs"].values(), key=lambda r: (r["method"] != "uniform", r["method"], r["quantizer"],
+                                                        r.get("levels") or 0, r.get("salience") or "", r["bpw"], r.get("tag") or ""))
+    head = ("| method | quantizer | salience | BPW | code bits | PPL | KL | MiB (linears) | alloc s | quant s | total s |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|")
+    out = [head]
+    fp = data["setup"]["fp32"]
+    out.append(f"| fp32 | - | - | 32 | 32 | {fp['ppl']:.2f} | 0 | {data['runs'][next(iter(data['runs']))]['fp32_linear_bytes'] / 2**20:.1f} | - | - | - |")
+    for r in rows:
+        out.append(f"| {r['label']} | {r['quantizer']} | {r.get('salience') or '-'} | {r['bpw']:.3f} | {r['weight_bits']:.3f} | "
+                   f"{r['ppl']:.2f} | {r['kl']:.4f} | {r['quantized_bytes'] / 2**20:.2f} | {r['alloc_s']:.2f} | "
+                   f"{r['quant_s']:.0f} | {r['total_s']:.0f} |")
+    return "\n".join(out)
+
+
+def plot(data, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, q in zip(axes, ("rtn", "gptq")):
+        series = {}
+        for r in data["runs"].values():
+            if r["quantizer"] != q or r.get("tag") or r["method"] == "ablation":
+                continue
+            name = {"uniform": "uniform", "layerwise": f"layer-wise ({r.get('salience')})",
+                    "sfmp": f"SFMP {r.get('levels')}-level ({r.get('salience')})"}[r["method"]]
+            series.setdefault(name, []).append((r["bpw"], r["ppl"]))
+        for name, pts in sorted(series.items()):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
+        ax.axhline(data["setup"]["fp32"]["ppl"], color="k", ls="--", lw=1, label="fp32")
+        ax.set_yscale("log")
+        ax.set_xlabel("BPW (codes + scales + zeros + permutations + maps)")
+        ax.set_title(f"SmolLM2-135M, group 64, {q.upper()}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("wiki perplexity (8,192 held-out tokens)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
+
+
+def report(data, results_md: Path, png: Path) -> None:
+    plot(data, png)
+    s = data["setup"]
+    m = s["machine"]
+    sal = data.get("saliences_s", {})
+    text = f"""{BEGIN}
+## Quality on SmolLM2
+
+SmolLM2-135M-Instruct (fp32 from the Q4_1 GGUF), group 64, block rows 512, clip search on (E[x²]-weighted),
+calibration {s['calibration']}, {s['eval_tokens']} held-out tokens from the last wiki articles, context {s['context']}.
+PPL and KL(fp32 ‖ quantized, nats/token) on the held-out tokens; the quantized model is evaluated with its exact
+dequantized weights in fp32. BPW = `quantization_report(model)["bpw"]`: codes, fp16 scales and zeros,
+int32 row/column permutations, bit maps, offsets. SFMP's BPW target is converted to a code-bit target by
+subtracting the overhead measured on the plan itself (`baselines.code_bits_for_bpw`); layer-wise uses the same
+budget (identity orders, so it has no permutation cost). 3-level widths are (2,3,4), or (1,2,3) when the
+code-bit target is below 2 (BPW 2.5).
+
+Costs: shared salience (not charged to either method) — moments {s['moments_s']:.0f} s, Fisher {sal.get('fisher', float('nan')):.0f} s.
+"alloc s" is everything a method does beyond that: SFMP = one reorder + global allocation (`make_plan`),
+layer-wise = quantizing every layer at every width to measure errors + the knapsack. "quant s" includes
+packing (and GPTQ's calibration passes). fp32 PPL {s['fp32']['ppl']:.2f}.
+
+Machine: {m['platform']}, {m['cpu_count']} cores, torch {m['torch']}, {m['threads']} thread(s) per process;
+shared with other jobs (load average at start {m['loadavg_at_start'][0]:.1f}), so times are upper bounds.
+Command: `{s['command']}` (see benchmarks/quality.py for sharding/merging).
+
+{table(data)}
+
+Goals:
+{chr(10).join(goals(data))}
+
+![PPL vs BPW]({png.name})
+{END}"""
+    old = results_md.read_text() if results_md.exists() else "# Results\n"
+    if BEGIN in old and END in old:
+        new = old[: old.index(BEGIN)] + text + old[old.index(END) + len(END):]
+    else:
+        new = old.rstrip() + "\n\n" + text + "\n"
+    results_md.write_text(new)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--out", default=str(HERE / "quality.json"))
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads per process (1: the 2-core machine is shared; oversubscribed OpenMP spins)")
+    ap.add_argument("--shard", default="0/1", help="k/n: run every n-th spec starting at k")
+    ap.add_argument("--only", default=None, help="comma-separated substrings of run keys")
+    ap.add_argument("--cache", default=str(Path.home() / ".cache" / "sfmp_compile" / "quality"),
+                    help="where calibration moments and Fisher salience are cached")
+    ap.add_argument("--merge", nargs="*", default=None, help="merge shard JSONs into --out, then report")
+    ap.add_argument("--report", action="store_true", help="only rewrite RESULTS.md and the PNG from --out")
+    ap.add_argument("--results", default=str(HERE / "RESULTS.md"))
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    if args.merge:
+        data = {"runs": {}}
+        for f in args.merge:
+            d = json.loads(Path(f).read_text())
+            data["runs"].update(d["runs"])
+            data.setdefault("saliences_s", {}).update(d.get("saliences_s", {}))
+            if "setup" in d:
+                data.setdefault("setup", d["setup"])
+                data["setup"]["shard_wall_s"] = data["setup"].get("shard_wall_s", []) + [d["setup"].get("wall_s")]
+        out.write_text(json.dumps(data, indent=1, default=float))
+        args.report = True
+    if not args.report:
+        run(args)
+    data = json.loads(out.read_text())
+    report(data, Path(args.results), out.with_suffix(".png"))
+    print(table(data))
+    print("\n".join(goals(data)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,342 @@
+"""Quality experiments on a real model: SFMP against uniform and layer-wise mixed precision at equal BPW.
+
+One ``Bench`` holds everything the methods share: the fp32 model (never modified), calibration
+windows, held-out tokens, the fp32 reference's next-token log-probabilities (for KL, computed once),
+the calibration input moments E[x²] (clip-search weights and activation salience) and each salience
+kind, computed once and timed once. Every method then costs: its allocation (whatever it does beyond
+the shared salience), quantization, and evaluation. BPW is always ``quantization_report(model)["bpw"]``
+(codes, scales, zeros, permutations, bit maps, offsets).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .baselines import code_bits_for_bpw, layerwise_plan, plan_bpw, uniform_plan
+from .config import QuantConfig
+from .linear import SFMPLinear
+from .plan import Plan, find_linears, make_plan
+from .quantize import quantization_report, quantize
+from .salience import fisher_salience, input_second_moments, linear_weight
+
+
+def dense_copy(model: nn.Module) -> nn.Module:
+    """Swap every SFMPLinear for an nn.Linear holding its dequantized weight (in place; returns model).
+
+    The same function x·Ŵᵀ + b (fp32), computed without unpacking the codes on every call: used to
+    evaluate many quantized variants quickly. The checked equivalence lives in tests/test_baselines.py.
+    """
+    for name, m in list(model.named_modules()):
+        if isinstance(m, SFMPLinear):
+            lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+            with torch.no_grad():
+                lin.weight.copy_(m.packed.dequantize(torch.float32))
+                if m.bias is not None:
+                    lin.bias.copy_(m.bias)
+            lin.requires_grad_(False)
+            parent, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf, lin)
+    return model
+
+
+def layer_type(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
+
+
+@dataclass
+class Bench:
+    """Shared state of one experiment. model: fp32 reference; eval_ids LongTensor [1, T]."""
+
+    model: nn.Module
+    tokenizer: object
+    calibration: list
+    eval_ids: torch.Tensor
+    context: int = 512
+    group_size: int = 64
+    block_rows: int = 512
+    clip_search: bool = True
+    ref_logprobs: list = field(default_factory=list)
+    fp32: dict = field(default_factory=dict)
+    moments: dict = field(default_factory=dict)
+    moments_s: float = 0.0
+    saliences: dict = field(default_factory=dict)  # kind -> (dict name -> fp32 [N, K], seconds)
+    verbose: bool = True
+    cache_dir: str | None = None  # moments / Fisher salience saved here (with their measured seconds)
+
+    # ---- shared statistics ----
+    @property
+    def layers(self) -> dict[str, nn.Module]:
+        return find_linears(self.model, ("lm_head",))
+
+    @property
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {n: linear_weight(m).detach().float() for n, m in self.layers.items()}
+
+    def prepare(self) -> "Bench":
+        """Reference log-probs on the held-out windows and calibration moments E[x²]."""
+        t0 = time.perf_counter()
+        nll, n = 0.0, 0
+        self.ref_logprobs = []
+        with torch.inference_mode():
+            for ids in self.windows():
+                lp = F.log_softmax(self._logits(self.model, ids), -1)
+                self.ref_logprobs.append(lp)
+                nll -= float(lp[:-1].gather(-1, ids[0, 1:, None]).sum())
+                n += ids.shape[1] - 1
+        self.fp32 = {"ppl": math.exp(nll / n), "kl": 0.0, "eval_s": time.perf_counter() - t0,
+                     "bytes": sum(t.numel() * t.element_size() for t in self.model.state_dict().values())}
+        self.moments, self.moments_s = self._compute_once(
+            "moments", lambda: input_second_moments(self.model, self.layers, self.calibration))
+        self.log(f"fp32 PPL {self.fp32['ppl']:.3f} ({self.fp32['eval_s']:.0f} s); moments {self.moments_s:.0f} s")
+        return self
+
+    def salience(self, kind: str) -> tuple[dict, float]:
+        """(name -> fp32 [N, K], seconds) for kind in weight / activation / fisher, computed once."""
+        if kind not in self.saliences:
+            t0 = time.perf_counter()
+            w = self.weights
+            if kind == "weight":
+                s = {n: x.pow(2) for n, x in w.items()}
+            elif kind == "activation":
+                # The moments pass is shared with clip search; its time is charged to activation here.
+                s = {n: x.pow(2) * self.moments[n][None, :] for n, x in w.items()}
+            elif kind == "fisher":
+                s, dt = self._compute_once("fisher", lambda: fisher_salience(self.model, self.layers, self.calibration))
+                self.saliences[kind] = (s, dt)
+                self.log(f"salience fisher: {dt:.1f} s")
+                return self.saliences[kind]
+            else:
+                raise ValueError(f"unknown salience kind {kind!r}")
+            dt = time.perf_counter() - t0 + (self.moments_s if kind == "activation" else 0.0)
+            self.saliences[kind] = (s, dt)
+            self.log(f"salience {kind}: {dt:.1f} s")
+        return self.saliences[kind]
+
+    def error_weights(self, kind: str) -> dict[str, torch.Tensor]:
+        """What a layer's quantization error is weighted by for the layer-wise search: the loss proxy
+        each salience stands for (Fisher: F ⊙ δ², activation: E[x²] ⊙ δ² = output MSE, weight: δ²)."""
+        if kind == "fisher":
+            return self.salience("fisher")[0]
+        if kind == "activation":
+            return dict(self.moments)
+        return {n: torch.ones(w.shape[1]) for n, w in self.weights.items()}
+
+    def _cache_path(self, what: str) -> str | None:
+        if not self.cache_dir:
+            return None
+        import hashlib
+        import os
+        h = hashlib.sha1()
+        for c in self.calibration:
+            h.update(c.numpy().tobytes())
+        for n, m in self.layers.items():  # which model: names, shapes and a weight checksum
+            h.update(f"{n}{tuple(m.weight.shape)}{float(m.weight.detach().double().sum()):.12e}".encode())
+        os.makedirs(self.cache_dir, exist_ok=True)
+        return os.path.join(self.cache_dir, f"{what}-{h.hexdigest()[:12]}.safetensors")
+
+    def _compute_once(self, what: str, fn) -> tuple[dict, float]:
+        """fn() -> tensors, cached on disk with its measured seconds. Parallel processes sharing the
+        cache compute it once: the first takes a lock file, the others wait for the result."""
+        import os
+        cached = self._load_cached(what)
+        if cached is not None:
+            return cached
+        path = self._cache_path(what)
+        lock = None
+        if path is not None:
+            try:
+                lock = os.open(path + ".lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                self.log(f"waiting for another process to compute {what}")
+                while os.path.exists(path + ".lock") and not os.path.exists(path):
+                    time.sleep(5)
+                cached = self._load_cached(what)
+                if cached is not None:
+                    return cached
+        try:
+            t0 = time.perf_counter()
+            tensors = fn()
+            dt = time.perf_counter() - t0
+            self._save_cached(what, tensors, dt)
+        finally:
+            if lock is not None:
+                os.close(lock)
+                os.remove(path + ".lock")
+        return tensors, dt
+
+    def _load_cached(self, what: str):
+        import os
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+        path = self._cache_path(what)
+        if path is None or not os.path.exists(path):
+            return None
+        with safe_open(path, "pt") as f:
+            seconds = float((f.metadata() or {}).get("seconds", "nan"))
+        return load_file(path), seconds
+
+    def _save_cached(self, what: str, tensors: dict, seconds: float) -> None:
+        from safetensors.torch import save_file
+        path = self._cache_path(what)
+        if path is not None:
+            import os
+            save_file({k: v.float().contiguous() for k, v in tensors.items()}, path + ".tmp", metadata={"seconds": repr(seconds)})
+            os.replace(path + ".tmp", path)  # readers never see a half-written file
+
+    # ---- evaluation ----
+    def windows(self):
+        ids = self.eval_ids[0]
+        for s in range(0, ids.numel() - 1, self.context):
+            w = ids[s : s + self.context]
+            if w.numel() >= 2:
+                yield w[None]
+
+    @staticmethod
+    def _logits(model, ids):
+        out = model(input_ids=ids, use_cache=False)
+        return out.logits[0].float()
+
+    def score(self, model: nn.Module) -> dict:
+        """PPL on the held-out tokens and mean KL(fp32 ‖ model) per position, one pass."""
+        nll = kl = 0.0
+        n_nll = n_kl = 0
+        model.eval()
+        with torch.inference_mode():
+            for ids, ref in zip(self.windows(), self.ref_logprobs):
+                lp = F.log_softmax(self._logits(model, ids), -1)
+                nll -= float(lp[:-1].gather(-1, ids[0, 1:, None]).sum())
+                n_nll += ids.shape[1] - 1
+                kl += float(F.kl_div(lp, ref, log_target=True, reduction="sum"))
+                n_kl += ids.shape[1]
+        return {"ppl": math.exp(nll / n_nll), "kl": kl / n_kl}
+
+    def log(self, msg: str) -> None:
+        if self.verbose:
+            print(f"[quality] {msg}", flush=True)
+
+    # ---- running one method ----
+    def config(self, **kw) -> QuantConfig:
+        base = dict(group_size=self.group_size, block_rows=self.block_rows, clip_search=self.clip_search)
+        base.update(kw)
+        return QuantConfig(**base)
+
+    def run(self, plan: Plan, record: dict) -> dict:
+        """Quantize a fresh copy of the model under ``plan``, measure it, return ``record`` filled in."""
+        model = copy.deepcopy(self.model)
+        t0 = time.perf_counter()
+        quantize(model, plan=plan, calibration=self.calibration)
+        quant_s = time.perf_counter() - t0
+        rep = quantization_report(model)
+        by_type: dict[str, list[float]] = {}
+        for n, lr in rep["layers"].items():
+            t = by_type.setdefault(layer_type(n), [0.0, 0.0])
+            n_w = lr["shape"][0] * lr["shape"][1]
+            t[0] += lr["weight_bits"] * n_w
+            t[1] += n_w
+        dense_copy(model)
+        t1 = time.perf_counter()
+        scores = self.score(model)
+        eval_s = time.perf_counter() - t1
+        alloc_s = record.pop("alloc_s", 0.0)
+        record.update({
+            "bpw": rep["bpw"], "weight_bits": rep["weight_bits"], "quantized_bytes": rep["quantized_bytes"],
+            "model_bytes": rep["quantized_bytes"] + rep["other_bytes"], "fp32_linear_bytes": rep["float_bytes_fp32"],
+            "ppl": scores["ppl"], "kl": scores["kl"],
+            "bits_by_type": {k: v[0] / v[1] for k, v in by_type.items()},
+            "alloc_s": alloc_s, "quant_s": quant_s, "total_s": record.get("salience_s", 0.0) + alloc_s + quant_s,
+            "eval_s": eval_s,
+        })
+        if plan_bpw(plan) and abs(plan_bpw(plan) - rep["bpw"]) > 1e-9:
+            raise AssertionError(f"plan_bpw {plan_bpw(plan)} != packed bpw {rep['bpw']}")
+        self.log(f"{record['label']:<42} BPW {rep['bpw']:.3f}  bits {rep['weight_bits']:.3f}  PPL {scores['ppl']:8.3f}  "
+                 f"KL {scores['kl']:.4f}  alloc {alloc_s:.2f} s  quant {quant_s:.1f} s  eval {eval_s:.0f} s")
+        del model
+        return record
+
+    def uniform(self, bits: int, quantizer: str = "rtn") -> dict:
+        cfg = self.config(bits=float(bits), quantizer=quantizer)
+        plan = uniform_plan({n: tuple(w.shape) for n, w in self.weights.items()}, bits, cfg, self.moments)
+        return self.run(plan, {"method": "uniform", "label": f"uniform {bits}-bit {quantizer}", "quantizer": quantizer,
+                               "salience": None, "target_bpw": None, "levels": 1, "alloc_s": 0.0, "salience_s": 0.0})
+
+    @staticmethod
+    def choices_for(code_bits: float) -> tuple[int, int, int]:
+        """The 3-level width set around a code-bit target: the paper's (2, 3, 4) unless the target
+        is below 2 (BPW 2.5 at group 64 leaves ~1.9 code bits), then (1, 2, 3)."""
+        return (2, 3, 4) if code_bits >= 2 else (1, 2, 3)
+
+    def layerwise(self, bpw: float, salience: str = "fisher", quantizer: str = "rtn",
+                  choices: Sequence[int] | None = None) -> dict:
+        sal_s = self.salience(salience)[1] if salience != "activation" else self.moments_s
+        weights = self.weights
+        errw = self.error_weights(salience)
+        shapes_plan = uniform_plan({n: tuple(w.shape) for n, w in weights.items()}, 2, self.config())
+        overhead = plan_bpw(shapes_plan) - 2.0  # identity orders: scales, zeros, maps only
+        code_bits = bpw - overhead
+        ch = tuple(choices) if choices else self.choices_for(code_bits)
+        plan = layerwise_plan(weights, errw, code_bits, self.config(quantizer=quantizer), ch, self.moments)
+        alloc = plan.timings["measure_s"] + plan.timings["allocate_s"]
+        return self.run(plan, {"method": "layerwise", "label": f"layer-wise {salience} {quantizer} @{round(bpw, 3):g}",
+                               "quantizer": quantizer, "salience": salience, "target_bpw": bpw, "levels": len(ch),
+                               "bit_choices": list(ch), "code_bits_target": code_bits, "alloc_s": alloc,
+                               "measure_s": plan.timings["measure_s"], "dp_s": plan.timings["allocate_s"],
+                               "salience_s": sal_s})
+
+    def sfmp(self, bpw: float, salience: str = "fisher", levels: int = 3, quantizer: str = "rtn",
+             reorder_rows: bool = True, reorder_cols: bool = True, regroup: bool = True, tag: str = "") -> dict:
+        sal, sal_s = self.salience(salience)
+        weights = self.weights
+        t0 = time.perf_counter()
+
+        def make(b):
+            ch = self.choices_for(b) if levels == 3 else None
+            if ch is not None:
+                b = min(max(b, ch[0]), ch[-1])
+            cfg = self.config(bits=b, bit_choices=ch, salience=salience, quantizer=quantizer,
+                              reorder_rows=reorder_rows, reorder_cols=reorder_cols)
+            return make_plan(weights, sal, cfg, self.moments, regroup=regroup)
+
+        code_bits, plan = code_bits_for_bpw(bpw, make, lo=1.0 + 1e-6)
+        alloc = time.perf_counter() - t0
+        one = plan.timings["reorder_s"] + plan.timings["allocate_s"]  # one make_plan call (the method itself)
+        label = f"SFMP {levels}-level {salience} {quantizer} @{round(bpw, 3):g}" + (f" {tag}" if tag else "")
+        return self.run(plan, {"method": "sfmp", "label": label, "quantizer": quantizer, "salience": salience,
+                               "target_bpw": bpw, "levels": levels, "code_bits_target": code_bits,
+                               "bit_choices": list(plan.config.bit_choices) if plan.config.bit_choices else None,
+                               "reorder_rows": reorder_rows, "reorder_cols": reorder_cols, "regroup": regroup,
+                               "alloc_s": one, "bpw_targeting_s": alloc, "salience_s": sal_s, "tag": tag})
+
+
+def load_bench(model: str = "smollm2", n_calibration: int = 16, seq_len: int = 512, n_eval_tokens: int = 8192,
+               context: int = 512, group_size: int = 64, block_rows: int = 512, verbose: bool = True,
+               text_path: str | None = None, cache_dir: str | None = None) -> Bench:
+    """Model, tokenizer, calibration windows (first wiki articles), held-out tokens (last ones)."""
+    from .models import load_model, tiny_llama, tiny_tokenizer
+    from .text import calibration_batches, eval_tokens, load_text
+    m, tok = (tiny_llama(), tiny_tokenizer()) if model == "tiny" else load_model(model)
+    text = load_text(text_path) if text_path else None
+    if text is not None:
+        # One file: calibrate on its first half, evaluate on its second, never the same text.
+        half = len(text) // 2
+        cal = calibration_batches(tok, n_calibration, seq_len, text=text[:half])
+        ev = eval_tokens(tok, n_eval_tokens, text=text[half:])
+    else:
+        cal = calibration_batches(tok, n_calibration, seq_len)
+        ev = eval_tokens(tok, n_eval_tokens)
+    return Bench(m, tok, cal, ev, context, group_size, block_rows, verbose=verbose, cache_dir=cache_dir).prepare()
+
+
+def interpolate(points: Sequence[tuple[float, float]], x: float) -> float | None:
+    """Piecewise-linear y(x) through sorted (x, y) points; None outside their range."""
+    pts = sorted(points)
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 > x0 else y0
+    return None

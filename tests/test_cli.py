@@ -1,0 +1,143 @@
+"""The ``sfmp`` CLI end to end on the tiny random Llama (character tokenizer, wiki text)."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sfmp_compile import load_quantized, quantize, save_quantized
+from sfmp_compile.cli import main
+from sfmp_compile.evaluation import perplexity
+from sfmp_compile.models import tiny_llama, tiny_tokenizer
+
+PROSE = ("The river rises in the northern hills and flows south through farmland before it reaches the sea. "
+         "In the nineteenth century a canal was cut beside it, and mills were built along its banks. "
+         "Most of the mills closed after the war, but several were turned into homes and a small museum. ")
+DATA = ["--calib-sequences", "2", "--seq-len", "32", "--eval-tokens", "256", "--context", "64"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _text(tmp_path_factory):
+    """A small prose file: the character tokenizer would otherwise tokenize megabytes of wiki text."""
+    path = tmp_path_factory.mktemp("text") / "prose.txt"
+    path.write_text(PROSE * 12)
+    DATA.extend(["--text", str(path)])
+    yield
+    del DATA[-2:]
+
+
+def _one_error_line(capsys, rc, *needles):
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ck") / "tiny-q"
+    rc = main(["quantize", "tiny", "--bits", "2.5", "--levels", "3", "--group-size", "32", "--block-rows", "32",
+               *DATA, "--out", str(out)])
+    assert rc == 0
+    return out
+
+
+def test_quantize_writes_a_loadable_checkpoint(ckpt):
+    from sfmp_compile import quantization_report
+    m = load_quantized(str(ckpt))
+    rep = quantization_report(m)
+    assert rep["weight_bits"] <= 2.5 + 1e-9 and rep["weight_bits"] > 2.3
+    assert (ckpt / "tokenizer.json").exists()
+
+
+def test_eval_checkpoint_reports_its_perplexity(ckpt, tmp_path, capsys):
+    js = tmp_path / "e.json"
+    assert main(["eval", str(ckpt), *DATA, "--json", str(js)]) == 0
+    rows = json.loads(js.read_text())["rows"]
+    assert rows[0]["series"] == "checkpoint"
+    # The same number as loading the checkpoint by hand.
+    from sfmp_compile.text import eval_tokens, load_text
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(ckpt))
+    text = load_text(DATA[-1])
+    ppl = perplexity(load_quantized(str(ckpt)), eval_tokens(tok, 256, text=text[len(text) // 2:]), 64)
+    assert rows[0]["ppl"] == pytest.approx(ppl, rel=1e-6)
+    assert "checkpoint" in capsys.readouterr().out
+
+
+def test_saved_checkpoint_reloads_to_the_same_perplexity(tmp_path):
+    model, tok = tiny_llama(), tiny_tokenizer()
+    calib = [torch.randint(0, 98, (1, 32)) for _ in range(2)]
+    quantize(model, 2.75, calibration=calib, group_size=32, block_rows=32)
+    ids = torch.randint(0, 98, (1, 200))
+    before = perplexity(model, ids, 64)
+    save_quantized(model, str(tmp_path / "ck"), tokenizer=tok)
+    after = perplexity(load_quantized(str(tmp_path / "ck")), ids, 64)
+    assert after == pytest.approx(before, rel=1e-6)
+
+
+def test_eval_compare_table_json_and_plot(tmp_path, capsys):
+    js, png = tmp_path / "cmp.json", tmp_path / "cmp.png"
+    rc = main(["eval", "tiny", "--bits", "2.5", "--compare", "uniform,layerwise", "--group-size", "32",
+               "--block-rows", "32", *DATA, "--json", str(js), "--plot", str(png), "--quiet"])
+    assert rc == 0
+    rows = json.loads(js.read_text())["rows"]
+    series = [r["series"] for r in rows]
+    assert series[0] == "fp32" and "uniform" in series and any(s.startswith("layer-wise") for s in series)
+    sfmp = next(r for r in rows if r["series"].startswith("SFMP"))
+    lw = next(r for r in rows if r["series"].startswith("layer-wise"))
+    assert lw["bpw"] <= sfmp["bpw"] + 1e-12  # same budget
+    assert {r["weight_bits"] for r in rows if r["series"] == "uniform"} == {2.0, 3.0}
+    assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
+    out = capsys.readouterr().out
+    assert "PPL" in out and "layer-wise" in out
+
+
+def test_inspect_prints_layers_and_writes_heatmap(ckpt, tmp_path, capsys):
+    png = tmp_path / "maps.png"
+    assert main(["inspect", str(ckpt), "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "model.layers.0.self_attn.q_proj" in out and "BPW" in out and "by layer type" in out
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["quantize", "/no/such/model", "--bits", "3", "--out", "{tmp}/o"], "model not found"),
+    (["quantize", "tiny", "--bits", "9", "--out", "{tmp}/o"], "out of range"),
+    (["quantize", "tiny", "--bits", "0.5", "--out", "{tmp}/o"], "out of range"),
+    (["quantize", "tiny", "--bits", "3", "--text", "{tmp}/missing.txt", "--out", "{tmp}/o"], "text file not found"),
+    (["quantize", "tiny", "--bits", "3", "--out", "{tmp}"], "already exists"),
+    (["quantize", "tiny", "--bits", "3", "--levels", "2", "--bit-choices", "2,3,4", "--out", "{tmp}/o"], "contradict"),
+    (["quantize", "tiny", "--bits", "3", "--bit-choices", "4,3,2", "--out", "{tmp}/o"], "increasing"),
+    (["quantize", "tiny", "--bits", "3", "--group-size", "48", "--out", "{tmp}/o"], "multiple of 32"),
+    (["eval", "tiny", "--compare", "exhaustive"], "--compare"),
+    (["inspect", "{tmp}/nothing"], "not a directory"),
+    (["quantize", "tiny", "--out", "{tmp}/o"], "--bits"),  # argparse's own error, still one line
+])
+def test_user_errors_are_one_line_exit_2(argv, needle, tmp_path, capsys):
+    (tmp_path / "keep").write_text("x")  # tmp_path exists and is not empty
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    try:
+        rc = main(argv)
+    except SystemExit as e:
+        rc = e.code
+    _one_error_line(capsys, rc, needle)
+
+
+def test_unreadable_text_file(tmp_path, capsys):
+    bad = tmp_path / "empty.txt"
+    bad.write_text("   \n")
+    rc = main(["quantize", "tiny", "--bits", "3", "--text", str(bad), "--out", str(tmp_path / "o")])
+    _one_error_line(capsys, rc, "empty")
+
+
+def test_console_script_exit_status(tmp_path):
+    """The installed entry point: a real process, exit status 2, one line on stderr."""
+    r = subprocess.run([sys.executable, "-m", "sfmp_compile.cli", "quantize", "tiny", "--bits", "12", "--out",
+                        str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "out of range" in r.stderr
