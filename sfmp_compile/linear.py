@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from .format import PackedWeight, validate
-from .ops.reference import packed_args
+from .codegen import packed_of, prepare_module_, sfmp_linear
+from .ops.reference import packed_args  # noqa: F401  (registers sfmp::linear_ref)
 
 
 class SFMPLinear(nn.Module):
@@ -27,12 +28,21 @@ class SFMPLinear(nn.Module):
 
     @property
     def packed(self) -> PackedWeight:
-        return PackedWeight(**{f: getattr(self, f) for f in PackedWeight.TENSOR_FIELDS},
-                            **{f: getattr(self, f) for f in PackedWeight.META_FIELDS})
+        # packed_of rebuilds the true-bit codes exactly when the layer holds its CPU int4 form.
+        return packed_of(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.sfmp.linear_ref(x, *packed_args(self.packed))
-        return y + self.bias.to(y.dtype) if self.bias is not None else y
+        # Dispatch by device: CUDA -> generated Triton kernels, CPU -> int4 fast path when every
+        # block has <= 4 bits (else the reference). See docs/KERNELS.md.
+        return sfmp_linear(x, self, self.bias)
+
+    def prepare_for(self, device) -> "SFMPLinear":
+        """Move to ``device`` and convert in place to the form its kernels run from.
+
+        On CPU an all-<=4-bit layer swaps the true-bit codes for the int4 CPU layout (state_dict
+        still writes the true-bit format). Call before torch.compile. Returns self.
+        """
+        return prepare_module_(self, device)
 
     def extra_repr(self) -> str:
         b = self.bits.to(torch.int64)

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# One-shot GPU check for the SFMP Triton kernels (H100/H200). Run from the repository root:
+#     OUT=/some/dir bash benchmarks/device_check.sh
+# 1. environment report (python, torch, triton, GPU) -- stops with a clear message if torch or
+#    triton is missing (the bare device machine may not have them; it has no internet);
+# 2. GPU correctness: pytest tests/codegen -m "not slow" with compiled (not interpreted) kernels;
+# 3. benchmarks/kernels.py full GPU table with time-boxed autotuning.
+# Everything lands under $OUT: env.txt, pytest.txt, junit.xml, kernels.txt, kernels.json,
+# autotune/*.json (tuned configs: copy a GPU section into sfmp_compile/codegen/default_configs.json)
+# and kernels/*.py (the generated kernel sources). Budget: about 6 minutes in total.
+set -u
+OUT="${OUT:-$(pwd)/device_out}"
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
+export TRITON_INTERPRET=0            # tests default it to 1 with setdefault; 0 keeps real kernels
+export SFMP_CACHE_DIR="$OUT"         # generated kernels + autotune JSON come back with $OUT
+export HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-sfmp}"
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then
+  for c in python3 python3.12 python3.11 python3.10 python; do
+    if command -v "$c" >/dev/null 2>&1; then PY="$c"; break; fi
+  done
+fi
+if [ -z "$PY" ]; then echo "NO PYTHON FOUND on this machine" | tee "$OUT/env.txt"; exit 2; fi
+
+{
+  echo "== $(date -u)  host $(hostname)"
+  echo "python: $(command -v "$PY") $($PY --version 2>&1)"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -2
+} | tee "$OUT/env.txt"
+
+if ! "$PY" -c 'import torch' >/dev/null 2>&1; then
+  echo "MISSING: torch is not importable with $PY -- cannot run the GPU checks." | tee -a "$OUT/env.txt"
+  echo "Install the pinned CUDA build first: pip install torch==2.13.0 triton==3.7.1 pytest hypothesis" | tee -a "$OUT/env.txt"
+  exit 3
+fi
+"$PY" - <<'EOF' 2>&1 | tee -a "$OUT/env.txt"
+import torch
+print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
+if torch.cuda.is_available():
+    print("device", torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))
+for m in ("triton", "pytest", "hypothesis"):
+    try:
+        mod = __import__(m)
+        print(m, getattr(mod, "__version__", "?"))
+    except ImportError:
+        print("MISSING:", m)
+EOF
+if ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+  echo "MISSING: torch sees no CUDA device (CPU-only torch build?)" | tee -a "$OUT/env.txt"; exit 4
+fi
+if ! "$PY" -c 'import triton' >/dev/null 2>&1; then
+  echo "MISSING: triton is not importable; the kernels cannot run" | tee -a "$OUT/env.txt"; exit 5
+fi
+
+rc_tests=0
+if "$PY" -c 'import pytest, hypothesis' >/dev/null 2>&1; then
+  echo "== pytest tests/codegen -m 'not slow' (compiled kernels)"
+  timeout 180 "$PY" -m pytest tests/codegen -m "not slow" -q --maxfail=5 --durations=15 \
+      --junitxml="$OUT/junit.xml" -p no:cacheprovider 2>&1 | tee "$OUT/pytest.txt" | tail -40
+  rc_tests=${PIPESTATUS[0]}
+  echo "pytest exit code: $rc_tests" | tee -a "$OUT/pytest.txt"
+else
+  echo "MISSING: pytest/hypothesis -- skipping the correctness tests" | tee "$OUT/pytest.txt"
+  rc_tests=6
+fi
+
+echo "== benchmarks/kernels.py (GPU table)"
+timeout 240 "$PY" benchmarks/kernels.py --device cuda --tune --tune-budget 60 \
+    --json "$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.txt"
+rc_bench=${PIPESTATUS[0]}
+echo "benchmark exit code: $rc_bench" | tee -a "$OUT/kernels.txt"
+echo "== done: tests rc=$rc_tests bench rc=$rc_bench; outputs in $OUT"
+[ "$rc_tests" -eq 0 ] && [ "$rc_bench" -eq 0 ]

@@ -1,0 +1,312 @@
+"""SFMP mixed-precision GEMM benchmark: kernels vs dense baselines, one device, one run.
+
+Shapes are Llama-3-8B linears named N x K = (out_features, in_features):
+  4096x4096 (q/o_proj), 4096x14336 (down_proj), 14336x4096 (gate/up_proj), 1024x4096 (k/v_proj).
+BPW counts code bits + fp16 scale and zero per 128-column group (0.25): BPW 2.5 / 3.0 / 3.5 / 4.0 =
+code bits 2.25 / 2.75 / 3.25 / 3.75, i.e. a random 75/25, 25/75 mix of 2/3-bit blocks, then of
+3/4-bit blocks (blocks 512 rows x 128 columns, random row and column permutations as SFMP makes).
+
+GPU (default when CUDA is available): fp16 activations, M in {1, 16, 128, 2048}; per case: time
+(CUDA-graph replay, so Triton's Python launch cost is excluded for every method alike), achieved
+GB/s on the bytes a call must move (all packed tensors + x + y) and % of the measured device copy
+bandwidth, TFLOP/s, speedup vs torch.matmul fp16 and vs dequantize-then-matmul (uint8 codes ->
+fp16 weight in torch -> matmul; the reference SFMP's prefill strategy). ``--tune`` autotunes the
+3.0-BPW down_proj cases first (time-boxed by ``--tune-budget``); others reuse the nearest tuned
+entry or the shipped defaults.
+
+CPU (default without CUDA): 1 thread, min of repeats; the sfmp CPU int4 path vs fp32 and bf16
+F.linear, on the Llama shapes that fit in time plus SmolLM2-135M's shapes. ``--quick`` is a smoke
+run (SmolLM2 shapes + 4096x4096, 3.0 BPW, M in {1, 128}).
+
+Writes a table to stdout and JSON to --json (default benchmarks/kernels.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sfmp_compile.blocks import BlockGrid  # noqa: E402
+from sfmp_compile.format import PackedWeight, validate  # noqa: E402
+
+LLAMA_SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (1024, 4096)]
+SMOL_SHAPES = [(576, 576), (192, 576), (1536, 576), (576, 1536)]
+BPWS = [2.5, 3.0, 3.5, 4.0]
+GPU_MS = [1, 16, 128, 2048]
+CPU_MS = [1, 16, 128]
+BLOCK_ROWS, GROUP = 512, 128
+
+
+# --- synthetic layers ---------------------------------------------------------------------------
+
+def bit_map(R: int, G: int, bpw: float, group: int, gen) -> torch.Tensor:
+    """[R, G] bits with exactly the fraction of high-width blocks that hits ``bpw``."""
+    code_bits = bpw - 32.0 / group
+    lo = int(math.floor(code_bits + 1e-9))
+    n_hi = round((code_bits - lo) * R * G)
+    bits = torch.full((R * G,), lo, dtype=torch.int64)
+    bits[torch.randperm(R * G, generator=gen)[:n_hi]] = lo + 1
+    return bits.view(R, G)
+
+
+def synthetic_packed(N: int, K: int, bits: torch.Tensor, block_rows: int, group: int, seed: int = 0) -> PackedWeight:
+    """A valid PackedWeight with random code words, built without packing real codes.
+
+    Kernel speed does not depend on code values, and format.pack on a 14336x4096 layer costs
+    seconds; so the walk metadata is derived exactly as pack() does and qweight is random words.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    grid = BlockGrid(N, K, block_rows, group)
+    R, G = grid.shape
+    order = torch.sort(bits * G + torch.arange(G), dim=1).indices
+    seg = torch.zeros(R, 10, dtype=torch.int64)
+    for b in range(1, 10):
+        seg[:, b] = (bits < b).sum(dim=1)
+    offsets = torch.zeros(R, G, dtype=torch.int64)
+    cursor = 0
+    for r in range(R):
+        nr = grid.rows_in(r)
+        for b in range(1, 9):
+            js = order[r, seg[r, b]: seg[r, b + 1]].tolist()
+            full = [j for j in js if grid.cols_in(j) == group]
+            ragged = [j for j in js if grid.cols_in(j) != group]
+            for grp in (full, ragged):
+                for j in grp:
+                    offsets[r, j] = cursor
+                    cursor += nr * grid.stored_cols(j) * b // 32
+    qweight = torch.randint(-2**31, 2**31 - 1, (cursor,), dtype=torch.int32, generator=gen)
+    scales = (torch.rand(G, N, generator=gen) * 0.01 + 1e-3).half()
+    zeros = torch.floor(torch.rand(G, N, generator=gen) * 2.0 ** grid.expand_rows(bits).t().float()).half()
+    p = PackedWeight(qweight=qweight, bits=bits.to(torch.uint8), block_offset=offsets.to(torch.int32),
+                     group_order=order.to(torch.int32), segment_ptr=seg.to(torch.int32), scales=scales,
+                     zeros=zeros, row_perm=torch.randperm(N, generator=gen).to(torch.int32),
+                     col_perm=torch.randperm(K, generator=gen).to(torch.int32),
+                     out_features=N, in_features=K, block_rows=block_rows, group_size=group)
+    validate(p, "synthetic layer")
+    return p
+
+
+def _self_check() -> None:
+    """The synthetic metadata equals format.pack's on a small ragged layer (so timings are real)."""
+    from sfmp_compile.format import pack
+    gen = torch.Generator().manual_seed(1)
+    N, K = 600, 300
+    grid = BlockGrid(N, K, 256, 128)
+    bits = bit_map(*grid.shape, 3.0, 128, gen)
+    ref = pack(torch.zeros(N, K, dtype=torch.uint8), bits, torch.ones(N, grid.n_groups),
+               torch.zeros(N, grid.n_groups), None, None, 256, 128)
+    syn = synthetic_packed(N, K, bits, 256, 128)
+    for f in ("block_offset", "group_order", "segment_ptr", "bits"):
+        assert torch.equal(getattr(ref, f), getattr(syn, f)), f
+    assert ref.qweight.numel() == syn.qweight.numel()
+
+
+def layer(N, K, bpw, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    grid = BlockGrid(N, K, BLOCK_ROWS, GROUP)
+    return synthetic_packed(N, K, bit_map(*grid.shape, bpw, GROUP, gen), BLOCK_ROWS, GROUP, seed)
+
+
+def widths_of(p) -> tuple[int, ...]:
+    return tuple(sorted(set(p.bits.flatten().tolist())))
+
+
+# --- timing ----------------------------------------------------------------------------------------
+
+def time_cpu(fn, budget_s=0.6, max_reps=50) -> float:
+    """Min wall time in ms over repeats (1 thread is noisy on shared machines; min is stable)."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    once = time.perf_counter() - t0
+    reps = max(3, min(max_reps, int(budget_s / max(once, 1e-6))))
+    best = once
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best * 1e3
+
+
+def time_gpu(fn) -> float:
+    import triton.testing
+    fn()
+    torch.cuda.synchronize()
+    try:
+        return float(triton.testing.do_bench_cudagraph(fn, rep=30))
+    except Exception:  # noqa: BLE001 - capture can fail; fall back to event timing
+        return float(triton.testing.do_bench(fn, rep=30))
+
+
+def copy_bandwidth_gbs() -> float:
+    n = 1 << 28  # 1 GiB of fp32
+    a = torch.empty(n // 4, device="cuda")
+    b = torch.empty_like(a)
+    ms = time_gpu(lambda: b.copy_(a))
+    return 2 * n / (ms * 1e-3) / 1e9
+
+
+# --- GPU ------------------------------------------------------------------------------------------
+
+def run_gpu(args) -> dict:
+    import triton
+
+    from sfmp_compile.codegen import autotune, run_triton
+    from sfmp_compile.codegen.launch import launch
+    from sfmp_compile.ops.reference import packed_args
+
+    dev = torch.device("cuda")
+    dtype = torch.float16
+    copy_bw = copy_bandwidth_gbs()
+    print(f"# device {torch.cuda.get_device_name(dev)}  copy bandwidth {copy_bw:.0f} GB/s  "
+          f"torch {torch.__version__}  triton {triton.__version__}")
+    shapes = LLAMA_SHAPES if not args.quick else [(4096, 14336)]
+    bpws = BPWS if not args.quick else [3.0]
+    ms_list = GPU_MS if not args.quick else [1, 2048]
+    rows = []
+
+    # Correctness spot check on a real-size layer against the reference (eager, fp32 math).
+    p = layer(1024, 4096, 3.0).to(dev)
+    for M in (1, 16, 128):
+        x = torch.randn(M, 4096, device=dev, dtype=dtype)
+        ref = torch.ops.sfmp.linear_ref(x.float(), *packed_args(p))
+        y = run_triton(x, *packed_args(p), widths_of(p)).float()
+        err = float((y - ref).abs().max() / ref.abs().max())
+        print(f"# check 1024x4096 M={M}: max rel err vs reference {err:.2e}")
+        if err > 1e-2:
+            raise SystemExit(f"kernel disagrees with the reference (M={M}, err {err:.2e})")
+
+    # Autotune only the goal shape (down_proj 4096x14336 at 3.0 BPW), budget split over the M
+    # buckets; every other case borrows the nearest tuned entry of its bucket (autotune.get_config).
+    if args.tune:
+        N, K = (4096, 14336)
+        p = layer(N, K, 3.0).to(dev)
+        widths = widths_of(p)
+        for M in ms_list:
+            x = torch.randn(M, K, device=dev, dtype=dtype)
+            fam = autotune.family_for(M)
+
+            def run_cfg(cfg, x=x, p=p, fam=fam, widths=widths):
+                return launch(x, *packed_args(p), widths, family=fam, config=cfg)
+            t0 = time.time()
+            best = autotune.tune(run_cfg, fam, M, N, K, widths, GROUP, BLOCK_ROWS, dtype, dev,
+                                 has_col_perm=True, budget_s=args.tune_budget / len(ms_list))
+            print(f"# tuned {N}x{K} M={M} ({time.time() - t0:.0f} s): {best.to_dict()}", flush=True)
+        del p
+
+    for N, K, bpw in [(N, K, b) for N, K in shapes for b in bpws]:
+        p = layer(N, K, bpw).to(dev)
+        w16 = torch.randn(N, K, device=dev, dtype=dtype) * 0.02
+        codes = torch.randint(0, 8, (N, K), device=dev, dtype=torch.uint8)
+        s = p.scales.t().repeat_interleave(GROUP, 1)[:, :K].contiguous()
+        z = p.zeros.t().repeat_interleave(GROUP, 1)[:, :K].contiguous()
+        widths = widths_of(p)
+        for M in ms_list:
+            x = torch.randn(M, K, device=dev, dtype=dtype)
+            fam = autotune.family_for(M)
+            cfg = autotune.get_config(fam, M, N, K, widths, GROUP, BLOCK_ROWS, dtype, dev)
+            t_sfmp = time_gpu(lambda: run_triton(x, *packed_args(p), widths))
+            t_fp16 = time_gpu(lambda: torch.matmul(x, w16.t()))
+            t_deq = time_gpu(lambda: torch.matmul(x, ((codes.to(dtype) - z) * s).t()))
+            moved = p.nbytes + (M * K + M * N) * 2
+            rows.append(dict(
+                N=N, K=K, bpw=bpw, widths=list(widths), M=M, family=fam, config=cfg.to_dict(),
+                ms=t_sfmp, ms_fp16=t_fp16, ms_dequant_matmul=t_deq, bytes_moved=moved,
+                gbs=moved / (t_sfmp * 1e-3) / 1e9, pct_copy_bw=100 * moved / (t_sfmp * 1e-3) / 1e9 / copy_bw,
+                tflops=2 * M * N * K / (t_sfmp * 1e-3) / 1e12,
+                speedup_vs_fp16=t_fp16 / t_sfmp, speedup_vs_dequant=t_deq / t_sfmp))
+            r = rows[-1]
+            print(f"{N:>6}x{K:<6} {bpw:>4} M={M:<5} {fam:<7} {t_sfmp * 1e3:9.1f} us  {r['gbs']:7.0f} GB/s "
+                  f"({r['pct_copy_bw']:5.1f}%)  {r['tflops']:7.1f} TF/s  x{r['speedup_vs_fp16']:.2f} fp16  "
+                  f"x{r['speedup_vs_dequant']:.2f} deq", flush=True)
+        del p, w16, codes, s, z
+        torch.cuda.empty_cache()
+    from sfmp_compile.codegen import distinct_kernels
+    return dict(meta=dict(device=torch.cuda.get_device_name(dev), copy_bandwidth_gbs=copy_bw,
+                          torch=torch.__version__, triton=triton.__version__, dtype="float16",
+                          timing="CUDA-graph replay (triton.testing.do_bench_cudagraph)",
+                          naming="N x K = (out_features, in_features)",
+                          distinct_kernel_sources=distinct_kernels(),
+                          tuned_cache=str(autotune.tuned_cache_path(dev))), rows=rows)
+
+
+# --- CPU ------------------------------------------------------------------------------------------
+
+def run_cpu(args) -> dict:
+    from sfmp_compile.codegen.cpu import _linear_int4, prepare_cpu
+
+    torch.set_num_threads(1)
+    F = torch.nn.functional
+    if args.quick:
+        cases = [(N, K) for N, K in SMOL_SHAPES] + [(4096, 4096)]
+        bpws, ms_list = [3.0], [1, 128]
+    else:
+        cases = SMOL_SHAPES + LLAMA_SHAPES
+        bpws, ms_list = BPWS, CPU_MS
+    print(f"# CPU {platform.processor() or platform.machine()}  1 thread  torch {torch.__version__}  "
+          f"capability {torch.backends.cpu.get_cpu_capability()}")
+    rows = []
+    for N, K in cases:
+        w32 = torch.randn(N, K) * 0.02
+        w16 = w32.to(torch.bfloat16)
+        for bpw in bpws:
+            p = layer(N, K, bpw)
+            c = prepare_cpu(p)
+            args_c = c.op_args()
+            for M in ms_list:
+                if N * K * M > 4096 * 14336 * 128 and not args.quick:
+                    continue
+                x = torch.randn(M, K)
+                xb = x.to(torch.bfloat16)
+                t_sfmp = time_cpu(lambda: _linear_int4(x, *args_c))
+                t32 = time_cpu(lambda: F.linear(x, w32))
+                t16 = time_cpu(lambda: F.linear(xb, w16))
+                moved = c.w4.numel() + c.sz.numel() * 2 + c.col_perm.numel() * 4 + (M * K + M * N) * 4
+                rows.append(dict(N=N, K=K, bpw=bpw, widths=list(widths_of(p)), M=M, ms=t_sfmp, ms_fp32=t32,
+                                 ms_bf16=t16, bytes_moved=moved, gbs=moved / (t_sfmp * 1e-3) / 1e9,
+                                 tflops=2 * M * N * K / (t_sfmp * 1e-3) / 1e12,
+                                 speedup_vs_fp32=t32 / t_sfmp, speedup_vs_bf16=t16 / t_sfmp,
+                                 resident_bits_per_weight=c.bits_per_weight))
+                r = rows[-1]
+                print(f"{N:>6}x{K:<6} {bpw:>4} M={M:<4} sfmp {t_sfmp:8.3f} ms  fp32 {t32:8.3f}  bf16 {t16:8.3f}  "
+                      f"x{r['speedup_vs_fp32']:.2f} fp32  x{r['speedup_vs_bf16']:.2f} bf16  "
+                      f"{r['gbs']:6.1f} GB/s  {c.bits_per_weight:.2f} b/w resident", flush=True)
+    return dict(meta=dict(device=f"cpu ({torch.backends.cpu.get_cpu_capability()})", threads=1,
+                          torch=torch.__version__, timing="min wall time over repeats",
+                          naming="N x K = (out_features, in_features)",
+                          path="sfmp::linear_cpu_int4 body (gather x, bf16, torch int4 CPU GEMM)"), rows=rows)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", default=str(Path(__file__).with_name("kernels.json")))
+    ap.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    ap.add_argument("--quick", action="store_true", help="fast smoke run")
+    ap.add_argument("--tune", action="store_true", help="GPU: autotune before timing (time-boxed)")
+    ap.add_argument("--tune-budget", type=float, default=120.0, help="seconds of autotuning in total")
+    args = ap.parse_args(argv)
+    _self_check()
+    dev = args.device
+    if dev == "auto":
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if dev == "cuda":
+        os.environ.setdefault("TRITON_INTERPRET", "0")
+    t0 = time.time()
+    result = run_gpu(args) if dev == "cuda" else run_cpu(args)
+    result["meta"]["wall_s"] = round(time.time() - t0, 1)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=1))
+    print(f"# wrote {args.json} ({len(result['rows'])} rows, {result['meta']['wall_s']} s)")
+
+
+if __name__ == "__main__":
+    main()

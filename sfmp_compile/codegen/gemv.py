@@ -1,0 +1,71 @@
+"""GEMV family (M == 1): the decode hot path, bound by HBM bandwidth and integer issue rate.
+
+Mapping: program (pid_n, pid_k, pid_m) owns BLOCK_N rows of one row-block and the groups
+``pid_k, pid_k + SPLIT_K, ...`` of each width segment, for activation row pid_m (the family is
+picked for M == 1; larger M just repeats the weight stream per row). Split-K partial sums meet via
+fp32 atomics.
+
+Unlike the tensor-core families it never materialises an integer code tile: each bit-plane field
+becomes an fp32 value with one LOP3 + one FSUB (see templates.py), multiplied into a [words, rows]
+accumulator per plane width. The accumulators are scaled per group (scales load once per
+(row, group), contiguous along N) and reduced across words once, after the last group, so the
+inner loop has no cross-thread reduction at all.
+"""
+from __future__ import annotations
+
+from . import templates
+from ..format import plane_widths
+
+FAMILY = "gemv"
+
+PROLOGUE = '''
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_m = tl.program_id(2)
+'''
+
+
+def emit_body(widths: tuple[int, ...]) -> str:
+    pw = sorted({w for b in widths for w in plane_widths(b)}, reverse=True)
+    parts = [PROLOGUE.strip("\n") + "\n", templates.TILE_SETUP.strip("\n") + "\n",
+             "    x_row = x_ptr + pid_m * stride_xm\n",
+             "    acc0 = tl.zeros((BLOCK_N,), dtype=tl.float32)  # zero-point terms\n"]
+    parts += [f"    acc{w} = tl.zeros((BLOCK_K * {w} // 32, BLOCK_N), dtype=tl.float32)  # {w}-bit planes\n"
+              for w in pw]
+    parts += [templates.gemv_segment(b) for b in widths]
+    total = " + ".join(["acc0"] + [f"tl.sum(acc{w}, axis=0)" for w in pw])
+    parts.append(f"    acc = ({total})[None, :]\n")
+    parts.append(templates.STORE.strip("\n") + "\n")
+    return "".join(parts)
+
+
+def block_m(M: int) -> int:
+    return 1
+
+
+def grid(M: int, n_tiles: int, split_k: int, bm: int) -> tuple[int, int, int]:
+    return (n_tiles, split_k, M)
+
+
+def config_space(M: int, n_tiles_for, groups: int, block_rows: int, group_size: int) -> list[dict]:
+    """Pruned GEMV configs: BLOCK_N x warps pairs, split-K putting 1-8 waves of a 132-SM GPU in flight."""
+    bk = min(128, _pow2_at_least(group_size))
+    out = []
+    for bn, warps in ((32, 1), (64, 2), (64, 4), (128, 4), (256, 8)):
+        if bn > max(16, _pow2_at_least(block_rows)):
+            continue
+        n_tiles = n_tiles_for(bn)
+        sks = [s for s in (1, 2, 4, 8, 16, 32) if s <= groups and n_tiles * s <= 8 * 132]
+        keep = [s for s in sks if n_tiles * s >= 132] or sks[-1:]
+        for sk in keep[:3]:
+            for stages in (2, 4):
+                out.append(dict(BLOCK_M=1, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=warps,
+                                num_stages=stages, pregather=False))
+    return out
+
+
+def _pow2_at_least(n: int) -> int:
+    p = 1
+    while p < n:
+        p *= 2
+    return p

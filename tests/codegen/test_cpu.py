@@ -1,0 +1,125 @@
+"""The CPU int4 fast path: exact preparation/inverse, accuracy floor, memory, module integration."""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from sfmp_compile.codegen import (cpu_eligible, is_cpu_prepared, packed_of, prepare_cpu, sfmp_linear,  # noqa: E402
+                                  unpack_int4, unprepare_cpu)
+from sfmp_compile.codegen import cpu as cpu_mod  # noqa: E402
+from sfmp_compile.format import PackedWeight  # noqa: E402
+from sfmp_compile.linear import SFMPLinear  # noqa: E402
+from sfmp_compile.ops.reference import linear_ref, packed_args  # noqa: E402
+from tests.codegen._util import random_packed, sqnr_db  # noqa: E402
+
+SQNR_FLOOR_DB = 35.0  # bf16 activations + bf16 scale/zero inside the int4 op; measured ~41-49 dB
+
+
+def _same(a: PackedWeight, b: PackedWeight) -> bool:
+    return a.meta() == b.meta() and all(torch.equal(getattr(a, f), getattr(b, f)) for f in a.TENSOR_FIELDS)
+
+
+@settings(max_examples=40, deadline=None)
+@given(N=st.integers(1, 200), K=st.integers(1, 300), block_rows=st.sampled_from([16, 64, 128]),
+       group_size=st.sampled_from([32, 64, 96, 128, 512]),
+       widths=st.sampled_from([(1,), (2,), (2, 3), (3, 4), (1, 2, 3, 4), (4,)]),
+       permute=st.booleans(), seed=st.integers(0, 2**16))
+def test_prepare_then_unprepare_is_bit_exact(N, K, block_rows, group_size, widths, permute, seed):
+    p = random_packed(N, K, block_rows, group_size, widths, permute, seed)
+    c = prepare_cpu(p)
+    assert c.w4.dtype == torch.uint8 and c.sz.dtype == torch.bfloat16
+    assert _same(unprepare_cpu(c), p)
+
+
+@settings(max_examples=30, deadline=None)
+@given(N=st.integers(1, 160), K=st.integers(1, 300), group_size=st.sampled_from([32, 64, 128]),
+       widths=st.sampled_from([(2,), (2, 3), (3, 4), (2, 3, 4), (1, 4)]), permute=st.booleans(),
+       M=st.sampled_from([1, 3, 17, 64]), dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+       seed=st.integers(0, 2**16))
+def test_int4_path_sqnr_floor(N, K, group_size, widths, permute, M, dtype, seed):
+    p = random_packed(N, K, 64, group_size, widths, permute, seed)
+    x = torch.randn(M, K, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    ref = linear_ref(x.float(), *packed_args(p))
+    y = sfmp_linear(x, prepare_cpu(p))
+    assert y.dtype == dtype and y.shape == (M, N)
+    assert sqnr_db(y.float(), ref) >= SQNR_FLOOR_DB
+
+
+def test_auto_dispatch_uses_int4_for_eligible_and_reference_otherwise():
+    p = random_packed(64, 128, 64, 64, (2, 3), True, seed=1)
+    x = torch.randn(2, 128)
+    y = sfmp_linear(x, p)  # bare PackedWeight on CPU: memoised int4 copy
+    assert not torch.equal(y, linear_ref(x, *packed_args(p)))  # bf16 numerics: it did take the int4 path
+    assert sqnr_db(y, linear_ref(x, *packed_args(p))) >= SQNR_FLOOR_DB
+    q = random_packed(64, 128, 64, 64, (3, 5), True, seed=2)
+    assert not cpu_eligible(q)
+    with pytest.raises(ValueError, match="<= 4 bits"):
+        prepare_cpu(q)
+    assert torch.equal(sfmp_linear(x, q), linear_ref(x, *packed_args(q)))
+
+
+def test_probe_inverse_matches_fast_inverse():
+    q = torch.randint(0, 16, (128, 96), dtype=torch.int32)
+    w4 = torch._convert_weight_to_int4pack_for_cpu(q, 1)
+    assert torch.equal(cpu_mod._unpack_probe(w4, 128, 96).to(torch.int32), q)
+    assert torch.equal(unpack_int4(w4, 128, 96).to(torch.int32), q)
+
+
+def _module(N=576, K=1536, widths=(2, 3), group=128, bias=True, seed=0):
+    p = random_packed(N, K, 512, group, widths, True, seed)
+    return SFMPLinear(p, torch.randn(N) if bias else None), p
+
+
+def test_module_prepare_replaces_codes_and_saves_true_bits():
+    m, p = _module()
+    fp32_bytes = 576 * 1536 * 4
+    before = sum(b.numel() * b.element_size() for b in m.buffers())
+    m.prepare_for("cpu")
+    assert is_cpu_prepared(m) and m.qweight.numel() == 0
+    resident = sum(b.numel() * b.element_size() for b in m.buffers())
+    assert resident <= fp32_bytes / 6, (resident, fp32_bytes)
+    assert before < resident < 2 * before  # one form resident, not both
+    sd = m.state_dict()
+    assert set(sd) == {*PackedWeight.TENSOR_FIELDS, "bias"}
+    assert torch.equal(sd["qweight"], p.qweight)
+    assert _same(m.packed, p)
+    x = torch.randn(1, 1536)
+    assert sqnr_db(m(x) - m.bias, linear_ref(x, *packed_args(p))) >= SQNR_FLOOR_DB
+    # Load true-bit buffers into a prepared module, then run: it re-prepares on first use.
+    m2, p2 = _module(seed=1)
+    m.load_state_dict(m2.state_dict())
+    assert not is_cpu_prepared(m) and torch.equal(m.qweight, p2.qweight)
+    assert sqnr_db(m(x) - m.bias, linear_ref(x, *packed_args(p2))) >= SQNR_FLOOR_DB
+    assert is_cpu_prepared(m)
+
+
+def test_module_auto_prepares_on_first_cpu_forward_and_ineligible_stays():
+    m, p = _module(N=128, K=256, widths=(2, 4))
+    x = torch.randn(3, 256)
+    m(x)
+    assert is_cpu_prepared(m)
+    m5, p5 = _module(N=128, K=256, widths=(2, 6), bias=False)
+    y = m5(x)
+    assert not is_cpu_prepared(m5) and torch.equal(y, linear_ref(x, *packed_args(p5)))
+
+
+def test_prepared_module_back_to_true_bits():
+    from sfmp_compile.codegen import unprepare_module_
+    m, p = _module(N=128, K=256)
+    m.prepare_for("cpu")
+    unprepare_module_(m)
+    assert not is_cpu_prepared(m) and torch.equal(m.qweight, p.qweight)
+    assert "w4" not in dict(m.named_buffers())
+    assert _same(packed_of(m), p)
+
+
+def test_compiled_module_aot_eager():
+    m, p = _module(N=192, K=576)
+    m.prepare_for("cpu")
+    x = torch.randn(1, 576)
+    torch._dynamo.reset()
+    out = torch.compile(m, backend="aot_eager", fullgraph=True)(x)
+    assert torch.allclose(out, m(x), atol=1e-6)
