@@ -32,8 +32,8 @@ class SFMPLinear(nn.Module):
         return packed_of(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Dispatch by device: CUDA -> generated Triton kernels, CPU -> int4 fast path when every
-        # block has <= 4 bits (else the reference). See docs/KERNELS.md.
+        # Dispatch by device: CUDA -> generated Triton kernels; CPU -> the int4 fast path once
+        # prepare_for("cpu") converted the layer (else the exact reference). See docs/KERNELS.md.
         return sfmp_linear(x, self, self.bias)
 
     def prepare_for(self, device) -> "SFMPLinear":

@@ -3,8 +3,9 @@
 Paths (see docs/KERNELS.md):
   * CUDA  -> ``sfmp::linear_triton`` (triton_op over generated Triton kernels: decode family for
              M <= 16, prefill family above);
-  * CPU   -> ``sfmp::linear_cpu_int4`` (torch's int4 CPU kernel, layers with all blocks <= 4 bits),
-             else the reference;
+  * CPU   -> ``sfmp::linear_cpu_int4`` (torch's int4 CPU kernel, bf16 numerics) for layers prepared
+             for it (``SFMPLinear.prepare_for("cpu")`` / :func:`prepare_cpu`, all blocks <= 4 bits),
+             else the exact reference;
   * other -> ``sfmp::linear_ref``.
 ``backend="interp"`` runs the Triton kernels on CPU through Triton's interpreter
 (``TRITON_INTERPRET=1`` must be set before triton is imported), for tests.
@@ -166,13 +167,17 @@ def sfmp_linear(x: Tensor, packed, bias: Tensor | None = None, *, backend: str =
     x: [..., in_features] fp16 / bf16 / fp32; returns [..., out_features] in x.dtype.
     packed: a PackedWeight, an SFMPLinear (or any object / mapping with its buffers and meta
       ints), or a CpuInt4Weight from :func:`prepare_cpu`.
-    backend: "auto" (CUDA -> Triton, CPU -> int4 path when eligible else reference, other ->
-      reference), "triton" (the triton_op; on CPU it runs the reference branch), "interp" (the
-      generated kernels through Triton's interpreter on CPU), "cpu", or "ref".
-
-    On CPU, "auto" prepares eligible layers on first use when not compiling: a module is converted
-    in place (memory: int4 form only), a bare PackedWeight gets a memoised int4 copy. Under
-    torch.compile, prepare first (``SFMPLinear.prepare_for("cpu")``) or the reference op is used.
+    backend:
+      "auto"   CUDA -> Triton kernels; CPU -> the int4 path for what was prepared for it (a
+               CpuInt4Weight, or a module after ``prepare_for("cpu")``), else the exact reference;
+               other devices -> reference.
+      "cpu"    the int4 path, preparing on demand when not compiling (a module in place: only the
+               int4 form stays resident; a bare PackedWeight gets a memoised int4 copy); layers
+               with blocks > 4 bits fall back to the reference.
+      "triton" the triton_op (on CPU its body takes the reference branch).
+      "interp" the generated kernels through Triton's interpreter (CPU; TRITON_INTERPRET=1).
+      "ref"    the reference op.
+    The int4 path computes in bf16 (SQNR vs the fp32 reference >= 35 dB), hence opt-in on CPU.
     """
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
@@ -186,11 +191,12 @@ def sfmp_linear(x: Tensor, packed, bias: Tensor | None = None, *, backend: str =
         packed = _as_packed(packed)
     is_module = not isinstance(packed, PackedWeight)
     dev = x.device.type
+    prepared = is_module and is_cpu_prepared(packed)
     if backend == "auto":
-        backend = "triton" if dev == "cuda" else "cpu" if dev == "cpu" else "ref"
+        backend = "triton" if dev == "cuda" else "cpu" if dev == "cpu" and prepared else "ref"
 
-    if backend == "cpu":
-        if is_module and is_cpu_prepared(packed):
+    if backend == "cpu" and dev == "cpu":
+        if prepared:
             y = torch.ops.sfmp.linear_cpu_int4(x, packed.w4, packed.w4_sz, packed.col_perm,
                                                packed._sfmp_cpu_gc, int(packed.out_features),
                                                int(packed.in_features))
@@ -202,10 +208,10 @@ def sfmp_linear(x: Tensor, packed, bias: Tensor | None = None, *, backend: str =
         else:
             y = torch.ops.sfmp.linear_ref(x, *packed_args(packed_of(packed)))
     else:
-        if is_module and is_cpu_prepared(packed) and not _compiling():
-            unprepare_module_(packed)
+        if prepared and not _compiling():
+            unprepare_module_(packed)  # e.g. a prepared module later moved to another device
         p = packed_of(packed)
-        if backend == "ref":
+        if backend in ("ref", "cpu"):
             y = torch.ops.sfmp.linear_ref(x, *packed_args(p))
         else:
             # Under tracing, bits cannot be read: an uncached layer gets the all-widths kernel

@@ -48,17 +48,18 @@ def test_int4_path_sqnr_floor(N, K, group_size, widths, permute, M, dtype, seed)
     assert sqnr_db(y.float(), ref) >= SQNR_FLOOR_DB
 
 
-def test_auto_dispatch_uses_int4_for_eligible_and_reference_otherwise():
+def test_dispatch_int4_is_opt_in_and_ineligible_layers_use_the_reference():
     p = random_packed(64, 128, 64, 64, (2, 3), True, seed=1)
     x = torch.randn(2, 128)
-    y = sfmp_linear(x, p)  # bare PackedWeight on CPU: memoised int4 copy
-    assert not torch.equal(y, linear_ref(x, *packed_args(p)))  # bf16 numerics: it did take the int4 path
-    assert sqnr_db(y, linear_ref(x, *packed_args(p))) >= SQNR_FLOOR_DB
+    ref = linear_ref(x, *packed_args(p))
+    assert torch.equal(sfmp_linear(x, p), ref)  # auto on an unprepared layer: exact reference
+    y = sfmp_linear(x, p, backend="cpu")  # explicit: memoised int4 copy, bf16 numerics
+    assert not torch.equal(y, ref) and sqnr_db(y, ref) >= SQNR_FLOOR_DB
     q = random_packed(64, 128, 64, 64, (3, 5), True, seed=2)
     assert not cpu_eligible(q)
     with pytest.raises(ValueError, match="<= 4 bits"):
         prepare_cpu(q)
-    assert torch.equal(sfmp_linear(x, q), linear_ref(x, *packed_args(q)))
+    assert torch.equal(sfmp_linear(x, q, backend="cpu"), linear_ref(x, *packed_args(q)))
 
 
 def test_probe_inverse_matches_fast_inverse():
@@ -88,22 +89,25 @@ def test_module_prepare_replaces_codes_and_saves_true_bits():
     assert _same(m.packed, p)
     x = torch.randn(1, 1536)
     assert sqnr_db(m(x) - m.bias, linear_ref(x, *packed_args(p))) >= SQNR_FLOOR_DB
-    # Load true-bit buffers into a prepared module, then run: it re-prepares on first use.
+    # Load true-bit buffers into a prepared module: it drops the int4 form and is exact again.
     m2, p2 = _module(seed=1)
     m.load_state_dict(m2.state_dict())
     assert not is_cpu_prepared(m) and torch.equal(m.qweight, p2.qweight)
-    assert sqnr_db(m(x) - m.bias, linear_ref(x, *packed_args(p2))) >= SQNR_FLOOR_DB
-    assert is_cpu_prepared(m)
+    assert torch.allclose(m(x) - m.bias, linear_ref(x, *packed_args(p2)), atol=1e-5)
+    m.prepare_for("cpu")
+    assert is_cpu_prepared(m) and sqnr_db(m(x) - m.bias, linear_ref(x, *packed_args(p2))) >= SQNR_FLOOR_DB
 
 
-def test_module_auto_prepares_on_first_cpu_forward_and_ineligible_stays():
+def test_module_forward_is_exact_until_prepared_and_ineligible_stays_true_bits():
     m, p = _module(N=128, K=256, widths=(2, 4))
     x = torch.randn(3, 256)
-    m(x)
-    assert is_cpu_prepared(m)
+    assert torch.allclose(m(x) - m.bias, linear_ref(x, *packed_args(p)), atol=1e-5)
+    assert not is_cpu_prepared(m)
+    m.prepare_for("cpu")
+    assert is_cpu_prepared(m) and sqnr_db(m(x) - m.bias, linear_ref(x, *packed_args(p))) >= SQNR_FLOOR_DB
     m5, p5 = _module(N=128, K=256, widths=(2, 6), bias=False)
-    y = m5(x)
-    assert not is_cpu_prepared(m5) and torch.equal(y, linear_ref(x, *packed_args(p5)))
+    m5.prepare_for("cpu")
+    assert not is_cpu_prepared(m5) and torch.equal(m5(x), linear_ref(x, *packed_args(p5)))
 
 
 def test_prepared_module_back_to_true_bits():
