@@ -55,7 +55,7 @@ def _is_consumer(u: fx.Node, v: fx.Node) -> bool:
 def _set_index(gm: fx.GraphModule, g: fx.Node, index: torch.Tensor, tag: str) -> None:
     """Point gather ``g`` at a new constant index (a fresh buffer: old ones may be shared)."""
     old = g.args[2]
-    new = attach_constant(gm, f"{'_'.join(_layers(g)) or g.name}.{tag}", index.to(torch.int64).contiguous())
+    new = attach_constant(gm, f"{'_'.join(_layers(g)) or g.name}.{tag}", index.to(torch.int64).contiguous(), before=g)
     g.replace_input_with(old, new)
     g.meta.setdefault("sfmp", {})[tag] = True
     erase_if_unused(gm, old)
@@ -97,7 +97,7 @@ def _apply_region(gm, region: Region, P: torch.Tensor, constant) -> None:
             _set_index(gm, g, gather_index(gm, g)[P], "realigned")  # y[..., P] = y_r[..., P_i⁻¹[P]]
     for node, const in region.constants:
         t = constant(const)
-        new = attach_constant(gm, f"{const.name}.permuted", t.index_select(-1, P.to(t.device)).contiguous())
+        new = attach_constant(gm, f"{const.name}.permuted", t.index_select(-1, P.to(t.device)).contiguous(), before=node)
         node.replace_input_with(const, new)
     for c, v in region.consumers:
         if is_gather(c, (ROLE_IN,)):

@@ -72,12 +72,14 @@ def sanitize(name: str) -> str:
     return s if s and not s[0].isdigit() else "_" + s
 
 
-def attach_constant(gm: fx.GraphModule, name: str, tensor: torch.Tensor, before: fx.Node | None = None) -> fx.Node:
-    """Register ``tensor`` as a buffer of ``gm`` and return a get_attr node for it, placed before ``before``
-    (default: right after the placeholders, so it dominates every use).
+def attach_constant(gm: fx.GraphModule, name: str, tensor: torch.Tensor, before: fx.Node | None = None,
+                    after: fx.Node | None = None) -> fx.Node:
+    """Register ``tensor`` as a buffer of ``gm`` and return a get_attr node for it.
 
-    Buffers (not plain attributes) are what compile_fx accepts once the GraphModule is re-wrapped with
-    ``torch.fx.GraphModule(gm, gm.graph)``; a unique name is chosen if ``name`` is taken.
+    The node goes right before ``before`` (or right after ``after``), i.e. next to its first use, so
+    dumps read top to bottom; with neither, right after the placeholders. Buffers (not plain
+    attributes) are what compile_fx accepts once the GraphModule is re-wrapped with
+    ``torch.fx.GraphModule(gm, gm.graph)``. A unique name is chosen if ``name`` is taken.
     """
     base, i = BUFFER_PREFIX + sanitize(name), 0
     attr = base
@@ -85,7 +87,11 @@ def attach_constant(gm: fx.GraphModule, name: str, tensor: torch.Tensor, before:
         i += 1
         attr = f"{base}_{i}"
     gm.register_buffer(attr, tensor)
-    with gm.graph.inserting_before(before if before is not None else first_node(gm)):
+    if after is not None:
+        ctx = gm.graph.inserting_after(after)
+    else:
+        ctx = gm.graph.inserting_before(before if before is not None else first_node(gm))
+    with ctx:
         node = gm.graph.get_attr(attr)
     node.meta["example_value"] = tensor
     return node
@@ -106,10 +112,15 @@ def insert_gather(gm: fx.GraphModule, src: fx.Node, index: torch.Tensor, role: s
     index: int64 [n] — output column i reads input column index[i]. Inductor lowers index_select to an
     indirect load it can fuse into the producer or the consumer.
     """
-    idx = attach_constant(gm, name, index.to(torch.int64).contiguous())
+    index = index.to(torch.int64).contiguous()
+    if before is None and src.op == "placeholder":
+        before = first_node(gm)  # keep the placeholders together at the top
+    if before is not None:
+        idx = attach_constant(gm, name, index, before=before)
+    else:
+        idx = attach_constant(gm, name, index, after=src)
     fn = torch.ops.aten.index_select.default if aten_mode else torch.index_select
-    ctx = gm.graph.inserting_before(before) if before is not None else gm.graph.inserting_after(src)
-    with ctx:
+    with gm.graph.inserting_after(idx):
         g = gm.graph.call_function(fn, (src, -1, idx))
     copy_value_meta(g, src)
     g.meta["sfmp"] = {"role": role, "layers": list(layers)}

@@ -37,12 +37,23 @@ def can_release(p: torch.Tensor) -> str | None:
 
 
 def release(params: Iterable[torch.Tensor]) -> int:
-    """Resize each parameter's storage to 0 bytes (metadata untouched). Returns the bytes freed."""
+    """Resize each parameter's storage to 0 bytes (metadata untouched). Returns the bytes freed.
+
+    Storage that cannot be resized (weights memory-mapped from a safetensors file) is swapped for a
+    fresh, never-touched allocation of the same shape and strides first (``p.data = ...`` keeps the
+    object and every guarded property), which drops the reference to the mapping; that allocation
+    is then resized to 0, so nothing new ever becomes resident.
+    """
     freed = 0
-    for p in params:
-        if can_release(p) is None:
+    with torch.no_grad():
+        for p in params:
+            if can_release(p) is not None:
+                continue
             st = p.untyped_storage()
             freed += st.nbytes()
+            if not st.resizable():
+                p.data = torch.empty_strided(p.shape, p.stride(), dtype=p.dtype, device=p.device)
+                st = p.untyped_storage()
             st.resize_(0)
     return freed
 

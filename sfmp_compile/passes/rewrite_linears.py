@@ -80,10 +80,12 @@ def bits_histogram(bits: torch.Tensor, packed_grid) -> dict[int, float]:
 _TENSORS = ("qweight", "bits", "block_offset", "group_order", "segment_ptr", "scales", "zeros")
 
 
-def _empty_perm(gm: fx.GraphModule, device, cache: dict) -> fx.Node:
+def _empty_perm(gm: fx.GraphModule, device, cache: dict, before: fx.Node) -> fx.Node:
+    """One shared "no permutation" argument per device, placed before its first use."""
     key = ("empty", str(device))
     if key not in cache:
-        cache[key] = attach_constant(gm, f"empty_perm_{torch.device(device).type}", torch.zeros(0, dtype=torch.int32, device=device))
+        cache[key] = attach_constant(gm, f"empty_perm_{torch.device(device).type}",
+                                     torch.zeros(0, dtype=torch.int32, device=device), before=before)
     return cache[key]
 
 
@@ -105,13 +107,13 @@ def _rewrite_one(gm: fx.GraphModule, site: LinearSite, packed: PackedWeight | No
         key = ("packed", id(packed), str(device))
         if key not in cache:  # the same parameter used twice in one graph shares its buffers
             p = packed.to(device)
-            cache[key] = [attach_constant(gm, f"{site.name}.{k}", getattr(p, k)) for k in _TENSORS]
+            cache[key] = [attach_constant(gm, f"{site.name}.{k}", getattr(p, k), before=node) for k in _TENSORS]
         tensor_nodes = cache[key]
         row_perm, col_perm = packed.row_perm, packed.col_perm
         meta = (packed.out_features, packed.in_features, packed.block_rows, packed.group_size)
         hist = bits_histogram(packed.bits, packed.grid)
         op, extra = select_op(device, packed)
-    empty = _empty_perm(gm, device, cache)
+    empty = _empty_perm(gm, device, cache, node)
 
     rec = LayerRewrite(site.name, node.name, site.form, (meta[0], meta[1]), str(op), hist,
                        has_col_perm=bool(col_perm.numel()), has_row_perm=bool(row_perm.numel()))

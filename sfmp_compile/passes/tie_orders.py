@@ -116,14 +116,24 @@ def _regroup_axis(orders: dict, bit_maps: dict, grids: dict, groups: list[list[s
 
 
 def block_sums(s: torch.Tensor, ro: torch.Tensor, co: torch.Tensor, grid: BlockGrid) -> torch.Tensor:
-    """Salience per block of the reordered matrix, fp64 [R, G] (= grid.block_sums(reorder(s, ro, co)),
-    without its fp64 copy of the whole matrix: the sums accumulate in fp64 instead)."""
+    """Salience per block of the reordered matrix, fp64 [R, G]; equals grid.block_sums(reorder(s, ro, co)).
+
+    Sums over each column group first (one gather of the columns, one contiguous reduction in fp64),
+    then over row-blocks on the small [N, G] result: one pass over the full matrix instead of a
+    reorder, a pad and a strided reduction.
+    """
     R, G = grid.shape
-    x = reorder(s.float(), ro, co)
-    pad_r, pad_c = R * grid.block_rows - grid.out_features, G * grid.group_size - grid.in_features
-    if pad_r or pad_c:
-        x = torch.nn.functional.pad(x, (0, pad_c, 0, pad_r))
-    return x.view(R, grid.block_rows, G, grid.group_size).sum(dim=(1, 3), dtype=torch.float64).cpu()
+    gs, br = grid.group_size, grid.block_rows
+    x = s.index_select(1, co.to(s.device))
+    full = (grid.in_features // gs) * gs
+    parts = [x[:, :full].reshape(-1, full // gs, gs).sum(-1, dtype=torch.float64)] if full else []
+    if full < grid.in_features:
+        parts.append(x[:, full:].sum(-1, keepdim=True, dtype=torch.float64))
+    per_row = torch.cat(parts, dim=1).cpu().index_select(0, ro.cpu())  # [N, G] in reordered rows
+    pad = R * br - grid.out_features
+    if pad:
+        per_row = torch.nn.functional.pad(per_row, (0, 0, 0, pad))
+    return per_row.view(R, br, G).sum(1)
 
 
 def _make_plan_regroups() -> bool:

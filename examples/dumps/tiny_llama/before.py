@@ -1,0 +1,228 @@
+class GraphModule(torch.nn.Module):
+    def forward(self, L_args_0_: "i64[1, 8]", L_self_modules_model_modules_embed_tokens_parameters_weight_: "f32[256, 64]", L_self_modules_model_modules_rotary_emb_buffers_inv_freq_: "f32[8]", L_self_modules_model_modules_layers_modules_0_modules_input_layernorm_parameters_weight_: "f32[64]", L_self …[2019 more chars]
+        # ... 23 placeholder aliases (l_x_ = L_x_) omitted
+
+        # File: transformers/models/llama/modeling_llama.py:370 in forward, code: inputs_embeds: torch.Tensor = self.embed_tokens(input_ids)
+        inputs_embeds: "f32[1, 8, 64]" = torch.nn.functional.embedding(l_args_0_, l_self_modules_model_modules_embed_tokens_parameters_weight_, 1, None, 2.0, False, False);  l_args_0_ = l_self_modules_model_modules_embed_tokens_parameters_weight_ = None
+
+        # File: transformers/models/llama/modeling_llama.py:377 in forward, code: position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
+        arange: "i64[8]" = torch.arange(8, device = device(type='cpu'))
+        position_ids: "i64[8]" = arange + 0;  arange = None
+
+        # File: transformers/models/llama/modeling_llama.py:378 in forward, code: position_ids = position_ids.unsqueeze(0)
+        position_ids_1: "i64[1, 8]" = position_ids.unsqueeze(0);  position_ids = None
+
+        # File: transformers/models/llama/modeling_llama.py:111 in forward, code: freqs = position_ids[..., None].float() * self.inv_freq.to(device=x.device, dtype=torch.float)
+        getitem: "i64[1, 8, 1]" = position_ids_1[(Ellipsis, None)];  position_ids_1 = None
+        float_1: "f32[1, 8, 1]" = getitem.float();  getitem = None
+        to: "f32[8]" = l_self_modules_model_modules_rotary_emb_buffers_inv_freq_.to(device = device(type='cpu'), dtype = torch.float32);  l_self_modules_model_modules_rotary_emb_buffers_inv_freq_ = None
+        freqs: "f32[1, 8, 8]" = float_1 * to;  float_1 = to = None
+
+        # File: transformers/models/llama/modeling_llama.py:112 in forward, code: emb = torch.cat((freqs, freqs), dim=-1)
+        emb: "f32[1, 8, 16]" = torch.cat((freqs, freqs), dim = -1);  freqs = None
+
+        # File: transformers/models/llama/modeling_llama.py:113 in forward, code: cos = emb.cos() * self.attention_scaling
+        cos: "f32[1, 8, 16]" = emb.cos()
+        cos_1: "f32[1, 8, 16]" = cos * 1.0;  cos = None
+
+        # File: transformers/models/llama/modeling_llama.py:114 in forward, code: sin = emb.sin() * self.attention_scaling
+        sin: "f32[1, 8, 16]" = emb.sin();  emb = None
+        sin_1: "f32[1, 8, 16]" = sin * 1.0;  sin = None
+
+        # File: transformers/models/llama/modeling_llama.py:116 in forward, code: return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
+        cos_2: "f32[1, 8, 16]" = cos_1.to(dtype = torch.float32);  cos_1 = None
+        sin_2: "f32[1, 8, 16]" = sin_1.to(dtype = torch.float32);  sin_1 = None
+
+        # File: transformers/models/llama/modeling_llama.py:391 in forward, code: for decoder_layer in self.layers[: self.config.num_hidden_layers]:
+        _log_api_usage_once = torch._C._log_api_usage_once('python.nn_module');  _log_api_usage_once = None
+
+        # File: transformers/models/llama/modeling_llama.py:63 in forward, code: hidden_states = hidden_states.to(torch.float32)
+        hidden_states: "f32[1, 8, 64]" = inputs_embeds.to(torch.float32)
+
+        # File: transformers/models/llama/modeling_llama.py:64 in forward, code: variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        pow_1: "f32[1, 8, 64]" = hidden_states.pow(2)
+        variance: "f32[1, 8, 1]" = pow_1.mean(-1, keepdim = True);  pow_1 = None
+
+        # File: transformers/models/llama/modeling_llama.py:65 in forward, code: hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        add_1: "f32[1, 8, 1]" = variance + 1e-06;  variance = None
+        rsqrt: "f32[1, 8, 1]" = torch.rsqrt(add_1);  add_1 = None
+        hidden_states_1: "f32[1, 8, 64]" = hidden_states * rsqrt;  hidden_states = rsqrt = None
+
+        # File: transformers/models/llama/modeling_llama.py:66 in forward, code: return self.weight * hidden_states.to(input_dtype)
+        to_4: "f32[1, 8, 64]" = hidden_states_1.to(torch.float32);  hidden_states_1 = None
+        hidden_states_2: "f32[1, 8, 64]" = l_self_modules_model_modules_layers_modules_0_modules_input_layernorm_parameters_weight_ * to_4;  l_self_modules_model_modules_layers_modules_0_modules_input_layernorm_parameters_weight_ = to_4 = None
+
+        # File: transformers/models/llama/modeling_llama.py:243 in forward, code: query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        linear: "f32[1, 8, 64]" = torch._C._nn.linear(hidden_states_2, l_self_modules_model_modules_layers_modules_0_modules_self_attn_modules_q_proj_parameters_weight_, None);  l_self_modules_model_modules_layers_modules_0_modules_self_attn_modules_q_proj_parameters_weight_ = None
+        view: "f32[1, 8, 4, 16]" = linear.view((1, 8, -1, 16));  linear = None
+        query_states: "f32[1, 4, 8, 16]" = view.transpose(1, 2);  view = None
+
+        # File: transformers/models/llama/modeling_llama.py:244 in forward, code: key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        linear_1: "f32[1, 8, 32]" = torch._C._nn.linear(hidden_states_2, l_self_modules_model_modules_layers_modules_0_modules_self_attn_modules_k_proj_parameters_weight_, None);  l_self_modules_model_modules_layers_modules_0_modules_self_attn_modules_k_proj_parameters_weight_ = None
+        view_1: "f32[1, 8, 2, 16]" = linear_1.view((1, 8, -1, 16));  linear_1 = None
+        key_states: "f32[1, 2, 8, 16]" = view_1.transpose(1, 2);  view_1 = None
+
+        # File: transformers/models/llama/modeling_llama.py:245 in forward, code: value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        linear_2: "f32[1, 8, 32]" = torch._C._nn.linear(hidden_states_2, l_self_modules_model_modules_layers_modules_0_modules_self_attn_modules_v_proj_parameters_weight_, None);  hidden_states_2 = l_self_modules_model_modules_layers_modules_0_modules_self_attn_modules_v_proj_parameters_weight_ = No …[2 more chars]
+        view_2: "f32[1, 8, 2, 16]" = linear_2.view((1, 8, -1, 16));  linear_2 = None
+        value_states: "f32[1, 2, 8, 16]" = view_2.transpose(1, 2);  view_2 = None
+
+        # File: transformers/models/llama/modeling_llama.py:145 in apply_rotary_pos_emb, code: cos = cos.unsqueeze(unsqueeze_dim)
+        cos_3: "f32[1, 1, 8, 16]" = cos_2.unsqueeze(1)
+
+        # File: transformers/models/llama/modeling_llama.py:146 in apply_rotary_pos_emb, code: sin = sin.unsqueeze(unsqueeze_dim)
+        sin_3: "f32[1, 1, 8, 16]" = sin_2.unsqueeze(1)
+
+        # File: transformers/models/llama/modeling_llama.py:147 in apply_rotary_pos_emb, code: q_embed = (q * cos) + (rotate_half(q) * sin)
+        mul_5: "f32[1, 4, 8, 16]" = query_states * cos_3
+
+        # File: transformers/models/llama/modeling_llama.py:121 in rotate_half, code: x1 = x[..., : x.shape[-1] // 2]
+        x1: "f32[1, 4, 8, 8]" = query_states[(Ellipsis, slice(None, 8, None))]
+
+        # File: transformers/models/llama/modeling_llama.py:122 in rotate_half, code: x2 = x[..., x.shape[-1] // 2 :]
+        x2: "f32[1, 4, 8, 8]" = query_states[(Ellipsis, slice(8, None, None))];  query_states = None
+
+        # File: transformers/models/llama/modeling_llama.py:123 in rotate_half, code: return torch.cat((-x2, x1), dim=-1)
+        neg: "f32[1, 4, 8, 8]" = -x2;  x2 = None
+        cat_1: "f32[1, 4, 8, 16]" = torch.cat((neg, x1), dim = -1);  neg = x1 = None
+
+        # File: transformers/models/llama/modeling_llama.py:147 in apply_rotary_pos_emb, code: q_embed = (q * cos) + (rotate_half(q) * sin)
+        mul_6: "f32[1, 4, 8, 16]" = cat_1 * sin_3;  cat_1 = None
+        q_embed: "f32[1, 4, 8, 16]" = mul_5 + mul_6;  mul_5 = mul_6 = None
+
+        # File: transformers/models/llama/modeling_llama.py:148 in apply_rotary_pos_emb, code: k_embed = (k * cos) + (rotate_half(k) * sin)
+        mul_7: "f32[1, 2, 8, 16]" = key_states * cos_3;  cos_3 = None
+
+        # File: transformers/models/llama/modeling_llama.py:121 in rotate_half, code: x1 = x[..., : x.shape[-1] // 2]
+        x1_1: "f32[1, 2, 8, 8]" = key_states[(Ellipsis, slice(None, 8, None))]
+
+        # File: transformers/models/llama/modeling_llama.py:122 in rotate_half, code: x2 = x[..., x.shape[-1] // 2 :]
+        x2_1: "f32[1, 2, 8, 8]" = key_states[(Ellipsis, slice(8, None, None))];  key_states = None
+
+        # File: transformers/models/llama/modeling_llama.py:123 in rotate_half, code: return torch.cat((-x2, x1), dim=-1)
+        neg_1: "f32[1, 2, 8, 8]" = -x2_1;  x2_1 = None
+        cat_2: "f32[1, 2, 8, 16]" = torch.cat((neg_1, x1_1), dim = -1);  neg_1 = x1_1 = None
+
+        # File: transformers/models/llama/modeling_llama.py:148 in apply_rotary_pos_emb, code: k_embed = (k * cos) + (rotate_half(k) * sin)
+        mul_8: "f32[1, 2, 8, 16]" = cat_2 * sin_3;  cat_2 = sin_3 = None
+        k_embed: "f32[1, 2, 8, 16]" = mul_7 + mul_8;  mul_7 = mul_8 = None
+
+        # File: transformers/cache_utils.py:115 in lazy_initialization, code: self.keys = torch.tensor([], dtype=self.dtype, device=self.device)
+        tensor: "f32[0]" = torch.tensor([], dtype = torch.float32, device = device(type='cpu'))
+
+        # File: transformers/cache_utils.py:116 in lazy_initialization, code: self.values = torch.tensor([], dtype=self.dtype, device=self.device)
+        tensor_1: "f32[0]" = torch.tensor([], dtype = torch.float32, device = device(type='cpu'))
+
+        # File: transformers/cache_utils.py:136 in update, code: self.keys = torch.cat([self.keys, key_states], dim=-2)
+        keys: "f32[1, 2, 8, 16]" = torch.cat([tensor, k_embed], dim = -2);  tensor = k_embed = None
+
+        # File: transformers/cache_utils.py:137 in update, code: self.values = torch.cat([self.values, value_states], dim=-2)
+        values: "f32[1, 2, 8, 16]" = torch.cat([tensor_1, value_states], dim = -2);  tensor_1 = value_states = None
+
+        # File: transformers/integrations/sdpa_attention.py:193 in sdpa_attention_forward, code: attn_output = torch.nn.functional.scaled_dot_product_attention(
+        attn_output: "f32[1, 4, 8, 16]" = torch._C._nn.scaled_dot_product_attention(q_embed, keys, values, attn_mask = None, dropout_p = 0.0, scale = 0.25, is_causal = True, enable_gqa = True);  q_embed = None
+
+        # File: transformers/integrations/sdpa_attention.py:205 in sdpa_attention_forward, code: attn_output = attn_output.reshape(attn_output.shape[0], -1, q_length, value.shape[-1])
+        attn_output_1: "f32[1, 4, 8, 16]" = attn_output.reshape(1, -1, 8, 16);  attn_output = None
+
+        # File: transformers/integrations/sdpa_attention.py:206 in sdpa_attention_forward, code: attn_output = attn_output.transpose(1, 2).contiguous()
+        transpose_3: "f32[1, 8, 4, 16]" = attn_output_1.transpose(1, 2);  attn_output_1 = None
+        attn_output_2: "f32[1, 8, 4, 16]" = transpose_3.contiguous();  transpose_3 = None
+
+        # File: transformers/models/llama/modeling_llama.py:268 in forward, code: attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        reshape_1: "f32[1, 8, 64]" = attn_output_2.reshape(1, 8, -1);  attn_output_2 = None
+        attn_output_3: "f32[1, 8, 64]" = reshape_1.contiguous();  reshape_1 = None
+
+        # File: transformers/models/llama/modeling_llama.py:269 in forward, code: attn_output = self.o_proj(attn_output)
+        attn_output_4: "f32[1, 8, 64]" = torch._C._nn.linear(attn_output_3, l_self_modules_model_modules_layers_modules_0_modules_self_attn_modules_o_proj_parameters_weight_, None);  attn_output_3 = l_self_modules_model_modules_layers_modules_0_modules_self_attn_modules_o_proj_parameters_weight_ = N …[3 more chars]
+
+        # File: transformers/models/llama/modeling_llama.py:306 in forward, code: hidden_states = residual + hidden_states
+        hidden_states_3: "f32[1, 8, 64]" = inputs_embeds + attn_output_4;  inputs_embeds = attn_output_4 = None
+
+        # File: transformers/models/llama/modeling_llama.py:63 in forward, code: hidden_states = hidden_states.to(torch.float32)
+        hidden_states_4: "f32[1, 8, 64]" = hidden_states_3.to(torch.float32)
+
+        # File: transformers/models/llama/modeling_llama.py:64 in forward, code: variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        pow_2: "f32[1, 8, 64]" = hidden_states_4.pow(2)
+        variance_1: "f32[1, 8, 1]" = pow_2.mean(-1, keepdim = True);  pow_2 = None
+
+        # File: transformers/models/llama/modeling_llama.py:65 in forward, code: hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        add_5: "f32[1, 8, 1]" = variance_1 + 1e-06;  variance_1 = None
+        rsqrt_1: "f32[1, 8, 1]" = torch.rsqrt(add_5);  add_5 = None
+        hidden_states_5: "f32[1, 8, 64]" = hidden_states_4 * rsqrt_1;  hidden_states_4 = rsqrt_1 = None
+
+        # File: transformers/models/llama/modeling_llama.py:66 in forward, code: return self.weight * hidden_states.to(input_dtype)
+        to_6: "f32[1, 8, 64]" = hidden_states_5.to(torch.float32);  hidden_states_5 = None
+        hidden_states_6: "f32[1, 8, 64]" = l_self_modules_model_modules_layers_modules_0_modules_post_attention_layernorm_parameters_weight_ * to_6;  l_self_modules_model_modules_layers_modules_0_modules_post_attention_layernorm_parameters_weight_ = to_6 = None
+
+        # File: transformers/models/llama/modeling_llama.py:164 in forward, code: down_proj = self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        linear_4: "f32[1, 8, 128]" = torch._C._nn.linear(hidden_states_6, l_self_modules_model_modules_layers_modules_0_modules_mlp_modules_gate_proj_parameters_weight_, None);  l_self_modules_model_modules_layers_modules_0_modules_mlp_modules_gate_proj_parameters_weight_ = None
+
+        # File: transformers/activations.py:103 in forward, code: return nn.functional.silu(input)
+        silu: "f32[1, 8, 128]" = torch.nn.functional.silu(linear_4);  linear_4 = None
+
+        # File: transformers/models/llama/modeling_llama.py:164 in forward, code: down_proj = self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        linear_5: "f32[1, 8, 128]" = torch._C._nn.linear(hidden_states_6, l_self_modules_model_modules_layers_modules_0_modules_mlp_modules_up_proj_parameters_weight_, None);  hidden_states_6 = l_self_modules_model_modules_layers_modules_0_modules_mlp_modules_up_proj_parameters_weight_ = None
+        mul_11: "f32[1, 8, 128]" = silu * linear_5;  silu = linear_5 = None
+        down_proj: "f32[1, 8, 64]" = torch._C._nn.linear(mul_11, l_self_modules_model_modules_layers_modules_0_modules_mlp_modules_down_proj_parameters_weight_, None);  mul_11 = l_self_modules_model_modules_layers_modules_0_modules_mlp_modules_down_proj_parameters_weight_ = None
+
+        # File: transformers/models/llama/modeling_llama.py:312 in forward, code: hidden_states = residual + hidden_states
+        hidden_states_7: "f32[1, 8, 64]" = hidden_states_3 + down_proj;  hidden_states_3 = down_proj = None
+
+        # File: transformers/models/llama/modeling_llama.py:63 in forward, code: hidden_states = hidden_states.to(torch.float32)
+        hidden_states_8: "f32[1, 8, 64]" = hidden_states_7.to(torch.float32)
+
+        # File: transformers/models/llama/modeling_llama.py:64 in forward, code: variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        pow_3: "f32[1, 8, 64]" = hidden_states_8.pow(2)
+        variance_2: "f32[1, 8, 1]" = pow_3.mean(-1, keepdim = True);  pow_3 = None
+
+        # File: transformers/models/llama/modeling_llama.py:65 in forward, code: hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        add_7: "f32[1, 8, 1]" = variance_2 + 1e-06;  variance_2 = None
+        rsqrt_2: "f32[1, 8, 1]" = torch.rsqrt(add_7);  add_7 = None
+        hidden_states_9: "f32[1, 8, 64]" = hidden_states_8 * rsqrt_2;  hidden_states_8 = rsqrt_2 = None
+
+        # File: transformers/models/llama/modeling_llama.py:66 in forward, code: return self.weight * hidden_states.to(input_dtype)
+        to_8: "f32[1, 8, 64]" = hidden_states_9.to(torch.float32);  hidden_states_9 = None
+
+# ... 101 lines omitted (later layers repeat the pattern above; run examples/compile_dumps.py --full DIR for everything) ...
+
+        # File: transformers/models/llama/modeling_llama.py:66 in forward, code: return self.weight * hidden_states.to(input_dtype)
+        to_10: "f32[1, 8, 64]" = hidden_states_13.to(torch.float32);  hidden_states_13 = None
+        hidden_states_14: "f32[1, 8, 64]" = l_self_modules_model_modules_layers_modules_1_modules_post_attention_layernorm_parameters_weight_ * to_10;  l_self_modules_model_modules_layers_modules_1_modules_post_attention_layernorm_parameters_weight_ = to_10 = None
+
+        # File: transformers/models/llama/modeling_llama.py:164 in forward, code: down_proj = self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        linear_11: "f32[1, 8, 128]" = torch._C._nn.linear(hidden_states_14, l_self_modules_model_modules_layers_modules_1_modules_mlp_modules_gate_proj_parameters_weight_, None);  l_self_modules_model_modules_layers_modules_1_modules_mlp_modules_gate_proj_parameters_weight_ = None
+
+        # File: transformers/activations.py:103 in forward, code: return nn.functional.silu(input)
+        silu_1: "f32[1, 8, 128]" = torch.nn.functional.silu(linear_11);  linear_11 = None
+
+        # File: transformers/models/llama/modeling_llama.py:164 in forward, code: down_proj = self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        linear_12: "f32[1, 8, 128]" = torch._C._nn.linear(hidden_states_14, l_self_modules_model_modules_layers_modules_1_modules_mlp_modules_up_proj_parameters_weight_, None);  hidden_states_14 = l_self_modules_model_modules_layers_modules_1_modules_mlp_modules_up_proj_parameters_weight_ = None
+        mul_20: "f32[1, 8, 128]" = silu_1 * linear_12;  silu_1 = linear_12 = None
+        down_proj_1: "f32[1, 8, 64]" = torch._C._nn.linear(mul_20, l_self_modules_model_modules_layers_modules_1_modules_mlp_modules_down_proj_parameters_weight_, None);  mul_20 = l_self_modules_model_modules_layers_modules_1_modules_mlp_modules_down_proj_parameters_weight_ = None
+
+        # File: transformers/models/llama/modeling_llama.py:312 in forward, code: hidden_states = residual + hidden_states
+        hidden_states_15: "f32[1, 8, 64]" = hidden_states_11 + down_proj_1;  hidden_states_11 = down_proj_1 = None
+
+        # File: transformers/models/llama/modeling_llama.py:63 in forward, code: hidden_states = hidden_states.to(torch.float32)
+        hidden_states_16: "f32[1, 8, 64]" = hidden_states_15.to(torch.float32);  hidden_states_15 = None
+
+        # File: transformers/models/llama/modeling_llama.py:64 in forward, code: variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        pow_5: "f32[1, 8, 64]" = hidden_states_16.pow(2)
+        variance_4: "f32[1, 8, 1]" = pow_5.mean(-1, keepdim = True);  pow_5 = None
+
+        # File: transformers/models/llama/modeling_llama.py:65 in forward, code: hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        add_13: "f32[1, 8, 1]" = variance_4 + 1e-06;  variance_4 = None
+        rsqrt_4: "f32[1, 8, 1]" = torch.rsqrt(add_13);  add_13 = None
+        hidden_states_17: "f32[1, 8, 64]" = hidden_states_16 * rsqrt_4;  hidden_states_16 = rsqrt_4 = None
+
+        # File: transformers/models/llama/modeling_llama.py:66 in forward, code: return self.weight * hidden_states.to(input_dtype)
+        to_12: "f32[1, 8, 64]" = hidden_states_17.to(torch.float32);  hidden_states_17 = None
+        hidden_states_18: "f32[1, 8, 64]" = l_self_modules_model_modules_norm_parameters_weight_ * to_12;  l_self_modules_model_modules_norm_parameters_weight_ = to_12 = None
+
+        # File: transformers/modeling_utils.py:5118 in slice_logits_to_keep, code: return hidden_states[:, logits_to_keep, :]
+        hidden_states_19: "f32[1, 8, 64]" = hidden_states_18[(slice(None, None, None), slice(0, None, None), slice(None, None, None))];  hidden_states_18 = None
+
+        # File: transformers/models/llama/modeling_llama.py:468 in forward, code: logits = self.lm_head(hidden_states)
+        logits: "f32[1, 8, 256]" = torch._C._nn.linear(hidden_states_19, l_self_modules_lm_head_parameters_weight_, None);  hidden_states_19 = l_self_modules_lm_head_parameters_weight_ = None
+        return (values, keys, values_1, keys_1, logits)
