@@ -48,6 +48,11 @@ def run_specs():
         (f"layerwise-activation-rtn-{a}", lambda B: B.layerwise(a, "activation", "rtn")),
         ("uniform-rtn-3-colsorted", lambda B: _uniform_sorted(B, 3)),
     ]
+    # Permutations cost 32(N+K)/(NK) BPW (0.08 on SmolLM2's small matrices): SFMP without them.
+    specs.append(("sfmp3-fisher-rtn-4.0-norow", lambda B: B.sfmp(4.0, "fisher", 3, "rtn", reorder_rows=False, tag="no row reorder")))
+    for bpw in (3.0, 3.5, 4.0):
+        specs.append((f"sfmp3-fisher-rtn-{bpw}-noperm", lambda B, bpw=bpw: B.sfmp(
+            bpw, "fisher", 3, "rtn", reorder_rows=False, reorder_cols=False, tag="no reordering (no permutations)")))
     for b in (3, 4, 2):
         specs.append((f"uniform-gptq-{b}", lambda B, b=b: B.uniform(b, "gptq")))
     for bpw in (3.5, 4.0, 3.0):
@@ -66,6 +71,60 @@ def _uniform_sorted(B, bits):
                         "quantizer": "rtn", "salience": "activation", "target_bpw": None, "levels": 1,
                         "regroup": False, "alloc_s": plan.timings["reorder_s"] + plan.timings["allocate_s"],
                         "salience_s": sal_s})
+
+
+def reorder_study(model_name: str = "smollm2", group_size: int = 64, bits: int = 3) -> dict:
+    """Why column reordering hurts at integer bits: per layer type, the output error
+    tr(ΔW H ΔWᵀ)/2 = Σ_t ‖x_t ΔWᵀ‖² / n and the plain weight error ‖ΔW‖², RTN at ``bits``, with columns in
+    original order vs sorted by activation salience (what make_plan did before regrouping), with and
+    without clip search; plus where the error sits (the 64 top-salience columns = the first group
+    after sorting) and the quantization step those columns get."""
+    import torch
+    from sfmp_compile.experiments import load_bench
+    from sfmp_compile.quantizers.gptq import collect_hessians
+    from sfmp_compile.quantizers.minmax import dequantize_groups, minmax_quantize
+    bench = load_bench(model_name, group_size=group_size, n_eval_tokens=2, context=2, verbose=False)
+    H = collect_hessians(bench.model, bench.layers, bench.calibration)
+    out: dict = {}
+    for n, w in bench.weights.items():
+        h = H.pop(n).double()
+        ex2 = torch.diagonal(h).float() / 2
+        co = torch.argsort((w.pow(2) * ex2[None]).sum(0).double(), descending=True, stable=True)
+        N, K = w.shape
+        G = -(-K // group_size)
+        top = co[:group_size]
+        t = out.setdefault(n.rsplit(".", 1)[-1], {})
+        for clip in (False, True):
+            for name, order in (("original", torch.arange(K)), ("sorted", co)):
+                c, sc, z = minmax_quantize(w[:, order], torch.full((N, G), bits), group_size, clip=clip, col_weight=ex2[order])
+                wq = torch.empty_like(w)
+                wq[:, order] = dequantize_groups(c, sc, z, group_size)
+                d = (w - wq).double()
+                per_col = ((d @ h) * d).sum(0) / 2
+                step = torch.empty_like(w)
+                step[:, order] = sc.repeat_interleave(group_size, 1)[:, :K]
+                key = f"{name}{'+clip' if clip else ''}"
+                r = t.setdefault(key, {"out_err": 0.0, "w_err": 0.0, "out_err_top_cols": 0.0, "step_top_cols": 0.0, "n": 0})
+                r["out_err"] += float(per_col.sum())
+                r["w_err"] += float(d.pow(2).sum())
+                r["out_err_top_cols"] += float(per_col[top].sum())
+                r["step_top_cols"] += float(step[:, top].mean())
+                r["n"] += 1
+    return out
+
+
+def reorder_table(study: dict) -> str:
+    lines = ["| layer type | clip | output error, original → sorted | weight error, original → sorted | "
+             "output error on the top-64 salience columns, original → sorted | mean step on those columns |",
+             "|---|---|---|---|---|---|"]
+    for t, r in study.items():
+        for clip in ("", "+clip"):
+            o, s = r["original" + clip], r["sorted" + clip]
+            lines.append(f"| {t} | {'yes' if clip else 'no'} | {o['out_err']:.0f} → {s['out_err']:.0f} "
+                         f"({(s['out_err'] / o['out_err'] - 1) * 100:+.0f} %) | {o['w_err']:.0f} → {s['w_err']:.0f} "
+                         f"({(s['w_err'] / o['w_err'] - 1) * 100:+.0f} %) | {o['out_err_top_cols']:.0f} → "
+                         f"{s['out_err_top_cols']:.0f} | {o['step_top_cols'] / o['n']:.4f} → {s['step_top_cols'] / s['n']:.4f} |")
+    return "\n".join(lines)
 
 
 def machine() -> dict:
@@ -201,6 +260,36 @@ def plot(data, path: Path) -> None:
     plt.close(fig)
 
 
+def reorder_section(data) -> str:
+    runs = data["runs"]
+    get = lambda k: runs.get(k, {}).get("ppl", float("nan"))  # noqa: E731
+    text = f"""
+### Reordering at integer bits (the prototype's 3-bit regression)
+
+At an integer width every block has the same bits, so column reordering can only change which columns
+share a scale group. Sorting columns by activation salience (W²·E[x²] column sums) puts the columns
+with the largest E[x²] (and large weights) into the same groups: those groups' min-max range, hence
+their step, is set by the largest weights among already important columns, and the clip search can no
+longer trade a little range on ordinary columns for precision on the one important column in the
+group. Plain weight error goes *down* (similar magnitudes share a scale), but the error that matters,
+the output error ‖X(W − Ŵ)ᵀ‖² (tr(ΔW H ΔWᵀ)/2 with H from the calibration inputs), goes *up*.
+
+Fix (in `plan.make_plan`, `plan.regroup_orders`): after allocation, the columns (rows) of all groups
+(row-blocks) with the same bit pattern are put back in original order. Which columns get which widths
+is unchanged; a uniform layer gets identity orders (no permutation stored, nothing gathered), so at
+integer bits SFMP is exactly the uniform baseline. PPL, RTN 3-bit: original order {get('uniform-rtn-3'):.2f},
+activation-sorted columns (the prototype's behaviour) {get('uniform-rtn-3-colsorted'):.2f}; SFMP 3-level
+Fisher at BPW {ABLATION_BPW}: regrouped {get(f'sfmp3-fisher-rtn-{ABLATION_BPW}'):.2f}, salience-sorted
+{get(f'sfmp3-fisher-rtn-{ABLATION_BPW}-sorted'):.2f}.
+"""
+    st = data.get("reorder_study")
+    if st:
+        text += (f"\nPer layer type, summed over the 30 decoder layers, RTN {st['bits']}-bit g{st['group_size']}, "
+                 f"activation-salience column sort (`python benchmarks/quality.py --reorder-study`, "
+                 f"{st['seconds']:.0f} s):\n\n" + reorder_table(st["layers"]) + "\n")
+    return text
+
+
 BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
 
 
@@ -234,7 +323,7 @@ Command: `{s['command']}` (see benchmarks/quality.py for sharding/merging).
 
 Goals:
 {chr(10).join(goals(data))}
-
+{reorder_section(data)}
 ![PPL vs BPW]({png.name})
 {END}"""
     old = results_md.read_text() if results_md.exists() else "# Results\n"
@@ -258,10 +347,14 @@ def main(argv=None) -> int:
     ap.add_argument("--merge", nargs="*", default=None, help="merge shard JSONs into --out, then report")
     ap.add_argument("--report", action="store_true", help="only rewrite RESULTS.md and the PNG from --out")
     ap.add_argument("--results", default=str(HERE / "RESULTS.md"))
+    ap.add_argument("--reorder-study", action="store_true",
+                    help="measure per-layer errors of column reordering at integer bits, store them in --out")
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.merge:
         data = {"runs": {}}
+        if out.exists() and "reorder_study" in json.loads(out.read_text()):
+            data["reorder_study"] = json.loads(out.read_text())["reorder_study"]
         for f in args.merge:
             d = json.loads(Path(f).read_text())
             data["runs"].update(d["runs"])
@@ -271,6 +364,16 @@ def main(argv=None) -> int:
                 data["setup"]["shard_wall_s"] = data["setup"].get("shard_wall_s", []) + [d["setup"].get("wall_s")]
         out.write_text(json.dumps(data, indent=1, default=float))
         args.report = True
+    if args.reorder_study:
+        import torch
+        torch.set_num_threads(args.threads)
+        t0 = time.perf_counter()
+        study = reorder_study(args.model)
+        data = json.loads(out.read_text()) if out.exists() else {"runs": {}}
+        data["reorder_study"] = {"layers": study, "seconds": time.perf_counter() - t0, "bits": 3, "group_size": 64}
+        out.write_text(json.dumps(data, indent=1, default=float))
+        print(reorder_table(study))
+        return 0
     if not args.report:
         run(args)
     data = json.loads(out.read_text())

@@ -434,10 +434,25 @@ def cmd_bench(args) -> int:
     return rc
 
 
+def _threads(n: int | None) -> None:
+    """Torch CPU threads: ``n`` if given; else the default, or 1 when other processes already keep
+    every core busy (oversubscribed OpenMP threads spin: a SmolLM2 forward measured 4-5x slower)."""
+    import torch
+    if n:
+        torch.set_num_threads(n)
+        return
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if cores > 1 and load >= cores:
+        torch.set_num_threads(1)
+        print(f"note: load average {load:.1f} on {cores} cores: using 1 torch thread (--threads to override)")
+
+
 def cmd_demo(args) -> int:
     _check_bits(args.bits)
     import copy
     import torch
+    _threads(args.threads)
     from .evaluation import greedy_continuation
     from .text import wiki_split
     t_start = time.perf_counter()
@@ -463,14 +478,17 @@ def cmd_demo(args) -> int:
     try:
         from .backend import sfmp_backend
         backend = sfmp_backend(plan=plan, model=model, inner=args.inner)
-        qmodel = torch.compile(model, backend=backend)
+        # In-place compile (nn.Module.compile), so generate() -- which calls the module itself --
+        # runs the compiled, quantized graphs too (torch.compile(model).generate would not).
+        model.compile(backend=backend)
         how = f"torch.compile(model, backend=sfmp_backend(plan=plan(model, bits={args.bits:g})), inner={args.inner})"
     except ImportError as e:
         from .quantize import quantize
         print(f"note: the sfmp_backend is not importable ({e}); using quantize() + torch.compile instead")
         quantize(model, plan=plan, calibration=cal)
-        qmodel = torch.compile(model)
+        model.compile()
         how = "quantize() + torch.compile"
+    qmodel = model
     # One pass over the held-out windows serves PPL of both models and the output SQNR; the first
     # call of the compiled model quantizes (backend) and compiles.
     ppl_q, ppl_f, sqnr = _demo_scores(ref, qmodel, ids, args.context)
@@ -613,6 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--inner", default="inductor", choices=("inductor", "aot_eager", "eager"))
     d.add_argument("--prompt", default="The capital of France is")
     d.add_argument("--new-tokens", type=int, default=24)
+    d.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: auto)")
     _common_data(d, cal=8, seq=256, ev=2048, ctx=512)
     d.set_defaults(func=cmd_demo)
     return ap
