@@ -1,8 +1,8 @@
 """Mixed-precision GEMM kernels for the SFMP packed format, and the dispatch between them.
 
 Paths (see docs/KERNELS.md):
-  * CUDA  -> ``sfmp::linear_triton`` (triton_op over generated Triton kernels: decode family for
-             M <= 16, prefill family above);
+  * CUDA  -> ``sfmp::linear_triton`` (triton_op over generated Triton kernels: gemv family for
+             M = 1, decode for M <= 16, prefill above);
   * CPU   -> ``sfmp::linear_cpu_int4`` (torch's int4 CPU kernel, bf16 numerics) for layers prepared
              for it (``SFMPLinear.prepare_for("cpu")`` / :func:`prepare_cpu`, all blocks <= 4 bits),
              else the exact reference;

@@ -56,6 +56,7 @@ def launch(x: torch.Tensor, qweight, bits, block_offset, group_order, segment_pt
     ``bits`` is not read on the device: the width set ``widths`` (a tuple) already fixed the kernel.
     """
     N, K = out_features, in_features
+    torch._check(x.shape[-1] == K, lambda: f"x has {x.shape[-1]} features, the layer expects {K}")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, K)
     if x2.stride(-1) != 1:

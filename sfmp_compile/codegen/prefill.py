@@ -41,7 +41,7 @@ def grid(M: int, n_tiles: int, split_k: int, bm: int) -> tuple[int, int, int]:
 # Candidate tiles (BLOCK_M, BLOCK_N, BLOCK_K, num_warps): mma-friendly shapes whose fp32
 # accumulator + per-group partial + unpacked code tile fit the register file without spilling.
 TILES = ((32, 64, 128, 4), (64, 64, 128, 4), (64, 128, 64, 4), (64, 128, 64, 8), (128, 64, 64, 4),
-         (128, 128, 64, 8), (128, 128, 128, 8), (128, 256, 64, 8), (256, 128, 64, 8))
+         (128, 128, 64, 8), (128, 128, 128, 8), (128, 256, 64, 8), (256, 128, 64, 8), (256, 64, 64, 8))
 
 
 def config_space(M: int, n_tiles_for, groups: int, block_rows: int, group_size: int,

@@ -102,3 +102,29 @@ def test_candidate_space_is_pruned_and_nonempty(M):
     space = autotune.candidate_configs(fam, M, 4096, 14336, 128, 512, True)
     assert 1 <= len(space) <= 48
     assert all(c.BLOCK_N <= 512 and c.BLOCK_K <= 128 for c in space)
+
+
+def test_tune_picks_fastest_and_persists(tmp_path, monkeypatch):
+    monkeypatch.setenv("SFMP_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(autotune, "interpreting", lambda: False)
+    autotune._tuned.clear()
+    dev = torch.device("cuda")
+    launched = []
+
+    def run(cfg):
+        launched.append(cfg)
+        if cfg.BLOCK_N == 256:
+            raise RuntimeError("out of shared memory")  # a failing config is skipped
+
+    def timer(fn):
+        fn()
+        return 1.0 / launched[-1].BLOCK_N + 1e-5 * launched[-1].SPLIT_K  # wider & less split = faster
+
+    first = autotune.get_config("gemv", 1, 4096, 14336, (2, 3), 128, 512, torch.float16, dev)
+    best = autotune.tune(run, "gemv", 1, 4096, 14336, (2, 3), 128, 512, torch.float16, dev, True,
+                         budget_s=60, timer=timer)
+    assert best.BLOCK_N == 128 and launched[0] == first  # the current choice is tried first
+    assert autotune.get_config("gemv", 1, 4096, 14336, (2, 3), 128, 512, torch.float16, dev) == best
+    autotune._tuned.clear()
+    assert autotune.get_config("gemv", 1, 4096, 14336, (2, 3), 128, 512, torch.float16, dev) == best  # from disk
+    autotune._tuned.clear()

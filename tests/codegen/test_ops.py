@@ -6,7 +6,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from sfmp_compile.codegen import prepare_cpu, sfmp_linear  # noqa: E402
+from sfmp_compile.codegen import layer_width_mask, prepare_cpu, sfmp_linear  # noqa: E402
 from sfmp_compile.codegen.generate import width_mask  # noqa: E402
 from sfmp_compile.ops.reference import linear_ref, packed_args  # noqa: E402
 from tests.codegen._util import KERNEL_DEVICE, max_rel_err, needs_cuda, needs_kernels, random_packed, sqnr_db  # noqa: E402
@@ -98,6 +98,7 @@ def test_compile_aot_eager_cpu_paths():
 @needs_kernels
 def test_compile_aot_eager_interp_op():
     p = _layer(4).to(KERNEL_DEVICE)
+    layer_width_mask(p)  # cached on p: the compiled graph gets the (2,3,4) kernel, not all widths
     x = torch.randn(2, 150, device=KERNEL_DEVICE)
     backend = "interp" if KERNEL_DEVICE == "cpu" else "triton"
     f = _mlp(lambda t: sfmp_linear(t, p, backend=backend))
@@ -120,7 +121,7 @@ def test_inductor_cpu_int4_with_decomposition():
 
 
 @needs_cuda
-@pytest.mark.parametrize("M", [1, 8, 64])
+@pytest.mark.parametrize("M", [1, 64])
 def test_cuda_triton_op_opcheck_and_inductor(M):
     # triton_op + wrap_triton: Inductor sees the generated kernel (GPU only).
     p = _layer(6).to("cuda")
