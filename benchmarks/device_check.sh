@@ -78,7 +78,7 @@ rc_tests=0
 if "$PY" -c 'import pytest, hypothesis' >/dev/null 2>&1; then
   echo "== pytest tests/codegen -m 'not slow' (compiled kernels)"
   timeout 200 "$PY" -m pytest tests/codegen -m "not slow" -q --maxfail=5 --durations=15 \
-      --junitxml="$OUT/junit.xml" -p no:cacheprovider 2>&1 | tee "$OUT/pytest.txt" | tail -40
+      --junitxml="$OUT/junit.xml" 2>&1 | tee "$OUT/pytest.txt" | tail -40
   rc_tests=${PIPESTATUS[0]}
   echo "pytest exit code: $rc_tests" | tee -a "$OUT/pytest.txt"
 else
