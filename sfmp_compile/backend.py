@@ -64,6 +64,10 @@ class SFMPBackend:
     in ``model.named_modules()``; feed it to ``quantize(copy, plan=...)`` for an eager twin),
     ``reports`` (one ``dump.GraphReport`` per graph), ``timings`` (seconds per phase, summed over
     graphs), ``quantize_calls`` (weights quantized so far), ``released_bytes``.
+
+    Parameters are read when a graph is compiled: after changing weights in place, reset Dynamo
+    (``torch._dynamo.reset()``) and compile again. ``unquantized(model)`` lists the linears that never
+    reached a compiled graph (code Dynamo ran eagerly keeps float weights).
     """
 
     def __init__(self, bits: float | None = None, *, plan: Plan | None = None, model: nn.Module | None = None,
@@ -395,6 +399,16 @@ class SFMPBackend:
         for r in self.reports:
             out.update(r.gathers)
         return out
+
+    def unquantized(self, model: nn.Module) -> list[str]:
+        """Linear layers of ``model`` (minus skip patterns) that no graph compiled by this backend
+        quantized: code Dynamo ran eagerly (e.g. a frame it skipped because of a graph break inside a
+        loop) keeps float linears, since a backend only sees the graphs it is given."""
+        from .linear import SFMPLinear
+        from .plan import find_linears
+        done = {id(p) for p in self._cache.keys()}
+        return [n for n, m in find_linears(model, self.config.skip).items()
+                if not isinstance(m, SFMPLinear) and id(m.weight) not in done]
 
     @property
     def packed_bytes(self) -> int:

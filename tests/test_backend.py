@@ -133,7 +133,7 @@ def test_graph_break_global_budget_needs_a_plan():
         warnings.simplefilter("error")  # no per-graph warning
         with torch.no_grad():
             out = torch.compile(m, backend=be)(x)
-    assert len(be.reports) == 2 and set(be.plan.layers) == set(plan.layers)
+    assert len(be.reports) == 2 and set(be.plan.layers) == set(plan.layers) and be.unquantized(m) == []
     for n, lp in plan.layers.items():
         assert torch.equal(be.plan.layers[n].bits, lp.bits) and torch.equal(be.plan.layers[n].row_order, lp.row_order)
     assert abs(be.plan.average_bits() - 2.5) < 0.02
@@ -160,6 +160,7 @@ def test_reused_graph_is_specialised_per_module_instance():
         torch.compile(m, backend=be)(x)  # warm: no new compilation
     assert sorted(be.plan.layers) == ["blocks.0.down", "blocks.0.up", "blocks.1.down", "blocks.1.up"]
     assert len(be.reports) == 4 and be.quantize_calls == 4
+    assert be.unquantized(m) == []
     assert any("other parameters" in n for r in be.reports for n in r.notes)
 
 
@@ -300,3 +301,12 @@ def test_plain_inductor_compiles_a_quantized_model_without_graph_breaks():
         eager = m(_ids()).logits
         out = torch.compile(m, fullgraph=True)(_ids()).logits
     assert_close_rel(out, eager, 1e-3)
+
+
+def test_unquantized_lists_linears_no_graph_reached():
+    torch.manual_seed(0)
+    m = LoopBreakModel()
+    be = _backend(skip=())
+    with torch.no_grad(), pytest.warns(UserWarning, match="own budget"):
+        torch.compile(m.blocks[0], backend=be)(torch.randn(2, 5, 64))
+    assert be.unquantized(m) == ["blocks.1.up", "blocks.1.down"]
