@@ -158,6 +158,16 @@ def copy_bandwidth_gbs() -> float:
 
 # --- GPU ------------------------------------------------------------------------------------------
 
+def variant() -> int:
+    from sfmp_compile.codegen.templates import variant as v
+    return v()
+
+
+def _cfg_str(cfg) -> str:
+    return (f"BN{cfg.BLOCK_N} BM{cfg.BLOCK_M} BK{cfg.BLOCK_K} SK{cfg.SPLIT_K} w{cfg.num_warps} "
+            f"st{cfg.num_stages}{' pg' if cfg.pregather else ''}")
+
+
 def run_gpu(args) -> dict:
     import triton
 
@@ -173,6 +183,9 @@ def run_gpu(args) -> dict:
     shapes = LLAMA_SHAPES if not args.quick else [(4096, 14336)]
     bpws = BPWS if not args.quick else [3.0]
     ms_list = GPU_MS if not args.quick else [1, 2048]
+    shapes, bpws, ms_list = args.shapes or shapes, args.bpws or bpws, args.ms or ms_list
+    print(f"# kernel variant {variant()} (SFMP_KERNEL_VARIANT; see templates.variant)  "
+          f"cache {os.environ.get('SFMP_CACHE_DIR', '~/.cache/sfmp_compile')}", flush=True)
     rows = []
 
     # Correctness spot check on a real-size layer against the reference (eager, fp32 math).
@@ -199,7 +212,8 @@ def run_gpu(args) -> dict:
             def run_cfg(cfg, x=x, p=p, fam=fam, widths=widths):
                 return launch(x, *packed_args(p), widths, family=fam, config=cfg)
             t0 = time.time()
-            share = {1: 0.35, 16: 0.15, 128: 0.15, 2048: 0.35}.get(M, 1.0 / len(ms_list))  # goal cases first
+            weight = {1: 0.35, 16: 0.15, 128: 0.15, 2048: 0.35}  # goal cases first
+            share = weight.get(M, 0.15) / sum(weight.get(m, 0.15) for m in ms_list)
             best = autotune.tune(run_cfg, fam, M, N, K, widths, GROUP, BLOCK_ROWS, dtype, dev,
                                  has_col_perm=True, budget_s=args.tune_budget * share)
             print(f"# tuned {N}x{K} M={M} ({time.time() - t0:.0f} s): {best.to_dict()}", flush=True)
@@ -221,20 +235,21 @@ def run_gpu(args) -> dict:
             t_deq = time_gpu(lambda: torch.matmul(x, ((codes.to(dtype) - z) * s).t()))
             moved = p.nbytes + (M * K + M * N) * 2
             rows.append(dict(
-                N=N, K=K, bpw=bpw, widths=list(widths), M=M, family=fam, config=cfg.to_dict(),
+                variant=variant(), N=N, K=K, bpw=bpw, widths=list(widths), M=M, family=fam, config=cfg.to_dict(),
                 ms=t_sfmp, ms_fp16=t_fp16, ms_dequant_matmul=t_deq, bytes_moved=moved,
                 gbs=moved / (t_sfmp * 1e-3) / 1e9, pct_copy_bw=100 * moved / (t_sfmp * 1e-3) / 1e9 / copy_bw,
                 tflops=2 * M * N * K / (t_sfmp * 1e-3) / 1e12,
                 speedup_vs_fp16=t_fp16 / t_sfmp, speedup_vs_dequant=t_deq / t_sfmp))
             r = rows[-1]
-            print(f"{N:>6}x{K:<6} {bpw:>4} M={M:<5} {fam:<7} {t_sfmp * 1e3:9.1f} us  {r['gbs']:7.0f} GB/s "
+            print(f"v{variant()} {N:>6}x{K:<6} {bpw:>4} M={M:<5} {fam:<7} {t_sfmp * 1e3:9.1f} us  {r['gbs']:7.0f} GB/s "
                   f"({r['pct_copy_bw']:5.1f}%)  {r['tflops']:7.1f} TF/s  x{r['speedup_vs_fp16']:.2f} fp16  "
-                  f"x{r['speedup_vs_dequant']:.2f} deq", flush=True)
+                  f"x{r['speedup_vs_dequant']:.2f} deq  {_cfg_str(cfg)}", flush=True)
         del p, w16, codes, s, z
         torch.cuda.empty_cache()
     from sfmp_compile.codegen import distinct_kernels
     return dict(meta=dict(device=torch.cuda.get_device_name(dev), copy_bandwidth_gbs=copy_bw,
                           torch=torch.__version__, triton=triton.__version__, dtype="float16",
+                          kernel_variant=variant(),
                           timing="CUDA-graph replay (triton.testing.do_bench_cudagraph)",
                           naming="N x K = (out_features, in_features)",
                           distinct_kernel_sources=distinct_kernels(),
@@ -295,7 +310,19 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="fast smoke run")
     ap.add_argument("--tune", action="store_true", help="GPU: autotune before timing (time-boxed)")
     ap.add_argument("--tune-budget", type=float, default=120.0, help="seconds of autotuning in total")
+    ap.add_argument("--variant", choices=["1", "2"], default=None,
+                    help="kernel generation (sets SFMP_KERNEL_VARIANT; see codegen/templates.variant): "
+                         "1 = as measured on the H200 2026-11-27, 2 = walk-ordered offsets + prefetch. "
+                         "Use a separate SFMP_CACHE_DIR per variant so tuned configs do not mix.")
+    ap.add_argument("--shapes", type=lambda s: [tuple(int(v) for v in t.split("x")) for t in s.split(",")],
+                    default=None, help="GPU: NxK list, e.g. 4096x14336,4096x4096")
+    ap.add_argument("--bpws", type=lambda s: [float(v) for v in s.split(",")], default=None,
+                    help="GPU: BPW list, e.g. 3.0")
+    ap.add_argument("--ms", type=lambda s: [int(v) for v in s.split(",")], default=None,
+                    help="GPU: M list, e.g. 1,16,2048")
     args = ap.parse_args(argv)
+    if args.variant is not None:
+        os.environ["SFMP_KERNEL_VARIANT"] = args.variant  # read when kernels are generated/launched
     _self_check()
     dev = args.device
     if dev == "auto":

@@ -48,7 +48,16 @@ def grid(M: int, n_tiles: int, split_k: int, bm: int) -> tuple[int, int, int]:
 
 
 def config_space(M: int, n_tiles_for, groups: int, block_rows: int, group_size: int) -> list[dict]:
-    """Pruned GEMV configs: BLOCK_N x warps pairs, split-K putting 1-8 waves of a 132-SM GPU in flight."""
+    """Pruned GEMV configs: BLOCK_N x warps pairs, split-K putting 1-8 waves of a 132-SM GPU in flight.
+
+    Kernel variant 2 (templates.variant): the H200 run showed the gemv latency-bound (every bit
+    width took the same time, 17% of copy bandwidth with the 8-wave cap hit by the tuned config
+    BLOCK_N=32, SPLIT_K=8, 1 warp), so the space allows up to 32 one-warp programs per SM
+    (Hopper's resident-block limit) and tries pre-gathered activations.
+    """
+    from .templates import variant
+    if variant() >= 2:
+        return _config_space_v2(n_tiles_for, groups, block_rows, group_size)
     bk = min(128, _pow2_at_least(group_size))
     out = []
     for bn, warps in ((32, 1), (64, 2), (64, 4), (128, 4), (256, 8)):
@@ -61,6 +70,22 @@ def config_space(M: int, n_tiles_for, groups: int, block_rows: int, group_size: 
             for stages in (2, 4):
                 out.append(dict(BLOCK_M=1, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=warps,
                                 num_stages=stages, pregather=False))
+    return out
+
+
+def _config_space_v2(n_tiles_for, groups: int, block_rows: int, group_size: int) -> list[dict]:
+    bk = min(128, _pow2_at_least(group_size))
+    out = []
+    for bn, warps in ((32, 1), (64, 2), (16, 1), (128, 4)):
+        if bn > max(16, _pow2_at_least(block_rows)):
+            continue
+        n_tiles = n_tiles_for(bn)
+        sks = [s for s in (1, 2, 4, 8, 16, 32, 64) if s <= groups and n_tiles * s <= 32 * 132 * max(1, 2 // warps)]
+        keep = [s for s in sks if n_tiles * s >= 2 * 132] or sks[-1:]
+        for sk in keep[::-1][:3]:  # most programs in flight first
+            for pg in (True, False):
+                out.append(dict(BLOCK_M=1, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=warps,
+                                num_stages=2, pregather=pg))
     return out
 
 

@@ -83,7 +83,8 @@ def cache_dir() -> Path:
 def emit_source(key: KernelKey) -> str:
     """The full Python/Triton source of the kernel for ``key`` (deterministic text)."""
     fam = FAMILIES[key.family]
-    return (templates.HEADER.format(family=key.family, widths=key.widths, version=TEMPLATE_VERSION)
+    version = f"{TEMPLATE_VERSION}.{templates.variant()}"  # variant: see templates.variant()
+    return (templates.HEADER.format(family=key.family, widths=key.widths, version=version)
             + templates.SIGNATURE.format(name=key.name, family=key.family, widths=key.widths)
             + fam.emit_body(key.widths))
 

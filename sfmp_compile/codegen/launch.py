@@ -7,9 +7,11 @@ interpreter op, and direct calls.
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 
-from . import autotune, decode, gemv, prefill
+from . import autotune, decode, gemv, prefill, templates
 from .autotune import Config
 from .generate import FAMILIES, KernelKey, get_kernel
 
@@ -36,6 +38,26 @@ def _group_sums(x2: torch.Tensor, col_perm, K: int, G: int, group_size: int) -> 
     if pad:
         xg = torch.nn.functional.pad(xg, (0, pad))
     return xg.reshape(xg.shape[0], G, group_size).sum(-1)
+
+
+def _walk_offsets(block_offset: torch.Tensor, group_order: torch.Tensor) -> torch.Tensor:
+    """int32 [R, G]: ``block_offset[r, group_order[r, i]]``, the word offset of the i-th group of
+    row-block r's width-sorted walk (kernel variant 2 reads it at walk position i, so the word base
+    no longer waits on the group_order load). Memoised on the ``block_offset`` tensor for eager
+    launches (a layer's metadata is constant); computed in-graph while tracing."""
+    eager = type(block_offset) is torch.Tensor and type(group_order) is torch.Tensor
+    if eager and not torch.compiler.is_compiling():
+        tag = (id(group_order), group_order._version, block_offset._version, block_offset.device)
+        hit = getattr(block_offset, "_sfmp_walk", None)
+        if hit is not None and hit[0] == tag and hit[1]() is group_order:
+            return hit[2]
+        walk = torch.gather(block_offset, 1, group_order.long()).to(torch.int32).contiguous()
+        try:
+            block_offset._sfmp_walk = (tag, weakref.ref(group_order), walk)
+        except (AttributeError, TypeError):  # pragma: no cover - exotic tensor subclasses
+            pass
+        return walk
+    return torch.gather(block_offset, 1, group_order.long()).to(torch.int32).contiguous()
 
 
 def _dot_kind(dtype: torch.dtype, interpret: bool) -> int:
@@ -93,7 +115,8 @@ def launch(x: torch.Tensor, qweight, bits, block_offset, group_order, segment_pt
     tiles_per_rb = -(-min(block_rows, N) // bn)
     n_tiles = R * tiles_per_rb
     has_cp = col_perm.numel() > 0
-    if has_cp and cfg.pregather and family == prefill.FAMILY:
+    v2 = templates.variant() >= 2
+    if has_cp and cfg.pregather and (v2 or family == prefill.FAMILY):
         x2 = x2.index_select(1, col_perm)  # one coalesced pass instead of scattered in-kernel loads
         has_cp = False
     m_tiles = -(-M // bm)
@@ -113,6 +136,8 @@ def launch(x: torch.Tensor, qweight, bits, block_offset, group_order, segment_pt
         xs = segment_ptr  # gemv sums in-kernel; prefill dequantizes in registers (no sums needed)
     dummy = segment_ptr  # any valid int32 pointer for the permutation slots that are not read
 
+    if v2:
+        block_offset = _walk_offsets(block_offset, group_order)  # see templates.variant()
     kernel = get_kernel(KernelKey(family, tuple(widths)))
     k = wrap(kernel) if wrap is not None else kernel
     mod = FAMILIES[family]

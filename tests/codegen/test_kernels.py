@@ -132,3 +132,30 @@ def test_interp_op_and_dispatch(M):
     op = torch.ops.sfmp.linear_triton_interp if KERNEL_DEVICE == "cpu" else torch.ops.sfmp.linear_triton
     y2 = op(xd, *packed_args(pd), width_mask((2, 3, 4))).cpu()
     assert max_rel_err(y2, ref) < 1e-4
+
+
+def test_walk_offsets_memo_and_variants(monkeypatch):
+    """Variant 2 reads block_offset in walk order; the memo follows in-place metadata changes, and
+    variant 1 (the 2026-11-27 kernels, kept for A/B timing) emits the old dependent-load walk."""
+    from sfmp_compile.codegen import templates
+    from sfmp_compile.codegen.generate import KernelKey, emit_source
+    from sfmp_compile.codegen.launch import _walk_offsets
+
+    p = random_packed(150, 200, 64, 64, widths=(2, 3), seed=3)
+    want = torch.stack([p.block_offset[r, p.group_order[r].long()] for r in range(p.block_offset.shape[0])])
+    w = _walk_offsets(p.block_offset, p.group_order)
+    assert w.dtype == torch.int32 and torch.equal(w, want)
+    assert _walk_offsets(p.block_offset, p.group_order) is w  # memoised
+    p.block_offset.add_(1)
+    assert torch.equal(_walk_offsets(p.block_offset, p.group_order), want + 1)
+    go = p.group_order.flip(1).contiguous()
+    assert torch.equal(_walk_offsets(p.block_offset, go),
+                       torch.gather(p.block_offset, 1, go.long()))
+    assert templates.variant() == 2 or os.environ.get("SFMP_KERNEL_VARIANT")
+    monkeypatch.setenv("SFMP_KERNEL_VARIANT", "1")
+    assert templates.variant() == 1
+    src1 = emit_source(KernelKey("gemv", (2, 3)))
+    assert "base = tl.load(boff_ptr + r * G + j)" in src1 and "j_nx" not in src1
+    monkeypatch.setenv("SFMP_KERNEL_VARIANT", "2")
+    src2 = emit_source(KernelKey("gemv", (2, 3)))
+    assert "base_nx = tl.load(boff_ptr + r * G + i_nx" in src2
