@@ -18,6 +18,7 @@ whole-model plan is given: ``sfmp_backend(plan=sfmp_compile.plan(model, bits=...
 from __future__ import annotations
 
 import os
+import sys
 import time
 import warnings
 import weakref
@@ -382,6 +383,10 @@ class SFMPBackend:
             compiled = aot_eager(gm2, example_inputs)
         else:
             from torch._inductor.compile_fx import compile_fx
+            codegen = sys.modules.get(__package__ + ".codegen")
+            if codegen is not None and hasattr(codegen, "register_inductor_decompositions") and any(
+                    "linear_cpu_int4" in str(n.target) for n in gm.graph.nodes if n.op == "call_function"):
+                codegen.register_inductor_decompositions()  # codegen asks backends to, before compile_fx
             if self.dump_dir:
                 from unittest import mock
                 from torch._inductor.graph import GraphLowering

@@ -310,3 +310,18 @@ def test_unquantized_lists_linears_no_graph_reached():
     with torch.no_grad(), pytest.warns(UserWarning, match="own budget"):
         torch.compile(m.blocks[0], backend=be)(torch.randn(2, 5, 64))
     assert be.unquantized(m) == ["blocks.1.up", "blocks.1.down"]
+
+
+def test_cpu_int4_prepared_layers_are_listed_and_left_alone():
+    m = quantize(tiny_llama(), bits=3.5, salience="weight", **SMALL)
+    for mod in m.modules():
+        if isinstance(mod, sfmp_compile.SFMPLinear):
+            mod.prepare_for("cpu")  # codegen's int4 form: another packing, its own op
+    be = sfmp_backend(inner="aot_eager")
+    with torch.no_grad():
+        eager = m(_ids()).logits
+        out = torch.compile(m, backend=be)(_ids()).logits
+    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
+    r = be.reports[0]
+    assert r.layers == [] and be.quantize_calls == 0
+    assert sum("CPU int4" in why for _, _, why in r.skipped) == 14

@@ -23,7 +23,7 @@ import torch.fx as fx
 from torch import nn
 
 from .fx_utils import get_constant, node_shape, sfmp_role, static_int
-from .names import NameResolver, dotted_name, layer_of, source_name
+from .names import NameResolver, dotted_name, layer_of, module_path_name, source_name
 
 aten = torch.ops.aten
 
@@ -158,6 +158,8 @@ class _Finder:
                 return self._mm(node, node.args[0], node.args[1], "mm")
             if _is_sfmp_op(t):
                 return self._sfmp(node)
+            if _sfmp_namespace(t):
+                return self._opaque(node)
         elif node.op == "call_method" and node.target in ("matmul", "mm") and len(node.args) == 2:
             return self._mm(node, node.args[0], node.args[1], "mm")
         elif node.op == "call_module":
@@ -223,6 +225,16 @@ class _Finder:
             site.skip_reason = f"weight dtype {w.dtype} is not floating point"
         return site
 
+    def _opaque(self, node):
+        """An sfmp op over another packing (codegen's prepared CPU int4 form): listed, left alone."""
+        stack = node.meta.get("nn_module_stack") or {}
+        path = list(stack.values())[-1][0] if stack else node.name
+        name = module_path_name(path) if stack else node.name
+        schema = _schema_of(node.target)
+        return LinearSite(node, node.args[0], "sfmp_opaque", name, str(path),
+                          skip_reason=f"{schema.name} packs weights differently (e.g. the prepared CPU int4 form); "
+                                      "compiled as is, its permutations stay inside the op")
+
     def _sfmp(self, node):
         args = list(node.args) + [node.kwargs[k] for k in PACKED_ARG_NAMES[len(node.args):] if k in node.kwargs]
         if len(args) < len(PACKED_ARG_NAMES):
@@ -240,6 +252,19 @@ class _Finder:
             if t is None and k != "bits":
                 site.skip_reason = f"{k} is not a constant tensor; permutations cannot be split out"
         return site
+
+
+def _schema_of(target):
+    schema = getattr(target, "_schema", None)
+    if schema is None:
+        schema = getattr(getattr(target, "default", None), "_schema", None)
+    return schema
+
+
+def _sfmp_namespace(target) -> bool:
+    schema = _schema_of(target)
+    return schema is not None and schema.name.startswith("sfmp::") and len(schema.arguments) > 1 \
+        and schema.arguments[0].name == "x"
 
 
 def _is_sfmp_op(target) -> bool:
