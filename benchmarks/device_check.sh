@@ -4,8 +4,8 @@
 # 1. environment report (python, torch, triton, GPU) -- stops with a clear message if torch or
 #    triton is missing (the bare device machine may not have them; it has no internet);
 # 2. GPU correctness: pytest tests/codegen -m "not slow" with compiled (not interpreted) kernels;
-# 3. benchmarks/kernels.py: A/B of kernel variants 2 and 1 on 4096x14336 and 4096x4096, 3.0 BPW,
-#    M in {1, 16, 2048} (AB=0: the old full GPU table), time-boxed autotuning.
+# 3. benchmarks/kernels.py: A/B of kernel variants 3, 2, 1 on 4096x14336 and 4096x4096, 3.0 BPW
+#    (AB=0: the old full GPU table), time-boxed autotuning.
 # Everything lands under $OUT: env.txt, pytest.txt, junit.xml, kernels_v*.txt/json (or kernels.*),
 # autotune/*.json (tuned configs: copy a GPU section into sfmp_compile/codegen/default_configs.json)
 # and kernels/*.py (the generated kernel sources). Budget: about 6 minutes in total.
@@ -78,7 +78,7 @@ fi
 rc_tests=0
 if "$PY" -c 'import pytest, hypothesis' >/dev/null 2>&1; then
   echo "== pytest tests/codegen -m 'not slow' (compiled kernels)"
-  timeout 170 "$PY" -m pytest tests/codegen -m "not slow" -q --maxfail=5 --durations=15 \
+  timeout 150 "$PY" -m pytest tests/codegen -m "not slow" -q --maxfail=5 --durations=15 \
       --junitxml="$OUT/junit.xml" 2>&1 | tee "$OUT/pytest.txt" | tail -40
   rc_tests=${PIPESTATUS[0]}
   echo "pytest exit code: $rc_tests" | tee -a "$OUT/pytest.txt"
@@ -87,23 +87,29 @@ else
   rc_tests=6
 fi
 
-# 3. A/B of the kernel generations (codegen/templates.variant) on the goal shapes, 3.0 BPW,
-#    M in {1, 16, 2048}: variant 2 (walk-ordered offsets, prefetch, wider gemv space) first, then
-#    variant 1 (as measured 2026-11-27; its tuned H200 config is the shipped default, tried first).
-#    Separate cache dirs so tuned configs do not mix. Set AB=0 for the old full table instead.
+# 3. A/B of the kernel generations (codegen/templates.variant) on 4096x14336 and 4096x4096, 3.0 BPW:
+#    variant 3 (default: walk-ordered offsets + prefetch, double-buffered gemv, wider gemv space)
+#    at M in {1, 16, 2048}; variant 2 (same, gemv not double-buffered) at M = 1 only (decode and
+#    prefill are identical in 2 and 3); variant 1 (as measured 2026-11-27; its tuned H200 configs
+#    are the shipped defaults, tried first) at M in {1, 16, 2048}. Separate cache dirs so tuned
+#    configs do not mix. AB=0 runs the old full table instead.
 rc_bench=0
 if [ "${AB:-1}" = "1" ]; then
-  for V in ${VARIANTS:-2 1}; do
-    budget=45; [ "$V" = "1" ] && budget=20
-    echo "== benchmarks/kernels.py variant $V (tune budget ${budget}s)"
-    SFMP_CACHE_DIR="$OUT/v$V" timeout 150 "$PY" benchmarks/kernels.py --device cuda --variant "$V" \
-        --tune --tune-budget "$budget" --shapes 4096x14336,4096x4096 --bpws 3.0 --ms 1,16,2048 \
+  for V in ${VARIANTS:-3 2 1}; do
+    case "$V" in
+      3) budget=40; ms=1,16,2048 ;;
+      2) budget=15; ms=1 ;;
+      *) budget=10; ms=1,16,2048 ;;
+    esac
+    echo "== benchmarks/kernels.py variant $V (M $ms, tune budget ${budget}s)"
+    SFMP_CACHE_DIR="$OUT/v$V" timeout 120 "$PY" benchmarks/kernels.py --device cuda --variant "$V" \
+        --tune --tune-budget "$budget" --shapes 4096x14336,4096x4096 --bpws 3.0 --ms "$ms" \
         --json "$OUT/kernels_v$V.json" 2>&1 | tee "$OUT/kernels_v$V.txt"
     rc=${PIPESTATUS[0]}
     echo "benchmark variant $V exit code: $rc" | tee -a "$OUT/kernels_v$V.txt"
     [ "$rc" -ne 0 ] && rc_bench=$rc
   done
-  echo "== A/B summary (us per call; v2 vs v1)"
+  echo "== A/B summary (us per call, by shape and M; variants 3, 2, 1)"
   grep -h "^v[0-9] " "$OUT"/kernels_v*.txt | sort -k2,2 -k4,4 -k1,1 || true
 else
   echo "== benchmarks/kernels.py (GPU table)"

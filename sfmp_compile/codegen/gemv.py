@@ -32,7 +32,8 @@ def emit_body(widths: tuple[int, ...]) -> str:
              "    acc0 = tl.zeros((BLOCK_N,), dtype=tl.float32)  # zero-point terms\n"]
     parts += [f"    acc{w} = tl.zeros((BLOCK_K * {w} // 32, BLOCK_N), dtype=tl.float32)  # {w}-bit planes\n"
               for w in pw]
-    parts += [templates.gemv_segment(b) for b in widths]
+    seg = templates.gemv_segment_pipelined if templates.variant() >= 3 else templates.gemv_segment
+    parts += [seg(b) for b in widths]
     total = " + ".join(["acc0"] + [f"tl.sum(acc{w}, axis=0)" for w in pw])
     parts.append(f"    acc = ({total})[None, :]\n")
     parts.append(templates.STORE.strip("\n") + "\n")

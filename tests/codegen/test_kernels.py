@@ -151,7 +151,7 @@ def test_walk_offsets_memo_and_variants(monkeypatch):
     go = p.group_order.flip(1).contiguous()
     assert torch.equal(_walk_offsets(p.block_offset, go),
                        torch.gather(p.block_offset, 1, go.long()))
-    assert templates.variant() == 2 or os.environ.get("SFMP_KERNEL_VARIANT")
+    assert templates.variant() == 3 or os.environ.get("SFMP_KERNEL_VARIANT")
     monkeypatch.setenv("SFMP_KERNEL_VARIANT", "1")
     assert templates.variant() == 1
     src1 = emit_source(KernelKey("gemv", (2, 3)))
@@ -159,3 +159,7 @@ def test_walk_offsets_memo_and_variants(monkeypatch):
     monkeypatch.setenv("SFMP_KERNEL_VARIANT", "2")
     src2 = emit_source(KernelKey("gemv", (2, 3)))
     assert "base_nx = tl.load(boff_ptr + r * G + i_nx" in src2
+    monkeypatch.setenv("SFMP_KERNEL_VARIANT", "3")
+    src3 = emit_source(KernelKey("gemv", (2, 3)))
+    assert "double-buffered" in src3 and "xt_c = tl.load(x_row + src_n" in src3
+    assert "double-buffered" not in emit_source(KernelKey("decode", (2, 3)))
