@@ -55,6 +55,15 @@ def config_space(M: int, n_tiles_for, groups: int, block_rows: int, group_size: 
     bm = block_m(M)
     bk = min(128, _pow2_at_least(group_size))
     out = []
+    from .templates import variant
+    if variant() >= 2:
+        # Kernel variant 2+ honours pregather in decode too: x gathered once in torch, so the
+        # activation tile is a contiguous load instead of a col_perm load -> x gather chain per
+        # group. Tried first (the shipped default tile with and without auto split-K).
+        for sk in (0, 16):
+            if sk <= groups and 64 <= max(16, _pow2_at_least(block_rows)):
+                out.append(dict(BLOCK_M=bm, BLOCK_N=64, BLOCK_K=bk, SPLIT_K=sk, num_warps=4,
+                                num_stages=3, pregather=True))
     for bn, warps in ((32, 2), (64, 4), (128, 4), (256, 8)):
         if bn > _pow2_at_least(block_rows):
             continue
