@@ -73,7 +73,8 @@ class SFMPBackend:
 
     def __init__(self, bits: float | None = None, *, plan: Plan | None = None, model: nn.Module | None = None,
                  calibration: Iterable | None = None, inner: str | Callable = "inductor", dump_dir: str | None = None,
-                 release_weights: bool = False, fold: bool = True, tie: bool = True, **options):
+                 release_weights: bool = False, fold: bool = True, tie: bool = True, cpu_kernel: str = "int4",
+                 **options):
         unknown = set(options) - _QUANT_OPTIONS
         if unknown:
             raise TypeError(f"sfmp_backend() got unexpected options {sorted(unknown)}; quantization options are "
@@ -118,6 +119,9 @@ class SFMPBackend:
         self.dump_dir = dump_dir if dump_dir is not None else os.environ.get("SFMP_DUMP_DIR") or None
         self.release_weights = bool(release_weights)
         self.fold = bool(fold)
+        if cpu_kernel not in ("int4", "reference"):
+            raise SFMPConfigError(f"cpu_kernel must be 'int4' or 'reference', got {cpu_kernel!r}")
+        self.cpu_kernel = cpu_kernel
         self.tie = bool(tie)
         self.resolver = NameResolver(model)
         self._keep_float = self._non_linear_param_ids(model) if model is not None else set()
@@ -307,7 +311,7 @@ class SFMPBackend:
                 work.append((s, None))
             else:
                 work.append((s, self._cache[s.weight].packed))
-        records = rewrite_linears(gm, work)
+        records = rewrite_linears(gm, work, self.cpu_kernel)
         fold = FoldReport()
         if self.fold:
             fold = fold_permutations(gm, self._constant(gm, example_inputs))
@@ -476,7 +480,9 @@ def sfmp_backend(bits: float | None = None, **options: Any) -> SFMPBackend:
     ``model=`` the model, to name parameters exactly across graph breaks; ``calibration=`` model inputs
     run through each graph for activation salience; ``inner=`` "inductor" | "aot_eager" | "eager";
     ``dump_dir=`` (or env SFMP_DUMP_DIR) for graph dumps; ``release_weights=`` free float weights after
-    compiling; ``fold=`` / ``tie=`` to disable permutation folding / order tying.
+    compiling; ``fold=`` / ``tie=`` to disable permutation folding / order tying; ``cpu_kernel=``
+    "int4" (default: CPU layers of <= 4-bit blocks run torch's int4 kernel with bf16 activations, fast
+    and at ~1/7 of fp32 memory) or "reference" (the exact fp32 op, slow).
 
     Options are validated here, so a bad value fails at this call rather than inside torch.compile.
     """

@@ -37,6 +37,7 @@ def _ids(t=8, seed=0):
 def _backend(**kw):
     kw.setdefault("inner", "aot_eager")
     kw.setdefault("bits", 2.5)
+    kw.setdefault("cpu_kernel", "reference")  # exactness tests: the fp32 op, not the bf16 int4 kernel
     for k, v in SMALL.items():
         kw.setdefault(k, v)
     return sfmp_backend(**kw)
@@ -89,7 +90,7 @@ def test_gpt2_conv1d():
     # c_fc -> GELU (through views) -> c_proj folds: c_fc's output gather goes, its bias is permuted offline.
     weights = {n: orig.get_submodule(n).weight.detach().t() for n in names}
     salience_plan = make_tied_plan(weights, {n: w ** 2 for n, w in weights.items()}, be.config, regroup_orders=False)
-    be2 = sfmp_backend(plan=salience_plan, inner="aot_eager")
+    be2 = sfmp_backend(plan=salience_plan, inner="aot_eager", cpu_kernel="reference")
     with torch.no_grad():
         out2 = torch.compile(copy.deepcopy(orig), backend=be2)(_ids()).logits
         torch.testing.assert_close(out2, dequantized_twin(orig, salience_plan)(_ids()).logits, rtol=1e-5, atol=1e-5)
@@ -127,7 +128,7 @@ def test_graph_break_global_budget_needs_a_plan():
     assert len(be.reports) == 2
     # With a whole-model plan: the graphs take their layers from it, so the average is global.
     plan = sfmp_compile.plan(m, bits=2.5, skip=(), **SMALL)
-    be = sfmp_backend(plan=plan, inner="aot_eager")
+    be = sfmp_backend(plan=plan, inner="aot_eager", cpu_kernel="reference")
     orig = copy.deepcopy(m)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no per-graph warning
@@ -232,7 +233,7 @@ def test_grad_mode_compiles_and_gives_input_gradients():
 def test_already_quantized_model_no_requantization():
     orig = tiny_llama()
     m = quantize(copy.deepcopy(orig), bits=2.5, salience="weight", **SMALL)
-    be = sfmp_backend(inner="aot_eager")
+    be = sfmp_backend(inner="aot_eager", cpu_kernel="reference")
     with torch.no_grad():
         out = torch.compile(m, backend=be, fullgraph=True)(_ids()).logits
         ref = dequantized_twin(orig, m.sfmp_plan)(_ids()).logits
@@ -317,7 +318,7 @@ def test_cpu_int4_prepared_layers_are_listed_and_left_alone():
     for mod in m.modules():
         if isinstance(mod, sfmp_compile.SFMPLinear):
             mod.prepare_for("cpu")  # codegen's int4 form: another packing, its own op
-    be = sfmp_backend(inner="aot_eager")
+    be = sfmp_backend(inner="aot_eager", cpu_kernel="reference")
     with torch.no_grad():
         eager = m(_ids()).logits
         out = torch.compile(m, backend=be)(_ids()).logits
@@ -325,3 +326,26 @@ def test_cpu_int4_prepared_layers_are_listed_and_left_alone():
     r = be.reports[0]
     assert r.layers == [] and be.quantize_calls == 0
     assert sum("CPU int4" in why for _, _, why in r.skipped) == 14
+
+
+def test_default_cpu_kernel_is_int4_and_close_to_reference():
+    """On CPU the default rewrite runs codegen's int4 kernel: only int4 tensors in the graph, and the
+    output within bf16-activation error of the exact reference compile."""
+    from sfmp_compile.evaluation import sqnr_db
+    torch._dynamo.reset()
+    model = tiny_llama()
+    ref_be = _backend(bits=3.0)
+    with torch.no_grad():
+        ref = torch.compile(model, backend=ref_be)(_ids()).logits
+    torch._dynamo.reset()
+    be = _backend(bits=3.0, cpu_kernel="int4")
+    with torch.no_grad():
+        out = torch.compile(model, backend=be)(_ids()).logits
+    assert sqnr_db(ref, out) > 30
+    ops = {str(r.op) for rep in be.reports for r in rep.layers}
+    assert ops and all("linear_cpu_int4" in o for o in ops), ops
+
+
+def test_cpu_kernel_option_is_validated():
+    with pytest.raises(SFMPConfigError, match="cpu_kernel"):
+        sfmp_backend(cpu_kernel="fast")
