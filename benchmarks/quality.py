@@ -58,17 +58,29 @@ def run_specs():
     for bpw in (3.5, 4.0, 3.0):
         specs.append((f"sfmp3-fisher-gptq-{bpw}", lambda B, bpw=bpw: B.sfmp(bpw, "fisher", 3, "gptq")))
     specs.append((f"layerwise-fisher-gptq-{a}", lambda B: B.layerwise(a, "fisher", "gptq")))
+    # GPTQ sweeps columns in storage order, so the salience sort is also its act-order: regrouping
+    # (original order inside a width, the RTN default) measured worse with GPTQ, so GPTQ keeps the sort.
+    for bpw in (3.5, 4.0, 3.0):
+        specs.append((f"sfmp3-fisher-gptq-{bpw}-regrouped", lambda B, bpw=bpw: B.sfmp(
+            bpw, "fisher", 3, "gptq", regroup=True, tag="regrouped (original order inside a width)")))
+    specs.append(("uniform-gptq-3-actorder", lambda B: _uniform_sorted(B, 3, "gptq", "fisher")))
+    # Row order is not GPTQ's sweep order: without row permutations GPTQ keeps act-order and gains bits.
+    for bpw in (3.5, 4.0):
+        specs.append((f"sfmp3-fisher-gptq-{bpw}-norow", lambda B, bpw=bpw: B.sfmp(
+            bpw, "fisher", 3, "gptq", reorder_rows=False, tag="no row reorder")))
     return specs
 
 
-def _uniform_sorted(B, bits):
-    """The prototype's problem case: integer bits, activation-salience column sort kept (no regroup)."""
+def _uniform_sorted(B, bits, quantizer="rtn", salience="activation"):
+    """Integer bits with the salience column sort kept (no regroup): with RTN and activation salience
+    the prototype's problem case; with GPTQ, GPTQ's act-order (the permutation is its g_idx)."""
     from sfmp_compile.plan import make_plan
-    sal, sal_s = B.salience("activation")
-    cfg = B.config(bits=float(bits), salience="activation")
+    sal, sal_s = B.salience(salience)
+    cfg = B.config(bits=float(bits), salience=salience, quantizer=quantizer, reorder_rows=False)
     plan = make_plan(B.weights, sal, cfg, B.moments, regroup=False)
-    return B.run(plan, {"method": "ablation", "label": f"uniform {bits}-bit rtn, activation col sort (prototype)",
-                        "quantizer": "rtn", "salience": "activation", "target_bpw": None, "levels": 1,
+    what = "activation col sort (prototype)" if quantizer == "rtn" else f"act-order ({salience} col sort)"
+    return B.run(plan, {"method": "ablation", "label": f"uniform {bits}-bit {quantizer}, {what}",
+                        "quantizer": quantizer, "salience": salience, "target_bpw": None, "levels": 1,
                         "regroup": False, "alloc_s": plan.timings["reorder_s"] + plan.timings["allocate_s"],
                         "salience_s": sal_s})
 
@@ -174,7 +186,7 @@ def run(args) -> None:
 
 def _interp(points, x):
     from sfmp_compile.experiments import interpolate
-    return interpolate(points, x)
+    return interpolate(points, x, log=True)
 
 
 def goals(data) -> list[str]:
@@ -187,6 +199,7 @@ def goals(data) -> list[str]:
                   and r["levels"] == lv and r["salience"] == "fisher" and not r.get("tag")}
             lw = {r["target_bpw"]: r for r in runs.values() if r["method"] == "layerwise" and r["quantizer"] == q
                   and r["salience"] == "fisher"}
+            ao = [r for r in runs.values() if r["method"] == "ablation" and r["quantizer"] == q and "act-order" in r["label"]]
             if not sf:
                 continue
             lines.append(f"- SFMP {lv}-level Fisher, {q.upper()}:")
@@ -196,6 +209,9 @@ def goals(data) -> list[str]:
                 parts = [f"BPW {r['bpw']:.3f}: PPL {r['ppl']:.2f}"]
                 if u is not None:
                     parts.append(f"uniform line {u:.2f} -> {'beats' if r['ppl'] < u else 'LOSES'}")
+                    above = [p for p in uni if p[0] >= r["bpw"]]
+                    if above and above[0][1] < r["ppl"] and above[0][0] - r["bpw"] < 0.05:
+                        parts.append(f"(uniform {above[0][1]:.2f} at BPW {above[0][0]:.3f} is better)")
                 elif uni and r["bpw"] < uni[0][0]:
                     # Below the lowest uniform point: beating that point (more bits) beats the line.
                     parts.append(f"uniform {uni[0][1]:.2f} at BPW {uni[0][0]:.3f} (more bits) -> "
@@ -204,6 +220,10 @@ def goals(data) -> list[str]:
                     parts.append("uniform line: outside the measured range")
                 if bpw in lw:
                     parts.append(f"layer-wise {lw[bpw]['ppl']:.2f} -> {'beats' if r['ppl'] < lw[bpw]['ppl'] else 'LOSES'}")
+                for a in ao:
+                    if a["bpw"] >= r["bpw"] and a["bpw"] - r["bpw"] < 0.25:
+                        parts.append(f"{a['label']} {a['ppl']:.2f} at BPW {a['bpw']:.3f} -> "
+                                     f"{'beats' if r['ppl'] < a['ppl'] else 'LOSES'}")
                 lines.append("  - " + "; ".join(parts))
     u4 = [r for r in runs.values() if r["method"] == "uniform" and r["weight_bits"] == 4.0]
     for r4 in u4:
@@ -260,6 +280,52 @@ def plot(data, path: Path) -> None:
     plt.close(fig)
 
 
+def analysis_section(data) -> str:
+    """What the table says, with its numbers pulled from the runs (so it cannot drift from them)."""
+    runs = data["runs"]
+
+    def g(k, f="ppl"):
+        r = runs.get(k)
+        return float("nan") if r is None else r[f]
+
+    return f"""
+### Reading the table
+
+- **Allocation cost.** Beyond the shared salience, SFMP's allocation is one reorder + one global
+  quantile/scan: {g('sfmp3-fisher-rtn-3.5', 'alloc_s'):.1f} s at BPW 3.5 (most of it the per-layer argsorts).
+  Layer-wise mixed precision must first quantize every layer at every candidate width to measure its
+  error, then solve the knapsack: {g('layerwise-fisher-rtn-3.5', 'alloc_s'):.0f} s at BPW 3.5
+  (measurement {g('layerwise-fisher-rtn-3.5', 'measure_s'):.0f} s, dynamic programme {g('layerwise-fisher-rtn-3.5', 'dp_s'):.3f} s).
+  (SFMP's conversion of a BPW target into a code-bit target re-runs the plan ~20 times in a bisection:
+  {g('sfmp3-fisher-rtn-3.5', 'bpw_targeting_s'):.0f} s, a cost of targeting BPW exactly, not of the method;
+  a user who asks for code bits pays one plan.)
+- **Permutations are expensive on a 135M model.** Row + column permutations are int32 per row and per
+  column: 32(N+K)/(NK) bits per weight, 0.092 BPW summed over SmolLM2's shapes (0.016 for a 4096×4096
+  layer). At equal BPW full SFMP therefore has fewer code bits than layer-wise (BPW 4.0:
+  {g('sfmp3-fisher-rtn-4.0', 'weight_bits'):.3f} vs {g('layerwise-fisher-rtn-4.0', 'weight_bits'):.3f}). Ablations at
+  BPW 3.5 / 4.0 (RTN): full SFMP {g('sfmp3-fisher-rtn-3.5'):.2f} / {g('sfmp3-fisher-rtn-4.0'):.2f}; no row reorder
+  {g('sfmp3-fisher-rtn-3.5-norow'):.2f} / {g('sfmp3-fisher-rtn-4.0-norow'):.2f}; no reordering at all
+  {g('sfmp3-fisher-rtn-3.5-noperm'):.2f} / {g('sfmp3-fisher-rtn-4.0-noperm'):.2f}; layer-wise
+  {g('layerwise-fisher-rtn-3.5'):.2f} / {g('layerwise-fisher-rtn-4.0'):.2f}. At BPW 3.0 reordering pays for
+  itself ({g('sfmp3-fisher-rtn-3.0'):.2f} with, {g('sfmp3-fisher-rtn-3.0-noperm'):.2f} without). Storing
+  permutations as int16 (every dimension here is < 65536) would halve this overhead; that is a format change.
+- **GPTQ wants the salience order.** GPTQ sweeps columns in storage order, so SFMP's column sort is GPTQ's
+  act-order. Uniform 3-bit GPTQ: {g('uniform-gptq-3'):.2f} in original order, {g('uniform-gptq-3-actorder'):.2f} with the
+  Fisher column sort (BPW {g('uniform-gptq-3-actorder', 'bpw'):.3f}, the permutation is its g_idx). So with GPTQ the
+  plan keeps the sort (`make_plan(regroup=None)` regroups only for RTN): SFMP GPTQ at BPW 3.5,
+  sorted {g('sfmp3-fisher-gptq-3.5'):.2f} vs regrouped {g('sfmp3-fisher-gptq-3.5-regrouped'):.2f}.
+- **Salience.** SFMP 3-level at BPW 3.5 (RTN): Fisher {g('sfmp3-fisher-rtn-3.5'):.2f}, activation
+  {g('sfmp3-activation-rtn-3.5'):.2f}, weight {g('sfmp3-weight-rtn-3.5'):.2f}; activation salience compares raw
+  W²·E[x²] across layers whose outputs matter very differently, and the Fisher fixes that.
+  Layer-wise with activation (output-MSE) errors: {g('layerwise-activation-rtn-3.5'):.2f}.
+- **BPW 2.5 is out of reach at group 64.** fp16 scale + zero per 64 weights is 0.5 BPW, leaving < 2 code
+  bits: SFMP must use 1-bit blocks (3-level (1,2,3): {g('sfmp3-fisher-rtn-2.5'):.0f}, 2-level:
+  {g('sfmp2-fisher-rtn-2.5'):.0f}), layer-wise stays mostly at 2 bits ({g('layerwise-fisher-rtn-2.5'):.0f}); uniform
+  2-bit is {g('uniform-rtn-2'):.0f} (RTN) / {g('uniform-gptq-2'):.0f} (GPTQ) at BPW 2.504. None is usable;
+  groups of 128 (0.25 BPW) are the way to this budget.
+"""
+
+
 def reorder_section(data) -> str:
     runs = data["runs"]
     get = lambda k: runs.get(k, {}).get("ppl", float("nan"))  # noqa: E731
@@ -267,12 +333,16 @@ def reorder_section(data) -> str:
 ### Reordering at integer bits (the prototype's 3-bit regression)
 
 At an integer width every block has the same bits, so column reordering can only change which columns
-share a scale group. Sorting columns by activation salience (W²·E[x²] column sums) puts the columns
-with the largest E[x²] (and large weights) into the same groups: those groups' min-max range, hence
-their step, is set by the largest weights among already important columns, and the clip search can no
-longer trade a little range on ordinary columns for precision on the one important column in the
-group. Plain weight error goes *down* (similar magnitudes share a scale), but the error that matters,
-the output error ‖X(W − Ŵ)ᵀ‖² (tr(ΔW H ΔWᵀ)/2 with H from the calibration inputs), goes *up*.
+share a scale group. Sorting columns by activation salience (W²·E[x²] column sums) bundles the columns
+with the largest E[x²] into the same groups. Measured (table below): plain weight error goes *down*
+(similar magnitudes share a scale) but the output error ‖X(W − Ŵ)ᵀ‖² (= tr(ΔW H ΔWᵀ)/2, H from the
+calibration inputs) goes *up*, and the increase sits on the top-salience columns themselves. It is
+not a coarser step (the step those columns get is about the same either way) and not correlation
+between rounding errors (the full error equals its diagonal part Σ E[x²]·ΔW² to within 3 %): each
+(row, group) gets one fitted grid (min-max range, then the E[x²]-weighted clip search), and a grid
+fitted to a group with one dominant column serves that column; in a group of 64 dominant columns it
+can serve none of them in particular. The effect is largest with the clip search on (k_proj +26 %,
+down_proj +24 %), the setting every run uses.
 
 Fix (in `plan.make_plan`, `plan.regroup_orders`): after allocation, the columns (rows) of all groups
 (row-blocks) with the same bit pattern are put back in original order. Which columns get which widths
@@ -315,15 +385,21 @@ Costs: shared salience (not charged to either method) — moments {s['moments_s'
 layer-wise = quantizing every layer at every width to measure errors + the knapsack. "quant s" includes
 packing (and GPTQ's calibration passes). fp32 PPL {s['fp32']['ppl']:.2f}.
 
-Machine: {m['platform']}, {m['cpu_count']} cores, torch {m['torch']}, {m['threads']} thread(s) per process;
-shared with other jobs (load average at start {m['loadavg_at_start'][0]:.1f}), so times are upper bounds.
-Command: `{s['command']}` (see benchmarks/quality.py for sharding/merging).
+Machine: {m['platform']}, {m['cpu_count']} cores, torch {m['torch']}, {m['threads']} thread per process, two
+processes in parallel. The first rounds shared the machine with other jobs (load average
+{s.get('machine_first_rounds', m)['loadavg_at_start'][0]:.1f} at start), the last ones ran on a quiet machine, so
+times are upper bounds. Summed per-run wall time {sum(r.get('wall_s', 0) for r in data['runs'].values()) / 60:.0f} min
+over {len(data['runs'])} runs (quantize + evaluate; on the quiet machine an RTN run takes ~1 min, a GPTQ run ~3 min),
+i.e. about {sum(r.get('wall_s', 0) for r in data['runs'].values()) / 120:.0f} min per process under that load; at the
+quiet-machine rates the whole table is ~30 min per process (~35 min wall with two processes), plus setup (fp32
+reference pass, moments {s['moments_s']:.0f} s, Fisher {sal.get('fisher', float('nan')):.0f} s, both cached on disk).
+Commands: {s['command']}.
 
 {table(data)}
 
-Goals:
+Goals ("uniform line": log-PPL interpolated in BPW between the uniform points of the same quantizer):
 {chr(10).join(goals(data))}
-{reorder_section(data)}
+{analysis_section(data)}{reorder_section(data)}
 ![PPL vs BPW]({png.name})
 {END}"""
     old = results_md.read_text() if results_md.exists() else "# Results\n"

@@ -343,13 +343,13 @@ def _ppl(model, bench) -> float:
 
 
 def _sfmp_at_code_bits(bench, bits: float, args, levels: int) -> dict:
-    from .plan import make_plan
+    from .plan import default_regroup, make_plan
     sal, sal_s = bench.salience(args.salience)
     cfg = _config(args, bits)
     if levels == 3 and cfg.bit_choices is None:
         args = argparse.Namespace(**{**vars(args), "levels": 3})
         cfg = _config(args, bits)
-    plan = make_plan(bench.weights, sal, cfg, bench.moments)
+    plan = make_plan(bench.weights, sal, cfg, bench.moments, regroup=default_regroup(cfg))
     return bench.run(plan, {"method": "sfmp", "label": f"SFMP {levels}-level {args.salience} w{bits:g}",
                             "quantizer": args.quantizer, "salience": args.salience, "levels": levels,
                             "code_bits_target": bits, "alloc_s": plan.timings["reorder_s"] + plan.timings["allocate_s"],

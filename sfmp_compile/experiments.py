@@ -22,7 +22,7 @@ from torch import nn
 from .baselines import code_bits_for_bpw, layerwise_plan, plan_bpw, uniform_plan
 from .config import QuantConfig
 from .linear import SFMPLinear
-from .plan import Plan, find_linears, make_plan
+from .plan import Plan, default_regroup, find_linears, make_plan
 from .quantize import quantization_report, quantize
 from .salience import fisher_salience, input_second_moments, linear_weight
 
@@ -290,7 +290,7 @@ class Bench:
                                "salience_s": sal_s})
 
     def sfmp(self, bpw: float, salience: str = "fisher", levels: int = 3, quantizer: str = "rtn",
-             reorder_rows: bool = True, reorder_cols: bool = True, regroup: bool = True, tag: str = "") -> dict:
+             reorder_rows: bool = True, reorder_cols: bool = True, regroup: bool | None = None, tag: str = "") -> dict:
         sal, sal_s = self.salience(salience)
         weights = self.weights
         t0 = time.perf_counter()
@@ -301,7 +301,8 @@ class Bench:
                 b = min(max(b, ch[0]), ch[-1])
             cfg = self.config(bits=b, bit_choices=ch, salience=salience, quantizer=quantizer,
                               reorder_rows=reorder_rows, reorder_cols=reorder_cols)
-            return make_plan(weights, sal, cfg, self.moments, regroup=regroup)
+            return make_plan(weights, sal, cfg, self.moments,
+                             regroup=default_regroup(cfg) if regroup is None else regroup)
 
         code_bits, plan = code_bits_for_bpw(bpw, make, lo=1.0 + 1e-6)
         alloc = time.perf_counter() - t0
@@ -310,7 +311,8 @@ class Bench:
         return self.run(plan, {"method": "sfmp", "label": label, "quantizer": quantizer, "salience": salience,
                                "target_bpw": bpw, "levels": levels, "code_bits_target": code_bits,
                                "bit_choices": list(plan.config.bit_choices) if plan.config.bit_choices else None,
-                               "reorder_rows": reorder_rows, "reorder_cols": reorder_cols, "regroup": regroup,
+                               "reorder_rows": reorder_rows, "reorder_cols": reorder_cols,
+                               "regroup": (quantizer != "gptq") if regroup is None else regroup,
                                "alloc_s": one, "bpw_targeting_s": alloc, "salience_s": sal_s, "tag": tag})
 
 
@@ -333,10 +335,17 @@ def load_bench(model: str = "smollm2", n_calibration: int = 16, seq_len: int = 5
     return Bench(m, tok, cal, ev, context, group_size, block_rows, verbose=verbose, cache_dir=cache_dir).prepare()
 
 
-def interpolate(points: Sequence[tuple[float, float]], x: float) -> float | None:
-    """Piecewise-linear y(x) through sorted (x, y) points; None outside their range."""
+def interpolate(points: Sequence[tuple[float, float]], x: float, log: bool = False) -> float | None:
+    """Piecewise-linear y(x) through sorted (x, y) points; None outside their range.
+
+    log: interpolate log y (geometric): the right reading for perplexity, which falls roughly
+    exponentially with bits (linear interpolation between 2-bit PPL 5000 and 3-bit PPL 32 would
+    credit a point just below 3 bits with PPL ~50)."""
     pts = sorted(points)
     for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
         if x0 <= x <= x1:
-            return y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 > x0 else y0
+            t = (x - x0) / (x1 - x0) if x1 > x0 else 0.0
+            if log:
+                return math.exp(math.log(y0) + (math.log(y1) - math.log(y0)) * t)
+            return y0 + (y1 - y0) * t
     return None

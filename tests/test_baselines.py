@@ -185,6 +185,7 @@ def test_interpolate():
     assert interpolate(pts, 3.0) == pytest.approx(75.0)
     assert interpolate(pts, 4.5) == pytest.approx(30.0)
     assert interpolate(pts, 5.0) is None
+    assert interpolate([(2.0, 100.0), (3.0, 1.0)], 2.5, log=True) == pytest.approx(10.0)
 
 
 @pytest.mark.parametrize("reentrant", [False, True])
@@ -194,7 +195,7 @@ def test_fisher_salience_with_gradient_checkpointing(reentrant):
     layers = find_linears(model)
     calib = [torch.randint(0, 256, (2, 16))]
     ref = fisher_salience(model, layers, calib)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
     model.train()
     got = fisher_salience(model, layers, calib)
     for n in layers:
