@@ -104,8 +104,9 @@ def check_weight(name: str, w: torch.Tensor) -> None:
         raise ValueError(f"{name}: weight contains NaN or inf; refusing to quantize it")
 
 
-def _regroup(order: torch.Tensor, slot_sizes: list[int], patterns: list[tuple]) -> torch.Tensor:
-    """Within each bit pattern, put the slots' members back in original order (see regroup_orders)."""
+def regroup_slots(order: torch.Tensor, slot_sizes: list[int], patterns: list[tuple]) -> torch.Tensor:
+    """Within slots (row-blocks or column groups) sharing a bit pattern, put their members back in
+    original order (see regroup_orders). order int64 [n]; slot_sizes sum to n; one pattern per slot."""
     out = order.clone()
     starts = [0]
     for n in slot_sizes:
@@ -136,8 +137,8 @@ def regroup_orders(row_order: torch.Tensor, col_order: torch.Tensor, bits: torch
     """
     R, G = grid.shape
     b = bits.to(torch.int64).cpu()
-    col_order = _regroup(col_order, [grid.cols_in(j) for j in range(G)], [tuple(b[:, j].tolist()) for j in range(G)])
-    row_order = _regroup(row_order, [grid.rows_in(r) for r in range(R)], [tuple(b[r, :].tolist()) for r in range(R)])
+    col_order = regroup_slots(col_order, [grid.cols_in(j) for j in range(G)], [tuple(b[:, j].tolist()) for j in range(G)])
+    row_order = regroup_slots(row_order, [grid.rows_in(r) for r in range(R)], [tuple(b[r, :].tolist()) for r in range(R)])
     return row_order, col_order
 
 

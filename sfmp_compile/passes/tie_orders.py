@@ -23,7 +23,7 @@ import torch.fx as fx
 from ..allocation import allocate
 from ..blocks import BlockGrid
 from ..config import QuantConfig
-from ..plan import LayerPlan, Plan, make_plan
+from ..plan import LayerPlan, Plan, make_plan, regroup_slots
 from ..reordering import reorder
 from .find_linears import LinearSite
 from .regions import Region, RegionContext, find_region
@@ -74,29 +74,6 @@ def canonical(order: torch.Tensor, chunk: int) -> torch.Tensor:
     return torch.cat(parts) if parts else order
 
 
-def regroup(order: torch.Tensor, slot_sizes: list[int], patterns: list[tuple]) -> torch.Tensor:
-    """Within slots (row-blocks or column groups) that share a bit pattern, members in original order.
-
-    The same rule as ``plan.regroup_orders`` (which keeps which rows/columns get which widths but
-    not the salience sort inside a width), with the pattern of a slot given by the caller: for tied
-    layers it is the concatenation of every member's pattern, so the tied order stays shared.
-    """
-    out = order.clone()
-    starts = [0]
-    for n in slot_sizes:
-        starts.append(starts[-1] + n)
-    by_pattern: dict[tuple, list[int]] = {}
-    for i, pat in enumerate(patterns):
-        by_pattern.setdefault(pat, []).append(i)
-    for slots in by_pattern.values():
-        members = torch.cat([order[starts[i]:starts[i + 1]] for i in slots]).sort().values
-        pos = 0
-        for i in slots:
-            out[starts[i]:starts[i + 1]] = members[pos:pos + slot_sizes[i]]
-            pos += slot_sizes[i]
-    return out
-
-
 def _regroup_axis(orders: dict, bit_maps: dict, grids: dict, groups: list[list[str]], axis: int) -> None:
     """Regroup every layer's row (axis 0) or column (axis 1) order, tied groups by their joint pattern."""
     grouped = {n for g in groups for n in g}
@@ -108,7 +85,9 @@ def _regroup_axis(orders: dict, bit_maps: dict, grids: dict, groups: list[list[s
         else:
             sizes = [grid.cols_in(j) for j in range(grid.n_groups)]
             pats = [tuple(x for n in g for x in bit_maps[n][:, j].tolist()) for j in range(grid.n_groups)]
-        new = regroup(orders[g[0]][axis], sizes, pats)
+        # Same rule as plan.regroup_orders; a tied slot's pattern is every member's pattern
+        # concatenated, so the shared order stays shared.
+        new = regroup_slots(orders[g[0]][axis], sizes, pats)
         for n in g:
             o = list(orders[n])
             o[axis] = new
