@@ -39,6 +39,29 @@ def _weight_bytes(model) -> int:
     return total
 
 
+def _live_tensor_bytes() -> int:
+    """Storage bytes of every live CPU tensor the garbage collector can see (each storage once)."""
+    import gc
+    import warnings
+    from torch._subclasses.fake_tensor import FakeTensor
+    gc.collect()
+    seen, total = set(), 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # isinstance() on some lazy torch module attributes warns
+        for o in gc.get_objects():
+            if not isinstance(o, torch.Tensor) or isinstance(o, FakeTensor) or o.device.type != "cpu":
+                continue
+            try:
+                st = o.untyped_storage()
+                ptr, n = st.data_ptr(), st.nbytes()
+            except Exception:  # functional / meta tensors left by tracing own no memory
+                continue
+            if ptr not in seen and n:
+                seen.add(ptr)
+                total += n
+    return total
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--bits", type=float, default=3.0)
@@ -60,24 +83,34 @@ def main(argv=None):
     rows["fp32 inductor"] = (_step_timer(cm, ids, a.context, a.repeats), fp32_bytes)
     torch._dynamo.reset()
     q = copy.deepcopy(model)
+    live_before = _live_tensor_bytes()
     be = sfmp_backend(bits=a.bits, salience="weight", release_weights=True)
     cq = torch.compile(q, backend=be)
     _step_timer(cq, ids, a.context, 2)
-    # Resident weights: what is left of the float model (the tied embedding), the backend's true-bit
-    # cache (kept so recompiles never re-quantize) and the int4 constants the compiled graphs hold.
-    int4 = sum(e.packed.out_features * e.packed.in_features // 2
-               + e.packed.out_features * -(-e.packed.in_features // e.packed.group_size) * 4 for e in be._cache.values())
+    # Resident weights: what is left of the float model (the tied embedding) plus the backend's
+    # cache, which holds each CPU layer only in its int4 form; every compiled graph takes its
+    # constants from that cache. Cross-check: the storage bytes of ALL live tensors the quantized
+    # compile added (would count any copy Inductor or a recompile made).
+    fp32_linears = sum(lp.shape[0] * lp.shape[1] * 4 for lp in be.plan.layers.values())
+    float_left = _weight_bytes(q)
+    added = _live_tensor_bytes() - live_before + be.released_bytes  # released floats were in live_before
     rows[f"sfmp {a.bits:g}-bit inductor (int4 CPU kernel)"] = (_step_timer(cq, ids, a.context, a.repeats),
-                                                              _weight_bytes(q) + be.packed_bytes + int4)
-    rows["  of which: true-bit cache / int4 graph constants"] = (float("nan"), be.packed_bytes + int4)
-    print(f"true-bit cache {be.packed_bytes / 2**20:.1f} MiB, int4 constants {int4 / 2**20:.1f} MiB, "
-          f"float left {_weight_bytes(q) / 2**20:.1f} MiB (fp32 linears were {sum(e.packed.n_weights for e in be._cache.values()) * 4 / 2**20:.1f} MiB)")
+                                                              float_left + be.resident_bytes)
+    rows["  of which: quantized linears (resident)"] = (float("nan"), be.resident_bytes)
+    print(f"quantized linears resident {be.resident_bytes / 2**20:.1f} MiB = {be.resident_bytes / fp32_linears:.3f} "
+          f"of fp32 linears ({fp32_linears / 2**20:.1f} MiB); true-bit checkpoint form {be.packed_bytes / 2**20:.1f} MiB; "
+          f"float left {float_left / 2**20:.1f} MiB; live tensors the quantized compile added (beyond the freed floats) "
+          f"{added / 2**20:.1f} MiB")
+    extra = {"fp32_linear_bytes": fp32_linears, "quantized_resident_bytes": be.resident_bytes,
+             "resident_fraction_of_fp32": be.resident_bytes / fp32_linears, "true_bit_bytes": be.packed_bytes,
+             "live_tensor_bytes_added": added, "threads": 1, "context": a.context, "bits": a.bits}
     print(f"SmolLM2 decode step, 1 thread, context {a.context}, min of {a.repeats}")
     print(f"{'model':45s} {'ms/token':>9s} {'x fp32 eager':>12s} {'weights MiB':>12s}")
     base = rows["fp32 eager"][0]
     for k, (t, b) in rows.items():
         print(f"{k:45s} {t * 1e3:9.2f} {base / t:12.2f} {b / 2**20:12.1f}")
-    json.dump({k: {"ms": t * 1e3, "weight_bytes": b} for k, (t, b) in rows.items()}, open(a.json, "w"), indent=1)
+    out = {k: {"ms": t * 1e3, "weight_bytes": b} for k, (t, b) in rows.items()}
+    json.dump({**out, "memory": extra}, open(a.json, "w"), indent=1)
 
 
 if __name__ == "__main__":

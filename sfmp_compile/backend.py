@@ -4,8 +4,9 @@ Per graph Dynamo hands over, the backend:
   1. finds every linear (passes.find_linears) and names its weight by qualified name;
   2. plans the weights it has not seen before — salience, tied orders, one global allocation over
      all of them (passes.tie_orders) — or looks them up in a whole-model ``plan=``;
-  3. quantizes each weight once, caching the packed result by parameter identity (a recompile for a
-     new sequence length reuses it);
+  3. quantizes each weight once, caching the result by parameter identity (a recompile for a new
+     sequence length reuses it; a CPU layer on the int4 kernel is cached only in that form, and all
+     graphs share the cached tensors);
   4. rewrites linears into gather -> SFMP GEMM -> gather (passes.rewrite_linears) and folds the
      gathers that can be folded exactly (passes.fold_permutations);
   5. optionally frees the float weights (passes.release) and writes graph dumps (dump);
@@ -41,7 +42,7 @@ from .passes.fold_permutations import FoldReport, count_gathers, fold_permutatio
 from .passes.fx_utils import ROLE_IN, ROLE_OUT, copy_graph_module, get_constant, is_gather
 from .passes.names import NameResolver, is_relative
 from .passes.release import can_release, release
-from .passes.rewrite_linears import LayerRewrite, rewrite_linears
+from .passes.rewrite_linears import LayerRewrite, int4_form, rewrite_linears
 from .passes.tie_orders import make_tied_plan, tie_groups
 
 INNER = ("inductor", "aot_eager", "eager")
@@ -51,11 +52,20 @@ _QUANT_OPTIONS = {"bit_choices", "block_rows", "group_size", "salience", "quanti
 
 @dataclass
 class _Entry:
-    """A cached quantization of one parameter."""
+    """A cached quantization of one parameter, in the form its graphs run from.
+
+    ``layer`` is the PackedWeight, or for a CPU layer on the int4 kernel only its
+    ``codegen.cpu.GraphInt4Weight`` (the true-bit form is rebuilt exactly on demand), so that one
+    copy of each weight is resident and every graph compiled from it shares that copy.
+    """
 
     name: str
-    packed: PackedWeight
+    layer: Any  # PackedWeight | codegen.cpu.GraphInt4Weight
     version: int
+    stored_bytes: int  # bytes of the true-bit packed format (what a checkpoint stores)
+
+    def packed(self) -> PackedWeight:
+        return self.layer if isinstance(self.layer, PackedWeight) else self.layer.packed()
 
 
 class SFMPBackend:
@@ -297,7 +307,8 @@ class SFMPBackend:
             for name, s in new.items():
                 packed = quantize_weight(s.linear_weight(), layer_plans[name], self.config)
                 self.quantize_calls += 1
-                self._cache[s.weight] = _Entry(name, packed, s.weight._version)
+                layer = int4_form(packed, s.weight.device, self.cpu_kernel) or packed
+                self._cache[s.weight] = _Entry(name, layer, s.weight._version, packed.nbytes)
                 self.plan.layers[name] = layer_plans[name]
             t0 = self._tick(report, "quantization", t0)
 
@@ -310,7 +321,7 @@ class SFMPBackend:
             elif s.form == "sfmp":
                 work.append((s, None))
             else:
-                work.append((s, self._cache[s.weight].packed))
+                work.append((s, self._cache[s.weight].layer))
         records = rewrite_linears(gm, work, self.cpu_kernel)
         fold = FoldReport()
         if self.fold:
@@ -421,8 +432,30 @@ class SFMPBackend:
 
     @property
     def packed_bytes(self) -> int:
-        """Bytes of every packed weight this backend holds."""
-        return sum(e.packed.nbytes for e in self._cache.values())
+        """Bytes of the true-bit packed format (format v1, what a checkpoint stores) of every weight
+        this backend quantized."""
+        return sum(e.stored_bytes for e in self._cache.values())
+
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes of quantized weights held in memory: the cache every compiled graph of this backend
+        takes its constants from (graphs share these tensors, they hold no copies). CPU layers on the
+        int4 kernel are held in that form only (~4.5 bits/weight at group 128)."""
+        seen, total = set(), 0
+        for e in self._cache.values():
+            layer = e.layer.int4 if not isinstance(e.layer, PackedWeight) else e.layer
+            tensors = [getattr(layer, k) for k in vars(layer)] + ([e.layer.row_perm, e.layer.col_perm]
+                                                                   if layer is not e.layer else [])
+            for t in tensors:
+                if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
+                    seen.add(t.untyped_storage().data_ptr())
+                    total += t.untyped_storage().nbytes()
+        return total
+
+    def packed_weights(self) -> dict[str, PackedWeight]:
+        """Layer name -> the true-bit PackedWeight of every weight quantized so far (rebuilt exactly
+        from the int4 form where that is what is held), e.g. to save or to compare with eager."""
+        return {e.name: e.packed() for e in self._cache.values()}
 
 
 class _Specialized:

@@ -346,6 +346,50 @@ def test_default_cpu_kernel_is_int4_and_close_to_reference():
     assert ops and all("linear_cpu_int4" in o for o in ops), ops
 
 
+def test_cpu_int4_backend_holds_one_shared_int4_copy_of_each_weight():
+    """The int4 CPU path keeps only the int4 form: every graph (including recompiles for a new
+    length) takes its constants from the backend's cache, the true-bit form is rebuilt exactly on
+    demand, and the resident bytes are at most 1/6 of the fp32 linears."""
+    graphs = []
+
+    def inner(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    model = tiny_llama()
+    twin_be = _backend(bits=3.0)  # same plan, true-bit form kept: the reference for packed_weights()
+    be = _backend(bits=3.0, cpu_kernel="int4", inner=inner)
+    cm = torch.compile(model, backend=be, dynamic=False)
+    with torch.no_grad():
+        cm(_ids(8))
+        cm(_ids(12, seed=1))  # static shapes: a second graph, from the cache
+        torch._dynamo.reset()
+        torch.compile(model, backend=twin_be)(_ids(8))
+    assert len(graphs) == 2 and be.quantize_calls == 14
+    cached = {e.layer.int4.w4.data_ptr() for e in be._cache.values()}
+    for gm in graphs:
+        w4 = {b.data_ptr() for n, b in gm.named_buffers() if n.endswith("w4")}
+        assert w4 == cached  # the same tensors, not per-graph copies
+    assert be.resident_bytes == sum(e.layer.nbytes for e in be._cache.values())  # int4 form only
+    assert be.packed_bytes == twin_be.packed_bytes
+    want = twin_be.packed_weights()
+    for name, p in be.packed_weights().items():
+        for k, t in p.tensors().items():
+            assert torch.equal(t, want[name].tensors()[k]), (name, k)
+
+
+def test_cpu_int4_resident_weights_are_at_most_a_sixth_of_fp32():
+    """The CPU memory goal at the default config (group 128) on layers of a realistic aspect."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(512, 1536), torch.nn.SiLU(), torch.nn.Linear(1536, 512))
+    be = sfmp_backend(bits=3.0, inner="aot_eager", release_weights=True)
+    with torch.no_grad():
+        torch.compile(model, backend=be)(torch.randn(2, 512))
+    fp32 = 4 * 2 * 512 * 1536
+    assert be.released_bytes == fp32
+    assert be.resident_bytes <= fp32 / 6, (be.resident_bytes, fp32)
+
+
 def test_cpu_kernel_option_is_validated():
     with pytest.raises(SFMPConfigError, match="cpu_kernel"):
         sfmp_backend(cpu_kernel="fast")

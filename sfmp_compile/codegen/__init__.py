@@ -23,7 +23,7 @@ from ..format import PackedWeight
 from ..ops.reference import packed_args
 from . import ops as _ops  # noqa: F401  (registers sfmp::linear_triton / linear_triton_interp)
 from .autotune import M_BUCKETS, Config, family_for, m_bucket
-from .cpu import (CpuInt4Weight, cached_prepare, cpu_eligible, cpu_op_and_args, linear_cpu, prepare_cpu,
+from .cpu import (CpuInt4Weight, cached_prepare, cpu_eligible, GraphInt4Weight, linear_cpu, prepare_cpu,
                   register_inductor_decompositions, unpack_int4, unprepare_cpu)
 from .generate import (KernelKey, cache_dir, distinct_kernels, emit_source, get_kernel, kernel_source,
                        loaded_keys, width_mask, widths_of_mask)
@@ -34,7 +34,7 @@ __all__ = [
     "unprepare_module_", "packed_of", "is_cpu_prepared", "layer_width_mask", "run_triton", "kernel_source",
     "emit_source", "distinct_kernels", "loaded_keys", "KernelKey", "get_kernel", "cache_dir", "Config",
     "M_BUCKETS", "m_bucket", "family_for", "width_mask", "widths_of_mask", "unpack_int4",
-    "register_inductor_decompositions", "cpu_op_and_args", "ALL_WIDTHS_MASK",
+    "register_inductor_decompositions", "GraphInt4Weight", "ALL_WIDTHS_MASK",
 ]
 
 ALL_WIDTHS_MASK = width_mask(range(1, 9))

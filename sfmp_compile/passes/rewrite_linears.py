@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx as fx
 
+from ..blocks import BlockGrid
 from ..format import PackedWeight
 from .find_linears import LinearSite
 from .fx_utils import (ROLE_BIAS, ROLE_GEMM, ROLE_IN, ROLE_OUT, attach_constant, copy_value_meta, erase_if_unused,
@@ -99,12 +100,18 @@ def _rewrite_one(gm: fx.GraphModule, site: LinearSite, packed: PackedWeight | No
         row_perm, col_perm, bits_t = pk["_row_perm"], pk["_col_perm"], pk["_bits"]
         tensor_nodes = [pk[k] for k in _TENSORS]
         meta = (pk["out_features"], pk["in_features"], pk["block_rows"], pk["group_size"])
-        from ..blocks import BlockGrid
         grid = BlockGrid(*meta)
         hist = bits_histogram(bits_t, grid) if bits_t is not None else {}
         op, extra = select_op(device, None, bits_t)
     else:
         device = site.weight.device
+        if not isinstance(packed, PackedWeight) and torch.device(device).type != "cpu":
+            packed = packed.packed()  # an int4 CPU layer whose parameter has since moved to another device
+        graph_int4 = packed if not isinstance(packed, PackedWeight) else int4_form(packed, device, cpu_kernel)
+        if graph_int4 is not None:
+            # CPU int4 kernel: its own prepared tensors stand in for the true-bit ones, so only the int4
+            # form stays resident. The permutations are the graph's gathers (the int4 form has none).
+            return _rewrite_int4(gm, site, node, aten_mode, graph_int4, cache)
         key = ("packed", id(packed), str(device))
         if key not in cache:  # the same parameter used twice in one graph shares its buffers
             p = packed.to(device)
@@ -114,38 +121,38 @@ def _rewrite_one(gm: fx.GraphModule, site: LinearSite, packed: PackedWeight | No
         meta = (packed.out_features, packed.in_features, packed.block_rows, packed.group_size)
         hist = bits_histogram(packed.bits, packed.grid)
         op, extra = select_op(device, packed)
-        cpu = _cpu_int4(packed, device, cpu_kernel)
-        if cpu is not None:
-            # CPU int4 kernel: its own prepared tensors replace the true-bit ones in the graph, so only
-            # the int4 form stays resident. Permutations stay as the graph's gathers (stripped here).
-            op, (w4, sz, _, gc, n_out, n_in) = cpu
-            key = ("int4", id(packed))
-            if key not in cache:
-                cache[key] = [attach_constant(gm, f"{site.name}.{k}", t, before=node) for k, t in (("w4", w4), ("sz", sz))]
-            w4n, szn = cache[key]
-            empty = _empty_perm(gm, device, cache, node)
-            return _finish(gm, site, node, aten_mode, op, (w4n, szn, empty, gc, n_out, n_in), packed.row_perm,
-                           packed.col_perm, (packed.out_features, packed.in_features), hist, cpu_tail=True)
     empty = _empty_perm(gm, device, cache, node)
 
     return _finish(gm, site, node, aten_mode, op, (*tensor_nodes, empty, empty, *meta, *extra), row_perm, col_perm,
                    (meta[0], meta[1]), hist)
 
 
-def _cpu_int4(packed: PackedWeight, device, cpu_kernel: str):
-    """(op, args) of codegen's CPU int4 GEMM for a permutation-free copy of ``packed``, or None."""
+def _rewrite_int4(gm, site, node, aten_mode, g, cache: dict) -> LayerRewrite:
+    """Rewrite onto codegen's CPU int4 GEMM from a ``codegen.cpu.GraphInt4Weight``."""
+    c = g.int4
+    op, (w4, sz, _, gc, n_out, n_in) = g.op()
+    key = ("int4", id(g))
+    if key not in cache:
+        cache[key] = [attach_constant(gm, f"{site.name}.{k}", t, before=node) for k, t in (("w4", w4), ("sz", sz))]
+    w4n, szn = cache[key]
+    empty = _empty_perm(gm, "cpu", cache, node)
+    hist = bits_histogram(c.bits, BlockGrid(c.out_features, c.in_features, c.block_rows, c.group_size))
+    return _finish(gm, site, node, aten_mode, op, (w4n, szn, empty, gc, n_out, n_in), g.row_perm, g.col_perm,
+                   (n_out, n_in), hist)
+
+
+def int4_form(packed: PackedWeight, device, cpu_kernel: str):
+    """codegen's ``GraphInt4Weight`` of ``packed`` when the CPU int4 kernel should run it, else None."""
     if cpu_kernel != "int4" or torch.device(device).type != "cpu":
         return None
     try:
-        from ..codegen.cpu import cpu_op_and_args
+        from ..codegen.cpu import GraphInt4Weight
     except Exception:  # codegen unavailable: the reference op is always correct
         return None
-    empty = torch.zeros(0, dtype=torch.int32)
-    stripped = PackedWeight(**{**packed.tensors(), "row_perm": empty, "col_perm": empty}, **packed.meta())
-    return cpu_op_and_args(stripped)
+    return GraphInt4Weight.prepare(packed)
 
 
-def _finish(gm, site, node, aten_mode, op, op_args, row_perm, col_perm, shape, hist, cpu_tail=False) -> LayerRewrite:
+def _finish(gm, site, node, aten_mode, op, op_args, row_perm, col_perm, shape, hist) -> LayerRewrite:
     rec = LayerRewrite(site.name, node.name, site.form, shape, str(op), hist,
                        has_col_perm=bool(col_perm.numel()), has_row_perm=bool(row_perm.numel()))
     # Every new node goes right before the linear it replaces, in data order.
@@ -180,9 +187,10 @@ def _finish(gm, site, node, aten_mode, op, op_args, row_perm, col_perm, shape, h
     return rec
 
 
-def rewrite_linears(gm: fx.GraphModule, work: list[tuple[LinearSite, PackedWeight | None]],
+def rewrite_linears(gm: fx.GraphModule, work: list[tuple[LinearSite, object]],
                     cpu_kernel: str = "reference") -> list[LayerRewrite]:
-    """Rewrite every (site, packed weight) pair in ``gm`` (packed is None for form "sfmp").
+    """Rewrite every (site, layer) pair in ``gm``: layer is a PackedWeight, a ``codegen.cpu.GraphInt4Weight``
+    (a CPU layer held only in its int4 form), or None for form "sfmp" (the graph already holds it).
 
     Packed tensors become buffers of ``gm`` (get_attr nodes); the weight placeholders stay (Dynamo
     still passes them) but lose their users. Returns one record per rewritten layer.
