@@ -71,13 +71,17 @@ class Config:
     num_warps: int = 4
     num_stages: int = 2
     pregather: bool = False
+    U: int = 1  # groups per iteration (variant-4 gemv only; ignored elsewhere)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["U"] == 1:
+            del d["U"]  # the default: keeps entries of the other variants/families as they were
+        return d
 
 
 # Under TRITON_INTERPRET the cost is per program instance: big tiles, few programs. The decode
@@ -87,6 +91,13 @@ INTERPRETER = {
     "decode": Config(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPLIT_K=2, num_warps=4, num_stages=1),
     "prefill": Config(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, SPLIT_K=1, num_warps=4, num_stages=1),
 }
+# Variant-4 gemv (templates.variant() == 4): 4 rows per thread (128-bit loads when ALIGNED), tiles
+# double-buffered in registers (num_stages >= 2 -> PIPE), x pre-gathered; split-K from the SM count
+# (gemv.v4_split_k). Chosen from the sm_90 compile (benchmarks/compile_check.py --goal: 254
+# registers, no spills), not measured on a GPU.
+FALLBACK_GEMV_V4 = Config(BLOCK_M=1, BLOCK_N=128, BLOCK_K=128, SPLIT_K=0, num_warps=1, num_stages=2,
+                          pregather=True, U=1)
+INTERPRETER_GEMV_V4 = Config(BLOCK_M=1, BLOCK_N=64, BLOCK_K=128, SPLIT_K=2, num_warps=4, num_stages=1, U=2)
 FALLBACK = {
     "gemv": Config(BLOCK_M=1, BLOCK_N=64, BLOCK_K=128, SPLIT_K=0, num_warps=2, num_stages=4),
     "decode": Config(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPLIT_K=0, num_warps=4, num_stages=3),
@@ -119,7 +130,8 @@ def tuned_cache_path(device) -> Path:
 
 def config_key(family: str, M: int, N: int, K: int, widths, group_size: int, block_rows: int, dtype) -> str:
     w = "".join(str(b) for b in widths)
-    return f"{family}|{m_bucket(M)}|N{N}|K{K}|w{w}|g{group_size}|r{block_rows}|{str(dtype).replace('torch.', '')}"
+    v4 = "|v4" if family == gemv.FAMILY and _variant() >= 4 else ""  # its own constexprs and space
+    return f"{family}|{m_bucket(M)}|N{N}|K{K}|w{w}|g{group_size}|r{block_rows}|{str(dtype).replace('torch.', '')}{v4}"
 
 
 _lock = threading.Lock()
@@ -164,13 +176,17 @@ def get_config(family: str, M: int, N: int, K: int, widths, group_size: int, blo
                dtype, device) -> Config:
     """The tile config for one launch (see the module docstring for the lookup order)."""
     dev = torch.device(device)
+    v4 = family == gemv.FAMILY and _variant() >= 4
     if dev.type != "cuda" or interpreting():
-        return _fix_block_m(family, M, INTERPRETER[family])
+        return _fix_block_m(family, M, INTERPRETER_GEMV_V4 if v4 else INTERPRETER[family])
     key = config_key(family, M, N, K, widths, group_size, block_rows, dtype)
     table = _tuned_table(dev)
+    # Variant 4's gemv has its own constexpr (U) and layout needs: its tuned entries (keys ending in
+    # "|v4") serve only it, and it ignores the tiles tuned for variants 1-3 (they would run, badly).
+    table = {k: v for k, v in table.items() if k.endswith("|v4") == v4}
     if key in table:
         return _fix_block_m(family, M, Config.from_dict(table[key]))
-    fam, bucket, _, _, w, _, _, dt = key.split("|")
+    fam, bucket, _, _, w, _, _, dt = key.split("|")[:8]
     near = [(abs(math.log((int(k.split("|")[2][1:]) * int(k.split("|")[3][1:])) / (N * K))), v)
             for k, v in table.items()
             if k.split("|")[0] == fam and k.split("|")[1] == bucket and k.split("|")[4] == w and k.split("|")[7] == dt]
@@ -181,19 +197,29 @@ def get_config(family: str, M: int, N: int, K: int, widths, group_size: int, blo
     if near:
         return _fix_block_m(family, M, Config.from_dict(min(near, key=lambda t: t[0])[1]))
     data = _defaults_table()
-    sub = f"{family}|{m_bucket(M)}"
+    sub = f"{family}|{m_bucket(M)}" + ("|v4" if v4 else "")
     for section in (data.get("gpus", {}).get(device_name(dev), {}), data.get("generic", {})):
         if sub in section:
             return _fix_block_m(family, M, Config.from_dict(section[sub]))
-    return _fix_block_m(family, M, FALLBACK[family])
+    return _fix_block_m(family, M, FALLBACK_GEMV_V4 if v4 else FALLBACK[family])
+
+
+def _variant() -> int:
+    from .templates import variant
+    return variant()
+
+
+def sm_count(device) -> int:
+    """Streaming multiprocessors of a CUDA device; 132 (H100/H200 SXM) elsewhere."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(dev).multi_processor_count
+    return 132
 
 
 def auto_split_k(n_programs: int, groups: int, device) -> int:
     """Split-K so that about two waves of programs are in flight (decode is latency/bandwidth bound)."""
-    sms = 132
-    dev = torch.device(device)
-    if dev.type == "cuda" and torch.cuda.is_available():
-        sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    sms = sm_count(device)
     sk = 1
     while n_programs * sk < 2 * sms and sk * 2 <= min(16, groups):
         sk *= 2

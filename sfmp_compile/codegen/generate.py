@@ -29,9 +29,11 @@ TEMPLATE_VERSION = 1
 FAMILIES = {gemv.FAMILY: gemv, decode.FAMILY: decode, prefill.FAMILY: prefill}
 
 _lock = threading.Lock()
-_kernels: dict["KernelKey", object] = {}
-_sources: dict["KernelKey", str] = {}
-_paths: dict["KernelKey", Path] = {}
+# In-memory caches are keyed by (KernelKey, kernel variant): SFMP_KERNEL_VARIANT changes the source,
+# and one process (a test, an A/B benchmark) may switch it.
+_kernels: dict[tuple["KernelKey", int], object] = {}
+_sources: dict[tuple["KernelKey", int], str] = {}
+_paths: dict[tuple["KernelKey", int], Path] = {}
 
 
 @dataclass(frozen=True)
@@ -84,9 +86,13 @@ def emit_source(key: KernelKey) -> str:
     """The full Python/Triton source of the kernel for ``key`` (deterministic text)."""
     fam = FAMILIES[key.family]
     version = f"{TEMPLATE_VERSION}.{templates.variant()}"  # variant: see templates.variant()
+    sig = templates.SIGNATURE.format(name=key.name, family=key.family, widths=key.widths)
+    extra = getattr(fam, "signature_extra", lambda: "")()  # variant-4 gemv: U, ALIGNED
+    if extra:
+        cut = sig.index("\n):\n")
+        sig = sig[:cut + 1] + extra + sig[cut + 1:]
     return (templates.HEADER.format(family=key.family, widths=key.widths, version=version)
-            + templates.SIGNATURE.format(name=key.name, family=key.family, widths=key.widths)
-            + fam.emit_body(key.widths))
+            + sig + fam.emit_body(key.widths))
 
 
 def _as_key(key) -> KernelKey:
@@ -96,13 +102,13 @@ def _as_key(key) -> KernelKey:
 def kernel_source(key) -> str:
     """Source text of a kernel (a :class:`KernelKey` or its name), for graph dumps and debugging."""
     key = _as_key(key)
-    src = _sources.get(key)
+    src = _sources.get((key, templates.variant()))
     return src if src is not None else emit_source(key)
 
 
 def kernel_path(key) -> Path | None:
     """Where the emitted source of a loaded kernel lives on disk (None until it is loaded)."""
-    return _paths.get(_as_key(key))
+    return _paths.get((_as_key(key), templates.variant()))
 
 
 def get_kernel(key):
@@ -112,11 +118,12 @@ def get_kernel(key):
     is imported (``TRITON_INTERPRET`` at that time, and at ``import triton``).
     """
     key = _as_key(key)
-    k = _kernels.get(key)
+    mkey = (key, templates.variant())
+    k = _kernels.get(mkey)
     if k is not None:
         return k
     with _lock:
-        k = _kernels.get(key)
+        k = _kernels.get(mkey)
         if k is not None:
             return k
         src = emit_source(key)
@@ -134,7 +141,7 @@ def get_kernel(key):
         sys.modules[modname] = mod
         spec.loader.exec_module(mod)
         k = getattr(mod, key.name)
-        _sources[key], _paths[key], _kernels[key] = src, path, k
+        _sources[mkey], _paths[mkey], _kernels[mkey] = src, path, k
         for cb in _on_load:
             cb(key, k)
         return k
@@ -150,7 +157,7 @@ def distinct_kernels() -> int:
 
 
 def loaded_keys() -> list[KernelKey]:
-    return sorted(_kernels, key=lambda k: k.name)
+    return sorted({k for k, _ in _kernels}, key=lambda k: k.name)
 
 
 def fingerprint() -> str:
@@ -194,5 +201,5 @@ _on_load: list = []
 def on_kernel_load(callback) -> None:
     """Call ``callback(key, kernel)`` for every kernel loaded from now on (and those already loaded)."""
     _on_load.append(callback)
-    for k, v in list(_kernels.items()):
+    for (k, _), v in list(_kernels.items()):
         callback(k, v)

@@ -60,6 +60,30 @@ def _walk_offsets(block_offset: torch.Tensor, group_order: torch.Tensor) -> torc
     return torch.gather(block_offset, 1, group_order.long()).to(torch.int32).contiguous()
 
 
+def _aligned4(block_offset: torch.Tensor, N: int, block_rows: int) -> bool:
+    """True when every row-block's row count and every block offset is a multiple of 4 words, i.e.
+    when 4 consecutive rows of any sub-plane word are one 16-byte-aligned chunk (relative to qweight's
+    start; Triton checks the base pointer's own alignment). The variant-4 gemv then declares its word
+    offsets multiples of 4 (``ALIGNED``) and ptxas can emit 128-bit loads. The format guarantees
+    neither (``format.validate`` does not check offsets), so the offsets are inspected: once per
+    layer in eager (memoised on ``block_offset`` like :func:`_walk_offsets`; one device sync), and
+    never while tracing (no values then: False, the safe answer)."""
+    if block_rows % 4 or (N % block_rows) % 4:
+        return False
+    if type(block_offset) is not torch.Tensor or torch.compiler.is_compiling():
+        return False
+    tag = (block_offset._version, block_offset.device, N, block_rows)
+    hit = getattr(block_offset, "_sfmp_aligned4", None)
+    if hit is not None and hit[0] == tag:
+        return hit[1]
+    ok = bool((block_offset % 4 == 0).all())
+    try:
+        block_offset._sfmp_aligned4 = (tag, ok)
+    except (AttributeError, TypeError):  # pragma: no cover - exotic tensor subclasses
+        pass
+    return ok
+
+
 def _dot_kind(dtype: torch.dtype, interpret: bool) -> int:
     if interpret:
         return 0  # the interpreter computes bf16 (and we keep fp16) in fp32
@@ -120,6 +144,13 @@ def launch(x: torch.Tensor, qweight, bits, block_offset, group_order, segment_pt
         x2 = x2.index_select(1, col_perm)  # one coalesced pass instead of scattered in-kernel loads
         has_cp = False
     m_tiles = -(-M // bm)
+    if family == gemv.FAMILY and templates.variant() >= 4:
+        warps, u = gemv.v4_launch_params(bn, cfg.num_warps, cfg.U)
+        split_k = cfg.SPLIT_K or gemv.v4_split_k(n_tiles, warps, G, u, autotune.sm_count(x.device))
+        split_k = max(1, min(split_k, G))
+        return _launch_gemv_v4(x, x2, lead, qweight, block_offset, group_order, segment_ptr, scales, zeros,
+                               row_perm, col_perm if has_cp else None, N, K, G, M, bn, bk, tiles_per_rb,
+                               n_tiles, split_k, block_rows, group_size, widths, cfg, wrap, interpret)
     split_k = cfg.SPLIT_K or autotune.auto_split_k(n_tiles * m_tiles, G, x.device)
     split_k = max(1, min(split_k, G))
     atomic = split_k > 1
@@ -150,6 +181,39 @@ def launch(x: torch.Tensor, qweight, bits, block_offset, group_order, segment_pt
         HAS_ROW_PERM=has_rp, HAS_COL_PERM=has_cp, DOT_KIND=_dot_kind(x.dtype, interpret),
         ATOMIC=atomic, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
+    if f32_out:
+        y = y.to(x.dtype)
+    return y.reshape(*lead, N)
+
+
+def _launch_gemv_v4(x, x2, lead, qweight, block_offset, group_order, segment_ptr, scales, zeros, row_perm,
+                    col_perm, N, K, G, M, bn, bk, tiles_per_rb, n_tiles, split_k, block_rows, group_size,
+                    widths, cfg, wrap, interpret):
+    """Kernel variant 4 gemv: split-K partial sums go to slices of an uninitialised fp32
+    [SPLIT_K, M, N] buffer (plain stores) and are summed here -- one reduction that Inductor fuses
+    with the cast -- instead of a zero-fill launch + fp32 atomics + a cast launch. SPLIT_K == 1
+    stores the output dtype directly: one launch."""
+    warps, u = gemv.v4_launch_params(bn, cfg.num_warps, cfg.U)
+    aligned = _aligned4(block_offset, N, block_rows) and bn % (4 * 32 * warps) == 0
+    f32_out = split_k > 1 or (interpret and x.dtype == torch.bfloat16)
+    shape = (split_k, M, N) if split_k > 1 else (M, N)
+    y = torch.empty(shape, device=x.device, dtype=torch.float32 if f32_out else x.dtype)
+    has_rp = row_perm.numel() > 0
+    dummy = segment_ptr
+    walk = _walk_offsets(block_offset, group_order)
+    kernel = get_kernel(KernelKey(gemv.FAMILY, tuple(widths)))
+    k = wrap(kernel) if wrap is not None else kernel
+    k[gemv.grid(M, n_tiles, split_k, 1)](
+        x2, segment_ptr, y, qweight, walk, group_order, segment_ptr, scales, zeros,
+        row_perm if has_rp else dummy, col_perm if col_perm is not None else dummy,
+        M, N, K, G, x2.stride(0), N, block_rows, group_size, tiles_per_rb, _MAGIC_BITS,
+        BLOCK_M=1, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split_k, ONE_CHUNK=bk >= group_size,
+        HAS_ROW_PERM=has_rp, HAS_COL_PERM=col_perm is not None, DOT_KIND=_dot_kind(x.dtype, interpret),
+        ATOMIC=False, U=u, ALIGNED=aligned, PIPE=cfg.num_stages >= 2, num_warps=warps,
+        num_stages=cfg.num_stages,
+    )
+    if split_k > 1:
+        y = y.sum(0)
     if f32_out:
         y = y.to(x.dtype)
     return y.reshape(*lead, N)
