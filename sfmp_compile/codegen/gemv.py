@@ -136,8 +136,9 @@ def _config_space_v4(n_tiles_for, groups: int, block_rows: int, group_size: int)
                     continue
                 out.append(dict(BLOCK_M=1, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=warps,
                                 num_stages=stages, pregather=True, U=u))
-    if out:
-        out.insert(1, {**out[0], "pregather": False})
+    if out:  # a time-boxed tune reaches each family's default split first, in-kernel gather last
+        first = [c for c in out if c["SPLIT_K"] == 0]
+        out = first + [c for c in out if c["SPLIT_K"] != 0] + [{**out[0], "pregather": False}]
     return out[:16]
 
 

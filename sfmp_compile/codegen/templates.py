@@ -49,9 +49,10 @@ def variant() -> int:
         the loads of a group's words/scales/activations depend on no load of the same iteration.
         The launcher may also pre-gather x (config ``pregather``) for every family, not only prefill.
     3 = 2, and the gemv double-buffers each group's tiles in registers (gemv_segment_pipelined).
-    4 = 3 for decode/prefill; the gemv (M = 1) loads U groups per iteration as one [U, words, rows]
-        tile (128-bit loads where the launcher proved 4-word alignment, ``ALIGNED``), reduces each
-        group over words inside the thread into [BLOCK_N] row sums, and writes split-K partials
+    4 = 3 for decode/prefill; the gemv (M = 1) keeps 4 rows per thread, loads U groups per
+        iteration as [U, words, rows] tiles (128-bit loads where the launcher proved 4-word
+        alignment, ``ALIGNED``), optionally double-buffers them (``PIPE``), reduces over words and
+        groups inside the thread into [BLOCK_N] row sums, and writes split-K partials
         [SPLIT_K, M, N] with plain stores (no zeroed buffer, no atomics); see gemv_v4_body.
         Opt-in: unmeasured on a GPU.
     Kept selectable so one GPU run can time them side by side (benchmarks/kernels.py --variant).

@@ -21,7 +21,9 @@ from sfmp_compile.codegen.launch import _aligned4  # noqa: E402
 from sfmp_compile.ops.reference import linear_ref, packed_args  # noqa: E402
 from tests.codegen._util import KERNEL_DEVICE, TOL, max_rel_err, needs_kernels, random_packed  # noqa: E402
 
-EXAMPLES = 30 if KERNEL_DEVICE == "cpu" else 8
+EXAMPLES = 30 if KERNEL_DEVICE == "cpu" else 3  # GPU: every constexpr combination is a compile
+HYP_WIDTHS = ([(2, 3), (2, 3, 4), (3, 4), (2,), (1, 2, 3, 4, 5, 6, 7, 8), (1, 5, 8)] if KERNEL_DEVICE == "cpu"
+              else [(2, 3), (2, 3, 4)])
 
 
 @contextmanager
@@ -54,7 +56,7 @@ def _check(p, dtype, cfg, seed=0, M=1):
 @needs_kernels
 @settings(max_examples=EXAMPLES, deadline=None)
 @given(
-    widths=st.sampled_from([(2, 3), (2, 3, 4), (3, 4), (2,), (1, 2, 3, 4, 5, 6, 7, 8), (1, 5, 8)]),
+    widths=st.sampled_from(HYP_WIDTHS),
     n_blocks=st.integers(1, 2), n_rag=st.sampled_from([0, 8, 19]),
     group_size=st.sampled_from([32, 64, 128]), n_groups=st.integers(1, 4), k_rag=st.sampled_from([0, 5, 40]),
     u=st.sampled_from([1, 2, 4]), pipe=st.booleans(), split_k=st.sampled_from([1, 2, 3]),
