@@ -7,13 +7,22 @@ ops (HMMA / HGMMA) and LOP3s. Must run WITHOUT TRITON_INTERPRET (interpreted ker
 
     python benchmarks/compile_check.py            # sm_90 (H100/H200), representative variants
     python benchmarks/compile_check.py --quick    # one variant per family
+    python benchmarks/compile_check.py --goal     # gemv, kernel variants 3 vs 4, at the 4096x14336
+                                                  # 3.0-BPW layer's launch facts (load widths, regs,
+                                                  # spills, per-loop instructions per weight)
+
+Kernels are compiled with the argument specialisations Triton's JIT would give them at that layer
+(pointers 16-byte aligned; integer arguments divisible by 16 marked so), because load vectorisation
+depends on them. The SASS comes from the bundled nvdisasm, the register count from cuobjdump.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import re
+import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -45,42 +54,168 @@ VARIANTS = [
 QUICK = [VARIANTS[0], VARIANTS[3], VARIANTS[5]]
 
 
+# The goal layer (benchmarks/kernels.py: down_proj 4096x14336 at 3.0 BPW, block_rows 512, group 128)
+# as the JIT sees it at M = 1; decides which integer arguments are specialised as multiples of 16.
+GOAL_ARGS = dict(M=1, N=4096, K=14336, G=112, stride_xm=14336, stride_ym=4096, block_rows=512,
+                 group_size=128, magic_bits=0x4B000000)
+# (variant, widths, BLOCK_N, SPLIT_K, num_warps, num_stages, U, ALIGNED, col_perm in kernel, label);
+# variant 4: num_stages >= 2 = PIPE (tiles double-buffered in registers).
+GOAL = [
+    (3, (2, 3), 32, 8, 1, 4, 1, False, True, "v3 shipped H200 tile BN32 w1 (tuned 2026-11-27)"),
+    (4, (2, 3), 128, 32, 1, 1, 1, True, False, "v4 BN128 w1 U1"),
+    (4, (2, 3), 128, 32, 1, 2, 1, True, False, "v4 BN128 w1 U1 PIPE (default)"),
+    (4, (2, 3), 128, 16, 1, 1, 2, True, False, "v4 BN128 w1 U2 (ptxas stops at 168 regs)"),
+    (4, (2, 3), 256, 16, 2, 1, 2, True, False, "v4 BN256 w2 U2"),
+    (4, (2, 3), 256, 16, 2, 2, 1, True, False, "v4 BN256 w2 U1 PIPE"),
+    (4, (2, 3), 256, 16, 2, 2, 2, True, False, "v4 BN256 w2 U2 PIPE"),
+    (4, (2, 3), 256, 16, 2, 1, 2, False, False, "v4 BN256 w2 U2, not ALIGNED"),
+]
+_BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+
+
+def _sass(cubin: bytes) -> str:
+    """Full SASS text (nvdisasm), one instruction per line, with .L_x labels."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+    try:
+        return subprocess.run([str(_BIN / "nvdisasm"), "-c", f.name], capture_output=True, text=True).stdout
+    finally:
+        os.unlink(f.name)
+
+
+def _registers(cubin: bytes) -> tuple[int, int]:
+    """(registers per thread, stack bytes) from cuobjdump --dump-resource-usage."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+    try:
+        out = subprocess.run([str(_BIN / "cuobjdump"), "--dump-resource-usage", f.name],
+                             capture_output=True, text=True).stdout
+    finally:
+        os.unlink(f.name)
+    reg = re.search(r"REG:(\d+)", out)
+    stack = re.search(r"STACK:(\d+)", out)
+    return (int(reg.group(1)) if reg else -1, int(stack.group(1)) if stack else -1)
+
+
+_INS = re.compile(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)(.*)$")
+
+
+def sass_stats(sass: str) -> dict:
+    """Opcode counts for the whole kernel and for each loop (a backward BRA to a label)."""
+    labels, ins = {}, []
+    for line in sass.splitlines():
+        m = re.match(r"^(\.L_x_\d+):", line.strip())
+        if m:
+            labels[m.group(1)] = len(ins)
+            continue
+        m = _INS.match(line)
+        if m:
+            ins.append((m.group(1), m.group(2)))
+    loops = []
+    for k, (op, rest) in enumerate(ins):
+        t = re.search(r"\((\.L_x_\d+)\)", rest) if op.startswith("BRA") else None
+        if t and t.group(1) in labels and labels[t.group(1)] <= k:
+            loops.append(Counter(o for o, _ in ins[labels[t.group(1)]:k + 1]))
+    return dict(ops=Counter(o for o, _ in ins), loops=loops)
+
+
+def _count(c: Counter, prefix: str, exact: bool = False) -> int:
+    return sum(v for k, v in c.items() if (k == prefix if exact else k.split(".")[0] == prefix))
+
+
+def load_widths(c: Counter) -> str:
+    return (f"LDG.128 {c['LDG.E.128']} LDG.64 {c['LDG.E.64']} LDG.32 {c['LDG.E']} "
+            f"LDG.16 {c['LDG.E.U16'] + c['LDG.E.16']}")
+
+
 def compile_variant(family, widths, bm, bn, bk, split_k, warps, stages, dtype, cc=90, group_size=128,
-                    row_perm=True, col_perm=True):
+                    row_perm=True, col_perm=True, u=1, aligned=False, args=None, detail=False):
+    """Compile one kernel for sm_<cc>; ``args``: the integer launch arguments to specialise on
+    (default GOAL_ARGS). Variant-4 gemv kernels (they take U / ALIGNED) write split-K partials with
+    plain stores, the others an atomic fp32 buffer when split."""
     kernel = get_kernel(KernelKey(family, widths))
-    atomic = split_k > 1
-    sig = {"x_ptr": PTR[dtype], "xs_ptr": "*fp32", "y_ptr": "*fp32" if atomic else PTR[dtype],
+    v4 = "U" in kernel.arg_names
+    atomic = split_k > 1 and not v4
+    sig = {"x_ptr": PTR[dtype], "xs_ptr": "*fp32", "y_ptr": "*fp32" if split_k > 1 else PTR[dtype],
            "qw_ptr": "*i32", "boff_ptr": "*i32", "gord_ptr": "*i32", "segp_ptr": "*i32", "s_ptr": "*fp16",
            "z_ptr": "*fp16", "rperm_ptr": "*i32", "cperm_ptr": "*i32"}
     sig.update({k: "i32" for k in ("M", "N", "K", "G", "stride_xm", "stride_ym", "block_rows", "group_size",
                                    "tiles_per_rb", "magic_bits")})
     const = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split_k, ONE_CHUNK=bk >= group_size,
                  HAS_ROW_PERM=row_perm, HAS_COL_PERM=col_perm, DOT_KIND=DOT_KIND[dtype], ATOMIC=atomic)
+    if v4:
+        const.update(U=u, ALIGNED=aligned, PIPE=stages >= 2)
     sig.update({k: "constexpr" for k in const})
-    src = ASTSource(fn=kernel, signature=sig,
+    vals = {**GOAL_ARGS, "tiles_per_rb": -(-GOAL_ARGS["block_rows"] // bn), **(args or {})}
+    # What the JIT specialises: 16-byte-aligned pointers and integer arguments divisible by 16.
+    attrs = {(kernel.arg_names.index(k),): [["tt.divisibility", 16]] for k, t in sig.items()
+             if t.startswith("*") or (t == "i32" and vals[k] % 16 == 0)}
+    src = ASTSource(fn=kernel, signature=sig, attrs=attrs,
                     constexprs={(kernel.arg_names.index(k),): v for k, v in const.items()})
     t0 = time.time()
     ck = triton.compile(src, target=GPUTarget("cuda", cc, 32), options={"num_warps": warps, "num_stages": stages})
     dt = time.time() - t0
-    ops = Counter(re.findall(r"^\s*[-0-9:A-Y]+\s+([A-Z0-9]+)", ck.asm["sass"], re.M))
-    return dict(seconds=dt, shared=ck.metadata.shared, spills=ops["STL"], i2f=ops["I2F"],
-                mma=ops["HMMA"] + ops["HGMMA"], lop3=ops["LOP3"])
+    st = sass_stats(_sass(ck.asm["cubin"]))
+    ops = st["ops"]
+    regs, stack = _registers(ck.asm["cubin"])
+    out = dict(seconds=dt, shared=ck.metadata.shared, spills=_count(ops, "STL"), i2f=_count(ops, "I2F"),
+               mma=_count(ops, "HMMA") + _count(ops, "HGMMA"), lop3=_count(ops, "LOP3"), regs=regs, stack=stack,
+               fadd=_count(ops, "FADD"), ffma=_count(ops, "FFMA"), shfl=_count(ops, "SHFL"),
+               loads=load_widths(ops))
+    if detail:
+        out["loops"] = st["loops"]
+    return out
+
+
+def goal_report(cc: int = 90) -> int:
+    """gemv variants 3 and 4 at the goal layer's launch facts: one row per config, then one per
+    segment loop (loops appear in width order: the 2-bit walk, then the 3-bit walk)."""
+    failures = 0
+    print("| config | regs | stack B | STL | LDG.128 | LDG.64 | LDG.32 | LDG.16 | LOP3 | FADD | FFMA | SHFL |"
+          " loop instr (2-bit / 3-bit) | instr per weight (2-bit / 3-bit) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for v, widths, bn, sk, warps, stages, u, aligned, cp, label in GOAL:
+        os.environ["SFMP_KERNEL_VARIANT"] = str(v)
+        try:
+            r = compile_variant("gemv", widths, 1, bn, 128, sk, warps, stages, "fp16", cc=cc, col_perm=cp, u=u,
+                                aligned=aligned, detail=True)
+        except Exception as e:  # noqa: BLE001
+            failures += 1
+            print(f"| {label} | FAIL {type(e).__name__}: {str(e)[:300]} |")
+            continue
+        # weights one thread multiplies per loop iteration: U groups x BLOCK_K columns x its rows
+        rows = max(1, bn // (32 * warps))
+        per_iter = [(u if (v == 4 and b <= 4) else 1) * 128 * rows for b in widths]
+        n = [sum(c.values()) for c in r["loops"] if sum(c.values()) > 1]  # not the trailing BRA-to-self
+        ipw = [f"{k / w:.2f}" for k, w in zip(n, per_iter)]
+        lw = dict(re.findall(r"(LDG\.\d+) (\d+)", r["loads"]))
+        print(f"| {label} | {r['regs']} | {r['stack']} | {r['spills']} | {lw['LDG.128']} | {lw['LDG.64']} | "
+              f"{lw['LDG.32']} | {lw['LDG.16']} | {r['lop3']} | {r['fadd']} | {r['ffma']} | {r['shfl']} | "
+              f"{' / '.join(map(str, n))} | {' / '.join(ipw)} |", flush=True)
+    return failures
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cc", type=int, default=90, help="compute capability, e.g. 80 (A100) or 90 (H100)")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--goal", action="store_true", help="only the gemv v3-vs-v4 table at the goal layer")
+    ap.add_argument("--variant", choices=["1", "2", "3", "4"], default=None,
+                    help="kernel generation for the representative list (sets SFMP_KERNEL_VARIANT)")
     args = ap.parse_args(argv)
-    failures = 0
+    if args.variant:
+        os.environ["SFMP_KERNEL_VARIANT"] = args.variant
     print(f"# triton {triton.__version__}  target sm_{args.cc}")
+    if args.goal:
+        return 1 if goal_report(args.cc) else 0
+    failures = 0
     for v in (QUICK if args.quick else VARIANTS):
         fam, widths, bm, bn, bk, sk, warps, stages, dtype = v
         try:
             r = compile_variant(*v, cc=args.cc)
             print(f"OK   {fam:<7} w{widths!s:<26} {dtype} BM{bm} BN{bn} BK{bk} SK{sk} warps{warps} st{stages}: "
-                  f"{r['seconds']:.1f}s smem {r['shared']} spills {r['spills']} I2F {r['i2f']} "
-                  f"mma {r['mma']} LOP3 {r['lop3']}", flush=True)
+                  f"{r['seconds']:.1f}s smem {r['shared']} regs {r['regs']} spills {r['spills']} I2F {r['i2f']} "
+                  f"mma {r['mma']} LOP3 {r['lop3']} FADD {r['fadd']} FFMA {r['ffma']} {r['loads']}", flush=True)
         except Exception as e:  # noqa: BLE001
             failures += 1
             print(f"FAIL {fam} {widths} {dtype}: {type(e).__name__}: {str(e)[:2000]}", flush=True)
