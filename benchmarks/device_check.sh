@@ -3,14 +3,16 @@
 #     OUT=/some/dir bash benchmarks/device_check.sh
 # 1. environment report (python, torch, triton, GPU) -- stops with a clear message if torch or
 #    triton is missing (the bare device machine may not have them; it has no internet);
-# 2. benchmarks/kernels.py: A/B of kernel variants 3, 2, 1 on 4096x14336 and 4096x4096, 3.0 BPW
-#    (AB=0: the old full GPU table), time-boxed autotuning; each run first checks its kernels
-#    against the reference op on 1024x4096 (M = 1, 16, 128) and exits non-zero on a mismatch;
+# 2. benchmarks/kernels.py: A/B of kernel variants 4, 3, 2 (VARIANTS="4 3 2 1" adds 1) on
+#    4096x14336 and 4096x4096, 3.0 BPW (AB=0: the old full GPU table), time-boxed autotuning; each
+#    run first checks its kernels against the reference op on 1024x4096 (M = 1, 16, 128) and exits
+#    non-zero on a mismatch;
 # 3. GPU correctness: pytest tests/codegen -m "not slow" with compiled (not interpreted) kernels
-#    (default variant 3), after the timings so a slow compile cannot eat the benchmark's time.
+#    (default variant 3; test_gemv_v4.py compiles a few variant-4 gemvs), after the timings so a
+#    slow compile cannot eat the benchmark's time (150 s).
 # Everything lands under $OUT: env.txt, pytest.txt, junit.xml, kernels_v*.txt/json (or kernels.*),
 # autotune/*.json (tuned configs: copy a GPU section into sfmp_compile/codegen/default_configs.json)
-# and kernels/*.py (the generated kernel sources). Budget: about 6 minutes in total.
+# and kernels/*.py (the generated kernel sources). Budget: about 7 minutes in total (8 with v1).
 set -u
 OUT="${OUT:-$(pwd)/device_out}"
 mkdir -p "$OUT"
@@ -78,15 +80,18 @@ PYEOF
 fi
 
 # 2. A/B of the kernel generations (codegen/templates.variant) on 4096x14336 and 4096x4096, 3.0 BPW:
-#    variant 3 (default: walk-ordered offsets + prefetch, double-buffered gemv, wider gemv space)
-#    at M in {1, 16, 2048}; variant 2 (same, gemv not double-buffered) at M = 1 only (decode and
-#    prefill are identical in 2 and 3); variant 1 (as measured 2026-11-27; its tuned H200 configs
-#    are the shipped defaults, tried first) at M in {1, 16, 2048}. Separate cache dirs so tuned
-#    configs do not mix. AB=0 runs the old full table instead.
+#    variant 4 (opt-in: gemv with U-group [U, words, rows] loads, 128-bit loads, register double
+#    buffer, split-K partials without atomics) at M = 1 only (decode/prefill are variant 3's), its
+#    config space tuned first (shipped default 'gemv|m1|v4' tried first); variant 3 (default:
+#    walk-ordered offsets + prefetch, double-buffered gemv) at M in {1, 16, 2048}; variant 2 (gemv
+#    not double-buffered) at M = 1 only; variant 1 (as measured 2026-11-27) only when VARIANTS
+#    names it (it was timed twice already). Separate cache dirs so tuned configs do not mix.
+#    AB=0 runs the old full table instead.
 rc_bench=0
 if [ "${AB:-1}" = "1" ]; then
-  for V in ${VARIANTS:-3 2 1}; do
-    case "$V" in  # time limits keep the whole script under ~6 minutes
+  for V in ${VARIANTS:-4 3 2}; do
+    case "$V" in  # time limits keep the whole script under ~7 minutes (~8 with variant 1)
+      4) budget=35; ms=1; limit=100 ;;
       3) budget=40; ms=1,16,2048; limit=110 ;;
       2) budget=15; ms=1; limit=70 ;;
       *) budget=10; ms=1,16,2048; limit=80 ;;
@@ -99,7 +104,7 @@ if [ "${AB:-1}" = "1" ]; then
     echo "benchmark variant $V exit code: $rc" | tee -a "$OUT/kernels_v$V.txt"
     [ "$rc" -ne 0 ] && rc_bench=$rc
   done
-  echo "== A/B summary (us per call, by shape and M; variants 3, 2, 1)"
+  echo "== A/B summary (us per call, by shape and M; variants ${VARIANTS:-4 3 2})"
   grep -h "^v[0-9] " "$OUT"/kernels_v*.txt | sort -k2,2 -k4,4 -k1,1 || true
 else
   echo "== benchmarks/kernels.py (GPU table)"
@@ -111,7 +116,7 @@ fi
 rc_tests=0
 if "$PY" -c 'import pytest, hypothesis' >/dev/null 2>&1; then
   echo "== pytest tests/codegen -m 'not slow' (compiled kernels)"
-  timeout 100 "$PY" -m pytest tests/codegen -m "not slow" -q --maxfail=5 --durations=15 \
+  timeout 150 "$PY" -m pytest tests/codegen -m "not slow" -q --maxfail=5 --durations=15 \
       --junitxml="$OUT/junit.xml" 2>&1 | tee "$OUT/pytest.txt" | tail -40
   rc_tests=${PIPESTATUS[0]}
   echo "pytest exit code: $rc_tests" | tee -a "$OUT/pytest.txt"

@@ -165,7 +165,7 @@ def variant() -> int:
 
 def _cfg_str(cfg) -> str:
     return (f"BN{cfg.BLOCK_N} BM{cfg.BLOCK_M} BK{cfg.BLOCK_K} SK{cfg.SPLIT_K} w{cfg.num_warps} "
-            f"st{cfg.num_stages}{' pg' if cfg.pregather else ''}")
+            f"st{cfg.num_stages}{' pg' if cfg.pregather else ''}{f' U{cfg.U}' if cfg.U != 1 else ''}")
 
 
 def run_gpu(args) -> dict:
@@ -310,10 +310,12 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="fast smoke run")
     ap.add_argument("--tune", action="store_true", help="GPU: autotune before timing (time-boxed)")
     ap.add_argument("--tune-budget", type=float, default=120.0, help="seconds of autotuning in total")
-    ap.add_argument("--variant", choices=["1", "2", "3"], default=None,
+    ap.add_argument("--variant", choices=["1", "2", "3", "4"], default=None,
                     help="kernel generation (sets SFMP_KERNEL_VARIANT; see codegen/templates.variant): "
                          "1 = as measured on the H200 2026-11-27, 2 = walk-ordered offsets + prefetch, "
-                         "3 (default) = 2 + double-buffered gemv. "
+                         "3 (default) = 2 + double-buffered gemv, 4 = 3 with the gemv loading U groups "
+                         "per [U, words, rows] tile, 128-bit loads, split-K partials without atomics (opt-in, "
+                         "unmeasured). "
                          "Use a separate SFMP_CACHE_DIR per variant so tuned configs do not mix.")
     ap.add_argument("--shapes", type=lambda s: [tuple(int(v) for v in t.split("x")) for t in s.split(",")],
                     default=None, help="GPU: NxK list, e.g. 4096x14336,4096x4096")
