@@ -78,6 +78,7 @@ def test_default_configs_cover_every_bucket():
 
 
 def test_tuned_cache_lookup_order(tmp_path, monkeypatch):
+    monkeypatch.delenv("SFMP_KERNEL_VARIANT", raising=False)  # the default generation's lookups
     monkeypatch.setenv("SFMP_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(autotune, "interpreting", lambda: False)
     autotune._tuned.clear()

@@ -27,10 +27,10 @@ HYP_WIDTHS = ([(2, 3), (2, 3, 4), (3, 4), (2,), (1, 2, 3, 4, 5, 6, 7, 8), (1, 5,
 
 
 @contextmanager
-def variant4():
-    """SFMP_KERNEL_VARIANT=4 for the block (not a monkeypatch fixture: Hypothesis re-runs the body)."""
+def variant4(v: str = "4"):
+    """SFMP_KERNEL_VARIANT=v for the block (not a monkeypatch fixture: Hypothesis re-runs the body)."""
     old = os.environ.get("SFMP_KERNEL_VARIANT")
-    os.environ["SFMP_KERNEL_VARIANT"] = "4"
+    os.environ["SFMP_KERNEL_VARIANT"] = v
     try:
         yield
     finally:
@@ -131,8 +131,9 @@ def test_v4_config_lookup(tmp_path, monkeypatch):
     dev = torch.device("cuda")  # a device object only; nothing is launched
     args = ("gemv", 1, 4096, 14336, (2, 3), 128, 512, torch.float16, dev)
     v3_tuned = Config(BLOCK_M=1, BLOCK_N=32, BLOCK_K=128, SPLIT_K=8, num_warps=1, num_stages=4)
-    autotune.save_tuned(dev, autotune.config_key(*args[:-1]), v3_tuned, 0.01)
-    assert autotune.get_config(*args) == v3_tuned
+    with variant4("3"):
+        autotune.save_tuned(dev, autotune.config_key(*args[:-1]), v3_tuned, 0.01)
+        assert autotune.get_config(*args) == v3_tuned
     assert "U" not in v3_tuned.to_dict()  # variants 1-3 write the entries they always wrote
     with variant4():
         # v3's tuned gemv tile is ignored; the shipped 'gemv|m1|v4' entry (or FALLBACK_GEMV_V4) wins
@@ -149,7 +150,8 @@ def test_v4_config_lookup(tmp_path, monkeypatch):
         space = autotune.candidate_configs("gemv", 1, 4096, 14336, 128, 512, True)
         assert 1 <= len(space) <= 16 and space[0] == autotune.FALLBACK_GEMV_V4
         assert all(c.BLOCK_N >= 32 * gemv.v4_launch_params(c.BLOCK_N, c.num_warps, c.U)[0] for c in space)
-    assert autotune.get_config(*args) == v3_tuned  # and variant 3 never sees the v4 entry
+    with variant4("3"):
+        assert autotune.get_config(*args) == v3_tuned  # and variant 3 never sees the v4 entry
     autotune._tuned.clear()
 
 
