@@ -100,6 +100,7 @@ def prepare_cpu(p: PackedWeight) -> CpuInt4Weight:
     load / compile time, never per call. Raises ValueError for layers with blocks > 4 bits.
     """
     register_inductor_decompositions()
+    layout_is_blocked64()  # decided here, on real tensors, never while a graph is traced
     if not cpu_eligible(p):
         raise ValueError("the CPU int4 path needs every block to have <= 4 bits; use the reference op")
     p = p.to("cpu")
@@ -156,18 +157,23 @@ def _unpack_probe(w4: Tensor, n_pad: int, k_pad: int) -> Tensor:
     return out.view(n_pad, k_pad)
 
 
-def unpack_int4(w4: Tensor, n_pad: int, k_pad: int) -> Tensor:
-    """uint8 codes [N_pad, K_pad] from torch's CPU int4 layout (exact inverse of the converter)."""
+def layout_is_blocked64() -> bool:
+    """Whether torch's int4 CPU converter uses the layout ``_unpack_blocked64`` inverts (checked
+    once per process against the converter; the layout is an implementation detail that may depend
+    on the CPU ISA)."""
     global _layout_blocked64
     if _layout_blocked64 is None:
-        # The layout is an implementation detail that may depend on the CPU ISA: check the fast
-        # analytic inverse against the converter once per process, else use the generic probe.
         g = torch.Generator().manual_seed(0)
         t = torch.randint(0, 16, (128, 64), dtype=torch.int32, generator=g)
         w = torch._convert_weight_to_int4pack_for_cpu(t, 1)
         _layout_blocked64 = tuple(w.shape) == (128, 32) and torch.equal(
             _unpack_blocked64(w, 128, 64).to(torch.int32), t)
-    if _layout_blocked64 and n_pad % 64 == 0:
+    return _layout_blocked64
+
+
+def unpack_int4(w4: Tensor, n_pad: int, k_pad: int) -> Tensor:
+    """uint8 codes [N_pad, K_pad] from torch's CPU int4 layout (exact inverse of the converter)."""
+    if layout_is_blocked64() and n_pad % 64 == 0:
         return _unpack_blocked64(w4, n_pad, k_pad)
     return _unpack_probe(w4, n_pad, k_pad)
 
@@ -199,8 +205,41 @@ def _dequant(w4, sz, gc, n_pad, k_pad) -> Tensor:
 
 # --- the op ------------------------------------------------------------------------------------
 
+# Prefill: torch's int4 kernel costs time linear in M (no faster than fp32 dense from M ~ 128 at
+# 1 thread), while a bf16 GEMM on CPUs with native bf16 dot products is ~2.4x faster than fp32.
+# From these M on, dequantizing the layer to a transient bf16 [N, K] and running one bf16 GEMM wins
+# (measured in docs/KERNELS.md, "Prefill on CPU"): the dequantization is ~3 ms per 4M weights when Inductor
+# fuses it (compiled graphs), ~9 ms as eager torch ops, hence two thresholds.
+PREFILL_M_COMPILED = 128
+PREFILL_M_EAGER = 256
+_bf16_native: bool | None = None
+
+
+def has_native_bf16() -> bool:
+    """True when the CPU has bf16 dot-product instructions (AVX512_BF16 or AMX), so that a bf16 GEMM
+    runs at twice the fp32 rate. Read from /proc/cpuinfo (Linux); False where unknown."""
+    global _bf16_native
+    if _bf16_native is None:
+        try:
+            flags = open("/proc/cpuinfo").read()
+        except OSError:
+            flags = ""
+        _bf16_native = any(f in flags for f in (" avx512_bf16", " amx_bf16"))
+    return _bf16_native
+
+
+def _dequant_bf16(w4: Tensor, sz: Tensor, gc: int, n_pad: int, k_pad: int) -> Tensor:
+    """bf16 [N_pad, K_pad] weights from the blocked-64 int4 layout, computed in fp32, rounded once."""
+    b = w4.view(n_pad // 64, k_pad, 32)
+    q = torch.stack([b & 15, b >> 4], 2)  # [N/64, K, 2, 32]: row 64*i + 32*h + d
+    q = q.permute(0, 2, 3, 1).reshape(n_pad, k_pad // gc, gc)
+    s = sz[..., 0].t().unsqueeze(-1).float()  # [N, K/gc, 1]
+    z = sz[..., 1].t().unsqueeze(-1).float()
+    return ((q.float() - 8.0) * s + z).to(torch.bfloat16).reshape(n_pad, k_pad)
+
+
 def _linear_int4(x: Tensor, w4: Tensor, sz: Tensor, col_perm: Tensor, gc: int, out_features: int,
-                 in_features: int) -> Tensor:
+                 in_features: int, prefill_m: int = PREFILL_M_EAGER) -> Tensor:
     # Plain aten ops only: this is the op body, its eager fast path and its Inductor decomposition.
     k_pad = w4.shape[1] * 2
     lead = x.shape[:-1]
@@ -210,10 +249,17 @@ def _linear_int4(x: Tensor, w4: Tensor, sz: Tensor, col_perm: Tensor, gc: int, o
     x2 = x2.to(torch.bfloat16)
     if k_pad != in_features:
         x2 = F.pad(x2, (0, k_pad - in_features))
-    y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.contiguous(), w4, gc, sz)
+    if x2.shape[0] >= prefill_m and _layout_blocked64 and has_native_bf16():
+        y = F.linear(x2, _dequant_bf16(w4, sz, gc, w4.shape[0], k_pad))
+    else:
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.contiguous(), w4, gc, sz)
     if y.shape[1] != out_features:
         y = y[:, :out_features].contiguous()  # drop rows padded to 64; always a fresh tensor
     return y.to(x.dtype).reshape(*lead, out_features)
+
+
+def _linear_int4_compiled(x, w4, sz, col_perm, gc, out_features, in_features):
+    return _linear_int4(x, w4, sz, col_perm, gc, out_features, in_features, PREFILL_M_COMPILED)
 
 
 @torch.library.custom_op("sfmp::linear_cpu_int4", mutates_args=())
@@ -222,6 +268,8 @@ def linear_cpu_int4(x: Tensor, w4: Tensor, sz: Tensor, col_perm: Tensor, gc: int
     """y = x @ Ŵᵀ on CPU through the int4 kernel. x: [..., K] any float dtype -> [..., N] x.dtype.
 
     Inside: gather x by col_perm, round to bf16, pad K, int4 GEMM (bf16 out), drop padded rows.
+    Prefill (M >= PREFILL_M_EAGER, or PREFILL_M_COMPILED inside Inductor graphs) on CPUs with native
+    bf16: the layer is dequantized to a transient bf16 [N, K] and multiplied by one bf16 GEMM instead.
     w4 / sz / gc from :func:`prepare_cpu` (``CpuInt4Weight.op_args()``).
     """
     return _linear_int4(x, w4, sz, col_perm, gc, out_features, in_features)
@@ -285,9 +333,28 @@ def register_inductor_decompositions() -> bool:
     except ImportError:  # pragma: no cover - torch without Inductor
         return False
 
-    register_decomposition(torch.ops.sfmp.linear_cpu_int4.default)(_linear_int4)
+    register_decomposition(torch.ops.sfmp.linear_cpu_int4.default)(_linear_int4_compiled)
     _decomp_registered = True
+    _register_cache_fingerprint()
     return True
+
+
+def _register_cache_fingerprint() -> None:
+    """Make AOTAutograd's cache key depend on what the op decomposes into.
+
+    That cache keys a graph before decomposition, so a graph holding this op would otherwise
+    replay a stale lowering after this file (or the CPU's bf16 support) changes. It does hash the
+    Triton sources registered for an op name, so we register a stub kernel whose text carries a
+    hash of this module and the prefill switch. Private torch API: best effort, never fatal.
+    """
+    try:
+        from pathlib import Path
+        from torch._library import triton as _lib_triton
+        from .generate import fingerprint_kernel
+        salt = Path(__file__).read_bytes() + f"{has_native_bf16()}{PREFILL_M_COMPILED}".encode()
+        _lib_triton.triton_ops_to_kernels.setdefault("sfmp::linear_cpu_int4", []).append(fingerprint_kernel(salt))
+    except Exception:  # noqa: BLE001
+        pass
 
 
 @dataclass

@@ -174,9 +174,10 @@ def fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
-def fingerprint_kernel():
-    """A trivial ``@triton.jit`` function whose source text contains :func:`fingerprint`."""
-    fp = fingerprint()
+def fingerprint_kernel(extra: bytes = b""):
+    """A trivial ``@triton.jit`` function whose source text contains :func:`fingerprint` (hashed
+    together with ``extra``, e.g. another module's source, when given)."""
+    fp = fingerprint() if not extra else hashlib.sha256(fingerprint().encode() + extra).hexdigest()[:16]
     src = (templates.HEADER.format(family="fingerprint", widths=(), version=TEMPLATE_VERSION)
            + f"\n@triton.jit\ndef sfmp_codegen_fingerprint(x_ptr):\n"
            f"    \"\"\"sfmp_compile codegen fingerprint {fp}.\"\"\"\n    pass\n")

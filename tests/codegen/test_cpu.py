@@ -127,3 +127,49 @@ def test_compiled_module_aot_eager():
     torch._dynamo.reset()
     out = torch.compile(m, backend="aot_eager", fullgraph=True)(x)
     assert torch.allclose(out, m(x), atol=1e-6)
+
+
+@settings(max_examples=20, deadline=None)
+@given(N=st.integers(1, 160), K=st.integers(1, 300), group_size=st.sampled_from([32, 64, 128]),
+       widths=st.sampled_from([(2,), (2, 3), (3, 4), (1, 2, 3, 4)]), seed=st.integers(0, 2**16))
+def test_prefill_dequantization_equals_the_int4_weights(N, K, group_size, widths, seed):
+    """The prefill path's bf16 weights are the int4 op's weights rounded once to bf16."""
+    c = prepare_cpu(random_packed(N, K, 64, group_size, widths, True, seed))
+    n_pad, k_pad = c.w4.shape[0], c.w4.shape[1] * 2
+    want = cpu_mod._dequant(c.w4, c.sz, c.gc, n_pad, k_pad).to(torch.bfloat16)
+    assert torch.equal(cpu_mod._dequant_bf16(c.w4, c.sz, c.gc, n_pad, k_pad), want)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_prefill_path_runs_from_its_threshold_and_meets_the_sqnr_floor(monkeypatch, compiled):
+    """M >= the prefill threshold switches to dequantize + bf16 GEMM (forced on here even where the CPU
+    lacks native bf16, where it would only be slower); eager and Inductor both take it."""
+    monkeypatch.setattr(cpu_mod, "_bf16_native", True)
+    p = random_packed(96, 200, 64, 64, (2, 3, 4), True, seed=3)
+    c = prepare_cpu(p)
+    m = max(cpu_mod.PREFILL_M_EAGER, cpu_mod.PREFILL_M_COMPILED)
+    x = torch.randn(2, m // 2, 200, generator=torch.Generator().manual_seed(0))
+    ref = linear_ref(x.reshape(-1, 200), *packed_args(p)).reshape(2, m // 2, 96)
+    calls = []
+    orig = cpu_mod._dequant_bf16
+    monkeypatch.setattr(cpu_mod, "_dequant_bf16", lambda *a: calls.append(1) or orig(*a))
+    if compiled:  # traced afresh (a cached graph would not call the decomposition at all)
+        torch._dynamo.reset()
+        with torch._functorch.config.patch(enable_autograd_cache=False), \
+                torch._inductor.config.patch(fx_graph_cache=False):
+            y = torch.compile(lambda t: torch.ops.sfmp.linear_cpu_int4(t, *c.op_args()), dynamic=False)(x)
+    else:
+        y = cpu_mod.linear_cpu(x, c)
+    assert calls, "the prefill path was not taken"
+    int4 = cpu_mod._linear_int4(x, *c.op_args(), prefill_m=10**9)
+    assert sqnr_db(y, ref) >= SQNR_FLOOR_DB and sqnr_db(y, int4) >= SQNR_FLOOR_DB
+
+
+def test_aot_cache_key_carries_the_decomposition_fingerprint():
+    """AOTAutograd keys graphs before decomposition; the stub kernel registered for the op (whose
+    source it does hash) must carry a hash of cpu.py, so an edit there invalidates cached graphs."""
+    import inspect
+    from torch._library.triton import get_triton_kernels_for_op
+    prepare_cpu(random_packed(64, 64, 64, 32, (2,), False, seed=0))
+    kernels = get_triton_kernels_for_op("sfmp::linear_cpu_int4")
+    assert kernels and "fingerprint" in inspect.getsource(kernels[-1].fn)
