@@ -42,7 +42,7 @@ LLAMA_SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (1024, 4096)]
 SMOL_SHAPES = [(576, 576), (192, 576), (1536, 576), (576, 1536)]
 BPWS = [2.5, 3.0, 3.5, 4.0]
 GPU_MS = [1, 16, 128, 2048]
-CPU_MS = [1, 16, 128]
+CPU_MS = [1, 16, 128, 512]  # 512: the prefill switch (dequantize + bf16 GEMM), where it fits
 BLOCK_ROWS, GROUP = 512, 128
 TUNE_SHAPE, TUNE_BPW = (4096, 14336), 3.0  # the decode goal case: down_proj at 3.0 BPW
 
@@ -260,6 +260,7 @@ def run_gpu(args) -> dict:
 
 def run_cpu(args) -> dict:
     from sfmp_compile.codegen.cpu import _linear_int4, prepare_cpu
+    from sfmp_compile.ops.reference import linear_ref, packed_args
 
     torch.set_num_threads(1)
     F = torch.nn.functional
@@ -279,6 +280,7 @@ def run_cpu(args) -> dict:
             p = layer(N, K, bpw)
             c = prepare_cpu(p)
             args_c = c.op_args()
+            ref_args = packed_args(p)
             for M in ms_list:
                 if N * K * M > 4096 * 14336 * 128 and not args.quick:
                     continue
@@ -287,20 +289,26 @@ def run_cpu(args) -> dict:
                 t_sfmp = time_cpu(lambda: _linear_int4(x, *args_c))
                 t32 = time_cpu(lambda: F.linear(x, w32))
                 t16 = time_cpu(lambda: F.linear(xb, w16))
+                # dequantize-then-matmul: the exact reference op (unpack true-bit codes, fp32 weight, GEMM)
+                t_deq = time_cpu(lambda: linear_ref(x, *ref_args), budget_s=0.3)
                 moved = c.w4.numel() + c.sz.numel() * 2 + c.col_perm.numel() * 4 + (M * K + M * N) * 4
                 rows.append(dict(N=N, K=K, bpw=bpw, widths=list(widths_of(p)), M=M, ms=t_sfmp, ms_fp32=t32,
                                  ms_bf16=t16, bytes_moved=moved, gbs=moved / (t_sfmp * 1e-3) / 1e9,
                                  tflops=2 * M * N * K / (t_sfmp * 1e-3) / 1e12,
-                                 speedup_vs_fp32=t32 / t_sfmp, speedup_vs_bf16=t16 / t_sfmp,
+                                 ms_dequant_matmul=t_deq, speedup_vs_fp32=t32 / t_sfmp, speedup_vs_bf16=t16 / t_sfmp,
+                                 speedup_vs_dequant_matmul=t_deq / t_sfmp,
                                  resident_bits_per_weight=c.bits_per_weight))
                 r = rows[-1]
                 print(f"{N:>6}x{K:<6} {bpw:>4} M={M:<4} sfmp {t_sfmp:8.3f} ms  fp32 {t32:8.3f}  bf16 {t16:8.3f}  "
+                      f"deq+mm {t_deq:8.3f}  "
                       f"x{r['speedup_vs_fp32']:.2f} fp32  x{r['speedup_vs_bf16']:.2f} bf16  "
                       f"{r['gbs']:6.1f} GB/s  {c.bits_per_weight:.2f} b/w resident", flush=True)
     return dict(meta=dict(device=f"cpu ({torch.backends.cpu.get_cpu_capability()})", threads=1,
                           torch=torch.__version__, timing="min wall time over repeats",
                           naming="N x K = (out_features, in_features)",
-                          path="sfmp::linear_cpu_int4 body (gather x, bf16, torch int4 CPU GEMM)"), rows=rows)
+                          path="sfmp::linear_cpu_int4 body in eager (gather x, bf16, torch int4 CPU GEMM; from "
+                               "M >= PREFILL_M_EAGER on native-bf16 CPUs: dequantize to bf16 + one bf16 GEMM)"),
+                rows=rows)
 
 
 def main(argv=None) -> None:
