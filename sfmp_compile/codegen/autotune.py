@@ -92,11 +92,12 @@ INTERPRETER = {
     "prefill": Config(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, SPLIT_K=1, num_warps=4, num_stages=1),
 }
 # Variant-4 gemv (templates.variant() == 4): 4 rows per thread (128-bit loads when ALIGNED), tiles
-# double-buffered in registers (num_stages >= 2 -> PIPE), x pre-gathered; split-K from the SM count
-# (gemv.v4_split_k). Chosen from the sm_90 compile (benchmarks/compile_check.py --goal: 254
-# registers, no spills), not measured on a GPU.
+# double-buffered in registers (num_stages >= 2 -> PIPE), x gathered through col_perm in the kernel
+# (inside the prefetch, so its dependent load overlaps a whole multiply; saves the index_select
+# launch); split-K from the SM count (gemv.v4_split_k). Chosen from the sm_90 compile
+# (benchmarks/compile_check.py --goal: 253 registers, no spills), not measured on a GPU.
 FALLBACK_GEMV_V4 = Config(BLOCK_M=1, BLOCK_N=128, BLOCK_K=128, SPLIT_K=0, num_warps=1, num_stages=2,
-                          pregather=True, U=1)
+                          pregather=False, U=1)
 INTERPRETER_GEMV_V4 = Config(BLOCK_M=1, BLOCK_N=64, BLOCK_K=128, SPLIT_K=2, num_warps=4, num_stages=1, U=2)
 FALLBACK = {
     "gemv": Config(BLOCK_M=1, BLOCK_N=64, BLOCK_K=128, SPLIT_K=0, num_warps=2, num_stages=4),

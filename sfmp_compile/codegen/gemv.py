@@ -121,8 +121,9 @@ def _config_space_v4(n_tiles_for, groups: int, block_rows: int, group_size: int)
         registers). U > 1 wastes the multiply of masked slots when a program walks few groups, so
         split-K stays where each program sees >= 2U groups;
       * U = 1 without PIPE, 1 warp (164 registers: up to 12 warps per SM).
-    Split-K: 0 (v4_split_k: ~6 warps per SM) and the neighbouring powers of two. x pre-gathered,
-    plus one in-kernel-gather config. <= 16 configs, the default first."""
+    Split-K: 0 (v4_split_k: ~6 warps per SM) and the neighbouring powers of two. x gathered in the
+    kernel with PIPE, pre-gathered without (plus one pre-gathered PIPE config). <= 16 configs, the
+    default first."""
     bk = min(128, _pow2_at_least(group_size))
     out = []
     for bn, warps, stages, us in ((128, 1, 2, (1,)), (256, 2, 1, (2, 4)), (128, 1, 1, (1,))):
@@ -134,11 +135,13 @@ def _config_space_v4(n_tiles_for, groups: int, block_rows: int, group_size: int)
             for sk in dict.fromkeys((0, auto * 2, max(1, auto // 2))):
                 if sk and sk * 2 * u > max(groups, 2 * u):
                     continue
+                # PIPE prefetches the col_perm slice and x a whole multiply ahead: gather in-kernel;
+                # single-buffered loops would wait on that dependent load: pre-gather there.
                 out.append(dict(BLOCK_M=1, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=warps,
-                                num_stages=stages, pregather=True, U=u))
-    if out:  # a time-boxed tune reaches each family's default split first, in-kernel gather last
+                                num_stages=stages, pregather=stages < 2, U=u))
+    if out:  # a time-boxed tune reaches each family's default split first, pre-gathered PIPE last
         first = [c for c in out if c["SPLIT_K"] == 0]
-        out = first + [c for c in out if c["SPLIT_K"] != 0] + [{**out[0], "pregather": False}]
+        out = first + [c for c in out if c["SPLIT_K"] != 0] + [{**out[0], "pregather": True}]
     return out[:16]
 
 

@@ -488,10 +488,17 @@ STORE_V4 = '''
 '''
 
 
+# Widest segment that gets U groups per iteration and the PIPE double buffer. Per 4 rows a thread
+# holds bits x 16 words of one group's tiles (BLOCK_K 128); from 4 bits on, two buffers or two
+# groups spill on sm_90 (compile_check: widths {2,3,4} with PIPE spilled 154 words in the 4-bit
+# walk), so wider segments walk one group at a time, single-buffered. SFMP allocations are mostly
+# 2-3 bits.
+V4_MULTI_MAX_BITS = 3
+
+
 def _v4_u(bits: int) -> str:
-    """Groups per iteration of a segment: U, or 1 for blocks wider than 4 bits (their U·bits words
-    per 4 rows would not fit the register file twice over; SFMP allocations are mostly 2-4 bits)."""
-    return "U" if bits <= 4 else "1"
+    """Groups per iteration of a segment: U up to V4_MULTI_MAX_BITS, else 1."""
+    return "U" if bits <= V4_MULTI_MAX_BITS else "1"
 
 
 def gemv_v4_prologue(bits: int) -> list[str]:
@@ -515,14 +522,9 @@ def gemv_v4_prologue(bits: int) -> list[str]:
     ]
 
 
-def _v4_loads(bits: int, sfx: str, j: str, base: str, ok: str, ind: str) -> list[str]:
-    """Issue (not wait for) every load of one iteration's UB groups ``j`` ([UB]) at word offsets
-    ``base``, masked by ``ok``: scales/zeros [UB, BLOCK_N]; per 32-column chunk t the activations
-    [UB, 32] and, per plane w, the w words covering the chunk as one [UB, w, BLOCK_N] load (4
-    consecutive rows per thread: LDG.128 under ALIGNED). Chunks are literal (BLOCK_K <= 128: at
-    most 4), guarded by ``BLOCK_K > 32*t``. Names get the suffix ``sfx``."""
-    planes = plane_widths(bits)
-    out = [
+def _v4_meta_loads(sfx: str, j: str, base: str, ok: str, ind: str) -> list[str]:
+    """Per-iteration scalars-per-group and the scales/zeros [UB, BLOCK_N] of groups ``j``."""
+    return [
         f"{ind}col0{sfx} = {j} * group_size",
         f"{ind}cols{sfx} = tl.minimum(group_size, K - col0{sfx})",
         f"{ind}sc{sfx} = (cols{sfx} + 31) // 32 * 32  # stored columns",
@@ -533,59 +535,82 @@ def _v4_loads(bits: int, sfx: str, j: str, base: str, ok: str, ind: str) -> list
         f"{ind}sv{sfx} = tl.load(s_ptr + {j}[:, None] * Nh + offs_n[None, :], mask=mn{sfx}, other=0.0)",
         f"{ind}zv{sfx} = tl.load(z_ptr + {j}[:, None] * Nh + offs_n[None, :], mask=mn{sfx}, other=0.0)",
     ]
+
+
+def _v4_chunk_loads(bits: int, t: int, sfx: str, ok: str, ind: str) -> list[str]:
+    """Chunk t (columns [32t, 32t+32)): activations [UB, 32] and, per plane w, the w words covering
+    the chunk as one [UB, w, BLOCK_N] load (4 consecutive rows per thread: LDG.128 under ALIGNED).
+    Guarded by ``BLOCK_K > 32*t`` (chunks are literal: BLOCK_K <= 128, at most 4)."""
+    guard = [f"{ind}if BLOCK_K > {32 * t}:"] if t else []
+    i2 = ind + "    " if t else ind
+    body = [
+        f"{i2}kk = {32 * t} + tl.arange(0, 32)",
+        f"{i2}mk = (kk[None, :] < cols{sfx}[:, None]) & {ok}[:, None]",
+        f"{i2}if HAS_COL_PERM:  # inside the prefetch under PIPE: the dependent load overlaps a multiply",
+        f"{i2}    src = tl.load(cperm_ptr + col0{sfx}[:, None] + kk[None, :], mask=mk, other=0)",
+        f"{i2}else:",
+        f"{i2}    src = col0{sfx}[:, None] + kk[None, :]",
+        f"{i2}x{t}{sfx} = tl.load(x_row + src, mask=mk, other=0.0)",
+        f"{i2}mw = ({ok} & (sc{sfx} > {32 * t}))[:, None, None] & mask_n[None, None, :]",
+    ]
+    prefix = 0
+    for w in plane_widths(bits):
+        body.append(f"{i2}wd{w}_{t}{sfx} = tl.load(qw_ptr + (bs{sfx} + (sc{sfx} * {prefix} // 32) * nr)[:, None, None]"
+                    f" + ({t * w} + ww{w}_{bits})[None, :, None] * nr + local[None, None, :], mask=mw, other=0)")
+        prefix += w
+    return guard + body
+
+
+def _v4_loads(bits: int, sfx: str, j: str, base: str, ok: str, ind: str) -> list[str]:
+    """Issue (not wait for) every load of one iteration's UB groups ``j`` ([UB]) at word offsets
+    ``base``, masked by ``ok``: _v4_meta_loads, then every chunk's _v4_chunk_loads. Names get the
+    suffix ``sfx``."""
+    out = _v4_meta_loads(sfx, j, base, ok, ind)
     for t in range(4):
-        guard = [f"{ind}if BLOCK_K > {32 * t}:"] if t else []
-        i2 = ind + "    " if t else ind
-        body = [
-            f"{i2}kk = {32 * t} + tl.arange(0, 32)",
-            f"{i2}mk = (kk[None, :] < cols{sfx}[:, None]) & {ok}[:, None]",
-            f"{i2}if HAS_COL_PERM:  # the launcher pre-gathers x instead unless told not to",
-            f"{i2}    src = tl.load(cperm_ptr + col0{sfx}[:, None] + kk[None, :], mask=mk, other=0)",
-            f"{i2}else:",
-            f"{i2}    src = col0{sfx}[:, None] + kk[None, :]",
-            f"{i2}x{t}{sfx} = tl.load(x_row + src, mask=mk, other=0.0)",
-            f"{i2}mw = ({ok} & (sc{sfx} > {32 * t}))[:, None, None] & mask_n[None, None, :]",
-        ]
-        prefix = 0
-        for w in planes:
-            body.append(f"{i2}wd{w}_{t}{sfx} = tl.load(qw_ptr + (bs{sfx} + (sc{sfx} * {prefix} // 32) * nr)[:, None, None]"
-                        f" + ({t * w} + ww{w}_{bits})[None, :, None] * nr + local[None, None, :], mask=mw, other=0)")
-            prefix += w
-        out += guard + body
+        out += _v4_chunk_loads(bits, t, sfx, ok, ind)
     return out
 
 
-def _v4_compute(bits: int, sfx: str, ind: str) -> list[str]:
-    """Multiply the loaded tiles (suffix ``sfx``) chunk by chunk, so only one chunk's activations
-    are live in the replicated layout: one LOP3 + FADD + FFMA per field into [UB, w, rows], an
-    in-thread sum over the w words into [UB, rows] row sums, then once per iteration the
-    scale/zero-point step into ``acc0`` (an in-thread sum over the UB groups)."""
-    planes, UB = plane_widths(bits), _v4_u(bits)
+def _v4_chunk_compute(bits: int, t: int, sfx: str, ind: str) -> list[str]:
+    """Multiply chunk t: one LOP3 + FADD + FFMA per field into [UB, w, rows], then an in-thread sum
+    over the chunk's w words into the [UB, rows] row sums ``rs`` (only this chunk's activations are
+    live in the replicated layout)."""
+    UB = _v4_u(bits)
+    guard = [f"{ind}if BLOCK_K > {32 * t}:"] if t else []
+    i2 = ind + "    " if t else ind
+    body = [f"{i2}xt = x{t}{sfx}.to(tl.float32)", f"{i2}xs += tl.sum(xt, axis=1)"]
+    for w in plane_widths(bits):
+        per = 32 // w
+        body.append(f"{i2}wd = wd{w}_{t}{sfx}")
+        if per * w > 16:
+            body.append(f"{i2}wdh = (wd >> 16) & 65535")
+        tree, leaves = split_tree(f"tl.reshape(xt * xsc{w}_{bits}[None, :], ({UB}, {w}, {per}))", f"{UB}, {w}",
+                                  per, f"xf{w}_", i2)
+        body += tree
+        terms = []
+        for i in range(per):
+            pos = i * w
+            srcw, p = ("wd", pos) if pos < 16 else ("wdh", pos - 16)
+            mask = ((1 << w) - 1) << p
+            terms.append(f"{leaves[i]}[:, :, None] * ((({srcw} & {mask}) | magic_bits)"
+                         f".to(tl.float32, bitcast=True) - {MAGIC_F32!r})")
+        body.append(f"{i2}tmp = {terms[0]}")
+        body += [f"{i2}tmp += {tt}" for tt in terms[1:]]
+        body.append(f"{i2}rs += tl.sum(tmp, axis=1)  # over the chunk's {w} word(s): inside the thread")
+    return guard + body
+
+
+def _v4_compute(bits: int, sfx: str, ind: str, chunk_loads=None) -> list[str]:
+    """Multiply the loaded tiles (suffix ``sfx``) chunk by chunk, then once per iteration the
+    scale/zero-point step into ``acc0`` (an in-thread sum over the UB groups). ``chunk_loads(t)``,
+    if given, emits chunk t's loads just before chunk t-1 is multiplied (a one-chunk pipeline)."""
+    UB = _v4_u(bits)
     out = [f"{ind}rs = tl.zeros(({UB}, BLOCK_N), dtype=tl.float32)",
            f"{ind}xs = tl.zeros(({UB},), dtype=tl.float32)"]
     for t in range(4):
-        guard = [f"{ind}if BLOCK_K > {32 * t}:"] if t else []
-        i2 = ind + "    " if t else ind
-        body = [f"{i2}xt = x{t}{sfx}.to(tl.float32)", f"{i2}xs += tl.sum(xt, axis=1)"]
-        for w in planes:
-            per = 32 // w
-            body.append(f"{i2}wd = wd{w}_{t}{sfx}")
-            if per * w > 16:
-                body.append(f"{i2}wdh = (wd >> 16) & 65535")
-            tree, leaves = split_tree(f"tl.reshape(xt * xsc{w}_{bits}[None, :], ({UB}, {w}, {per}))", f"{UB}, {w}",
-                                      per, f"xf{w}_", i2)
-            body += tree
-            terms = []
-            for i in range(per):
-                pos = i * w
-                srcw, p = ("wd", pos) if pos < 16 else ("wdh", pos - 16)
-                mask = ((1 << w) - 1) << p
-                terms.append(f"{leaves[i]}[:, :, None] * ((({srcw} & {mask}) | magic_bits)"
-                             f".to(tl.float32, bitcast=True) - {MAGIC_F32!r})")
-            body.append(f"{i2}tmp = {terms[0]}")
-            body += [f"{i2}tmp += {tt}" for tt in terms[1:]]
-            body.append(f"{i2}rs += tl.sum(tmp, axis=1)  # over the chunk's {w} word(s): inside the thread")
-        out += guard + body
+        if chunk_loads is not None and t < 3:
+            out += chunk_loads(t + 1)
+        out += _v4_chunk_compute(bits, t, sfx, ind)
     out.append(f"{ind}acc0 += tl.sum((rs - zv{sfx}.to(tl.float32) * xs[:, None]) * sv{sfx}.to(tl.float32), axis=0)")
     return out
 
@@ -594,7 +619,7 @@ def gemv_v4_segment(bits: int) -> list[str]:
     """The variant-4 walk over the ``bits``-bit groups of row-block r (ONE_CHUNK only).
 
     Iteration t handles the UB groups at walk positions lo + pid_k + SPLIT_K*(UB*t + u) (UB = U, or
-    1 above 4 bits). No load waits on a load of its own iteration: (j, base) come two iterations
+    1 above V4_MULTI_MAX_BITS bits, where PIPE is ignored too). No load waits on a load of its own iteration: (j, base) come two iterations
     ahead. PIPE (launcher: num_stages >= 2) double-buffers the tiles in registers -- the next
     iteration's loads are issued before this one is multiplied; without PIPE an iteration issues
     its own tiles first and waits once (other warps on the SM cover the wait).
@@ -619,6 +644,10 @@ def gemv_v4_segment(bits: int) -> list[str]:
         t = int(name[-1]) if name[-1].isdigit() and name[0] in "xw" else 0
         line = f"{name}_c = {name}_n"
         rotate_tiles.append((t, line))
+    if b > V4_MULTI_MAX_BITS:  # wide blocks: one group at a time, single-buffered (see V4_MULTI_MAX_BITS)
+        out.append(f"{I2}if True:")
+        out += _v4_single(b, UB, I3, I4)
+        return out
     out.append(f"{I2}if PIPE:")
     out += _v4_loads(b, "_c", f"jc_{b}", f"bc_{b}", f"okc_{b}", I3)
     out += [
@@ -635,18 +664,32 @@ def gemv_v4_segment(bits: int) -> list[str]:
     for t, line in rotate_tiles:
         out += ([f"{I4}if BLOCK_K > {32 * t}:", f"{I4}    {line}"] if t else [f"{I4}{line}"])
     out += [f"{I4}jn_{b} = j2", f"{I4}bn_{b} = b2"]
-    out += [
-        f"{I2}else:",
+    out.append(f"{I2}else:")
+    return out + _v4_single(b, UB, I3, I4)
+
+
+def _v4_single(b: int, UB: str, I3: str, I4: str) -> list[str]:
+    """The single-buffered variant-4 loop: an iteration issues its own tiles, then multiplies.
+    Segments up to V4_MULTI_MAX_BITS issue all chunks' loads first; wider ones only one chunk ahead
+    of the multiply (their whole group would not fit in registers next to the multiply)."""
+    out = [
         f"{I3}for i in range(lo_{b} + pid_k, hi_{b}, SPLIT_K * {UB}):",
         f"{I4}ok = i + uu_{b} * SPLIT_K < hi_{b}",
     ]
-    out += _v4_loads(b, "", f"jc_{b}", f"bc_{b}", "ok", I4)
+    if b <= V4_MULTI_MAX_BITS:
+        out += _v4_loads(b, "", f"jc_{b}", f"bc_{b}", "ok", I4)
+        loads_ahead = None
+    else:
+        out += _v4_meta_loads("", f"jc_{b}", f"bc_{b}", "ok", I4) + _v4_chunk_loads(b, 0, "", "ok", I4)
+
+        def loads_ahead(t):
+            return _v4_chunk_loads(b, t, "", "ok", I4)
     out += [
         f"{I4}i2 = i + (2 * {UB} * SPLIT_K) + uu_{b} * SPLIT_K",
         f"{I4}j2 = tl.load(gord_ptr + r * G + i2, mask=i2 < hi_{b}, other=0)",
         f"{I4}b2 = tl.load(boff_ptr + r * G + i2, mask=i2 < hi_{b}, other=0)",
     ]
-    out += _v4_compute(b, "", I4)
+    out += _v4_compute(b, "", I4, loads_ahead)
     out += [f"{I4}jc_{b} = jn_{b}", f"{I4}bc_{b} = bn_{b}", f"{I4}jn_{b} = j2", f"{I4}bn_{b} = b2"]
     return out
 
