@@ -334,6 +334,13 @@ def register_inductor_decompositions() -> bool:
         return False
 
     register_decomposition(torch.ops.sfmp.linear_cpu_int4.default)(_linear_int4_compiled)
+    # Inductor memoises its decomposition table at its first compile in the process (e.g. a float
+    # model compiled before the quantized one); without this our entry would be missed and the op
+    # would run opaque (its eager body, called from the compiled graph).
+    from torch._inductor import decomposition as _inductor_decomp
+    cached = getattr(_inductor_decomp, "fast_random_decomps", None)
+    if hasattr(cached, "cache_clear"):
+        cached.cache_clear()
     _decomp_registered = True
     _register_cache_fingerprint()
     return True

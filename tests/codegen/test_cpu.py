@@ -173,3 +173,16 @@ def test_aot_cache_key_carries_the_decomposition_fingerprint():
     prepare_cpu(random_packed(64, 64, 64, 32, (2,), False, seed=0))
     kernels = get_triton_kernels_for_op("sfmp::linear_cpu_int4")
     assert kernels and "fingerprint" in inspect.getsource(kernels[-1].fn)
+
+
+def test_decomposition_is_seen_by_inductor_after_an_earlier_compile(monkeypatch):
+    """Inductor memoises its decomposition table at its first compile; registering ours later (a
+    float model compiled before the quantized one) must still reach the table Inductor uses."""
+    from torch._inductor import decomposition as ind
+    op = torch.ops.sfmp.linear_cpu_int4.default
+    monkeypatch.setattr(cpu_mod, "_decomp_registered", False)
+    monkeypatch.delitem(ind.decompositions, op, raising=False)
+    ind.fast_random_decomps.cache_clear()
+    assert op not in ind.select_decomp_table()  # the table as a first compile memoises it
+    cpu_mod.register_inductor_decompositions()
+    assert op in ind.select_decomp_table()
