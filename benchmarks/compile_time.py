@@ -11,14 +11,17 @@ Dynamo tracing + the backend + Inductor. The backend's split comes from ``backen
 
 Goal: sfmp first call <= 1.5x plain Inductor first call.
 
-Measured on the project's 2-core x86 CPU machine (shared with other jobs, load average 4-7), SmolLM2,
-32 tokens, bits=3, salience="weight", fresh Inductor cache per run (seconds):
+Measured on the project's 2-core x86 CPU machine, SmolLM2, 32 tokens, bits=3, salience="weight", fresh
+Inductor cache per run (seconds). 2026-11-27 second session (quiet machine, CPU layers decomposed into
+Inductor, see codegen/cpu.py):
 
   --threads 1            first call  x ind.  Dynamo  salience  alloc  quant  passes  Inductor
-  inductor                    65.6    1.00    (all)
-  sfmp                        91.5    1.39     11.5      0.4    1.9    6.4     0.2      71.0
-  sfmp (clip_search=False)    87.3    1.33     12.4      0.5    1.0    3.6     0.1      69.7
-  sfmp (release_weights)      90.4    1.38     10.9      0.4    0.8    7.8     0.2      70.2
+  inductor                    47.2    1.00    (all)
+  sfmp                        55.8    1.18      7.2      0.3    0.4    6.8     0.1      41.0
+  sfmp (clip_search=False)    48.9    1.04      6.3      0.3    0.4    2.8     0.1      39.1
+  sfmp (release_weights)      49.0    1.04      5.7      0.3    0.3    4.2     0.1      38.5
+
+First session (load average 4-7): inductor 65.6, sfmp 91.5 (1.39x), noclip 87.3, release 90.4.
   default threads (2)
   inductor                    79.8 / 82.0 (two runs)
   sfmp                       185.4 / 117.1  quantization 102 s / 18 s: two intra-op threads on two
