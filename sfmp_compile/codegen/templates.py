@@ -300,6 +300,20 @@ def decode_segment(bits: int) -> str:
     return _lines(*lines)
 
 
+def field_products(leaves, w: int, bcast: str) -> list[str]:
+    """Source terms ``leaf * field`` for the fields of a w-bit plane word ``wd`` (``wdh`` = its high
+    half): field i becomes the exact fp32 ``q * 2^p`` with one LOP3 (``& mask | magic``, magic =
+    2^23's bits) and one FSUB; ``bcast`` broadcasts the activation leaf against the word tile."""
+    terms = []
+    for i in range(32 // w):  # leaves[i]: the activation leaf of field i (from split_tree)
+        leaf = leaves[i]
+        pos = i * w
+        srcw, p = ("wd", pos) if pos < 16 else ("wdh", pos - 16)
+        mask = ((1 << w) - 1) << p
+        terms.append(f"{leaf}{bcast} * ((({srcw} & {mask}) | magic_bits).to(tl.float32, bitcast=True) - {MAGIC_F32!r})")
+    return terms
+
+
 def split_tree(src: str, w_expr: str, per: int, prefix: str, ind: str) -> tuple[list[str], dict[int, str]]:
     """Lines that split ``src`` ([W, per], element (t, i) = column t*per + i) into ``per`` [W] tensors.
 
@@ -344,12 +358,7 @@ def gemv_segment(bits: int) -> str:
             out += _xscale(w, shift, ind)
             lines, leaves = split_tree(f"tl.reshape(xt * xscale, ({W}, {per}))", W, per, f"xf{w}_", ind)
             out += lines
-            for i in range(per):
-                pos = i * w
-                srcw, p = ("wd", pos) if pos < 16 else ("wdh", pos - 16)
-                mask = ((1 << w) - 1) << p
-                out.append(f"{ind}tmp{w} += {leaves[i]}[:, None] * ((({srcw} & {mask}) | magic_bits)"
-                           f".to(tl.float32, bitcast=True) - {MAGIC_F32!r})")
+            out += [f"{ind}tmp{w} += {t}" for t in field_products(leaves, w, "[:, None]")]
             shift += w
         return out
     planes = plane_widths(bits)
@@ -441,13 +450,7 @@ def gemv_segment_pipelined(bits: int) -> str:
         lines += _xscale(w, shift, I2)
         tree, leaves = split_tree(f"tl.reshape(xt * xscale, ({W}, {per}))", W, per, f"xf{w}_", I2)
         lines += tree
-        terms = []
-        for i in range(per):
-            pos = i * w
-            srcw, p = ("wd", pos) if pos < 16 else ("wdh", pos - 16)
-            mask = ((1 << w) - 1) << p
-            terms.append(f"{leaves[i]}[:, None] * ((({srcw} & {mask}) | magic_bits)"
-                         f".to(tl.float32, bitcast=True) - {MAGIC_F32!r})")
+        terms = field_products(leaves, w, "[:, None]")
         lines.append(f"{I2}tmp = {terms[0]}")
         lines += [f"{I2}tmp += {t}" for t in terms[1:]]
         lines.append(f"{I2}acc{w} += tmp * sv[None, :]")
@@ -587,13 +590,7 @@ def _v4_chunk_compute(bits: int, t: int, sfx: str, ind: str) -> list[str]:
         tree, leaves = split_tree(f"tl.reshape(xt * xsc{w}_{bits}[None, :], ({UB}, {w}, {per}))", f"{UB}, {w}",
                                   per, f"xf{w}_", i2)
         body += tree
-        terms = []
-        for i in range(per):
-            pos = i * w
-            srcw, p = ("wd", pos) if pos < 16 else ("wdh", pos - 16)
-            mask = ((1 << w) - 1) << p
-            terms.append(f"{leaves[i]}[:, :, None] * ((({srcw} & {mask}) | magic_bits)"
-                         f".to(tl.float32, bitcast=True) - {MAGIC_F32!r})")
+        terms = field_products(leaves, w, "[:, :, None]")
         body.append(f"{i2}tmp = {terms[0]}")
         body += [f"{i2}tmp += {tt}" for tt in terms[1:]]
         body.append(f"{i2}rs += tl.sum(tmp, axis=1)  # over the chunk's {w} word(s): inside the thread")
