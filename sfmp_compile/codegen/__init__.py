@@ -27,7 +27,7 @@ from .cpu import (CpuInt4Weight, cached_prepare, cpu_eligible, GraphInt4Weight, 
                   register_inductor_decompositions, unpack_int4, unprepare_cpu)
 from .generate import (KernelKey, cache_dir, distinct_kernels, emit_source, get_kernel, kernel_source,
                        loaded_keys, width_mask, widths_of_mask)
-from .launch import launch as run_triton
+from .launch import launch as run_triton, layout_aligned4
 
 __all__ = [
     "sfmp_linear", "prepare_cpu", "unprepare_cpu", "CpuInt4Weight", "cpu_eligible", "prepare_module_",
@@ -78,12 +78,16 @@ def packed_of(obj) -> PackedWeight:
 
 
 def layer_width_mask(obj) -> int:
-    """Bit set of the layer's block widths, cached on the object (reads ``bits`` once)."""
+    """Bit set of the layer's block widths plus the ``ALIGNED4`` layout bit (see
+    :func:`generate.width_mask`), cached on the object (reads ``bits`` and ``block_offset`` once).
+    ``obj`` must hold real tensors (never call it on traced values): the op then carries facts a
+    traced graph cannot read from values."""
     m = getattr(obj, "_sfmp_width_mask", None)
     if m is not None:
         return m
-    bits = obj["bits"] if isinstance(obj, Mapping) else obj.bits
-    m = width_mask(torch.unique(bits.to("cpu", torch.int64)).tolist())
+    get = obj.__getitem__ if isinstance(obj, Mapping) else lambda k: getattr(obj, k)
+    aligned = layout_aligned4(get("block_offset"), int(get("out_features")), int(get("block_rows")), real_values=True)
+    m = width_mask(torch.unique(get("bits").to("cpu", torch.int64)).tolist(), aligned4=aligned)
     if not isinstance(obj, Mapping):
         try:
             object.__setattr__(obj, "_sfmp_width_mask", m)

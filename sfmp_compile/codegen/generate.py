@@ -65,9 +65,14 @@ class KernelKey:
             raise ValueError(f"not a kernel name: {name!r} (expected like 'sfmp_decode_w2_3')") from None
 
 
-def width_mask(widths) -> int:
-    """Bit set of widths (bit b set <=> width b present): a hashable int for op signatures."""
-    m = 0
+ALIGNED4 = 1  # width_mask bit 0: the layer's word offsets were checked to be multiples of 4 (launch.layout_aligned4)
+
+
+def width_mask(widths, aligned4: bool = False) -> int:
+    """Bit set of widths (bit b set <=> width b present): a hashable int for op signatures. Bit 0
+    (``ALIGNED4``) carries a fact about the layer's layout that a traced graph cannot check itself:
+    every block offset and row-block row count is a multiple of 4 words (variant-4 gemv: 128-bit loads)."""
+    m = ALIGNED4 if aligned4 else 0
     for b in widths:
         m |= 1 << int(b)
     return m

@@ -60,17 +60,19 @@ def _walk_offsets(block_offset: torch.Tensor, group_order: torch.Tensor) -> torc
     return torch.gather(block_offset, 1, group_order.long()).to(torch.int32).contiguous()
 
 
-def _aligned4(block_offset: torch.Tensor, N: int, block_rows: int) -> bool:
+def layout_aligned4(block_offset: torch.Tensor, N: int, block_rows: int, real_values: bool = False) -> bool:
     """True when every row-block's row count and every block offset is a multiple of 4 words, i.e.
     when 4 consecutive rows of any sub-plane word are one 16-byte-aligned chunk (relative to qweight's
     start; Triton checks the base pointer's own alignment). The variant-4 gemv then declares its word
     offsets multiples of 4 (``ALIGNED``) and ptxas can emit 128-bit loads. The format guarantees
     neither (``format.validate`` does not check offsets), so the offsets are inspected: once per
     layer in eager (memoised on ``block_offset`` like :func:`_walk_offsets`; one device sync), and
-    never while tracing (no values then: False, the safe answer)."""
+    never while tracing (no values then: False, the safe answer). ``real_values``: the caller holds
+    the layer's real tensors although a compile is in progress (a compile backend rewriting a graph,
+    which then passes the answer to the op as ``width_mask`` bit 0)."""
     if block_rows % 4 or (N % block_rows) % 4:
         return False
-    if type(block_offset) is not torch.Tensor or torch.compiler.is_compiling():
+    if type(block_offset) is not torch.Tensor or (torch.compiler.is_compiling() and not real_values):
         return False
     tag = (block_offset._version, block_offset.device, N, block_rows)
     hit = getattr(block_offset, "_sfmp_aligned4", None)
@@ -94,12 +96,14 @@ def _dot_kind(dtype: torch.dtype, interpret: bool) -> int:
 def launch(x: torch.Tensor, qweight, bits, block_offset, group_order, segment_ptr, scales, zeros,
            row_perm, col_perm, out_features: int, in_features: int, block_rows: int, group_size: int,
            widths, *, family: str | None = None, config: Config | None = None, wrap=None,
-           interpret: bool | None = None) -> torch.Tensor:
+           interpret: bool | None = None, aligned4: bool = False) -> torch.Tensor:
     """y = x @ Ŵᵀ with a generated kernel. x: [..., K] fp16/bf16/fp32 -> [..., N] in x.dtype.
 
     family: "gemv" / "decode" / "prefill" / None (by M: gemv for 1, decode for <= 16, else prefill). config: a tile Config or None
     (looked up, see autotune.get_config). wrap: ``torch.library.wrap_triton`` inside a triton_op.
     ``bits`` is not read on the device: the width set ``widths`` (a tuple) already fixed the kernel.
+    aligned4: the caller checked :func:`layout_aligned4` on real values (``width_mask`` bit 0); otherwise
+    it is checked here, which is impossible while tracing.
     """
     N, K = out_features, in_features
     torch._check(x.shape[-1] == K, lambda: f"x has {x.shape[-1]} features, the layer expects {K}")
@@ -150,7 +154,7 @@ def launch(x: torch.Tensor, qweight, bits, block_offset, group_order, segment_pt
         split_k = max(1, min(split_k, G))
         return _launch_gemv_v4(x, x2, lead, qweight, block_offset, group_order, segment_ptr, scales, zeros,
                                row_perm, col_perm if has_cp else None, N, K, G, M, bn, bk, tiles_per_rb,
-                               n_tiles, split_k, block_rows, group_size, widths, cfg, wrap, interpret)
+                               n_tiles, split_k, block_rows, group_size, widths, cfg, wrap, interpret, aligned4)
     split_k = cfg.SPLIT_K or autotune.auto_split_k(n_tiles * m_tiles, G, x.device)
     split_k = max(1, min(split_k, G))
     atomic = split_k > 1
@@ -188,13 +192,13 @@ def launch(x: torch.Tensor, qweight, bits, block_offset, group_order, segment_pt
 
 def _launch_gemv_v4(x, x2, lead, qweight, block_offset, group_order, segment_ptr, scales, zeros, row_perm,
                     col_perm, N, K, G, M, bn, bk, tiles_per_rb, n_tiles, split_k, block_rows, group_size,
-                    widths, cfg, wrap, interpret):
+                    widths, cfg, wrap, interpret, aligned4=False):
     """Kernel variant 4 gemv: split-K partial sums go to slices of an uninitialised fp32
     [SPLIT_K, M, N] buffer (plain stores) and are summed here -- one reduction that Inductor fuses
     with the cast -- instead of a zero-fill launch + fp32 atomics + a cast launch. SPLIT_K == 1
     stores the output dtype directly: one launch."""
     warps, u = gemv.v4_launch_params(bn, cfg.num_warps, cfg.U)
-    aligned = _aligned4(block_offset, N, block_rows) and bn % (4 * 32 * warps) == 0
+    aligned = (aligned4 or layout_aligned4(block_offset, N, block_rows)) and bn % (4 * 32 * warps) == 0
     f32_out = split_k > 1 or (interpret and x.dtype == torch.bfloat16)
     shape = (split_k, M, N) if split_k > 1 else (M, N)
     y = torch.empty(shape, device=x.device, dtype=torch.float32 if f32_out else x.dtype)

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..format import PackedWeight
 from ..ops import reference  # noqa: F401  (registers sfmp::linear_ref, our CPU branch and oracle)
-from .generate import widths_of_mask
+from .generate import ALIGNED4, widths_of_mask
 from .launch import launch, require_interpreter
 
 _N_ARGS = 15  # x + 13 packed args + width_mask
@@ -44,7 +44,7 @@ def linear_triton(x: Tensor, qweight: Tensor, bits: Tensor, block_offset: Tensor
                                          group_size)
     return launch(x, qweight, bits, block_offset, group_order, segment_ptr, scales, zeros, row_perm,
                   col_perm, out_features, in_features, block_rows, group_size, widths_of_mask(width_mask),
-                  wrap=torch.library.wrap_triton, interpret=False)
+                  wrap=torch.library.wrap_triton, interpret=False, aligned4=bool(width_mask & ALIGNED4))
 
 
 @torch.library.custom_op("sfmp::linear_triton_interp", mutates_args=())
@@ -59,7 +59,8 @@ def linear_triton_interp(x: Tensor, qweight: Tensor, bits: Tensor, block_offset:
     if x.device.type != "cuda":
         require_interpreter()
     return launch(x, qweight, bits, block_offset, group_order, segment_ptr, scales, zeros, row_perm,
-                  col_perm, out_features, in_features, block_rows, group_size, widths_of_mask(width_mask))
+                  col_perm, out_features, in_features, block_rows, group_size, widths_of_mask(width_mask),
+                  aligned4=bool(width_mask & ALIGNED4))
 
 
 def _fake(x, qweight, bits, block_offset, group_order, segment_ptr, scales, zeros, row_perm, col_perm,

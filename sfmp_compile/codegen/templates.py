@@ -474,7 +474,7 @@ def gemv_segment_pipelined(bits: int) -> str:
 #   U        groups of the current width segment loaded per iteration (a power of two);
 #   PIPE     double-buffer the tiles in registers (the launcher sets it from num_stages >= 2);
 #   ALIGNED  the launcher proved every block offset and every row-block's row count a multiple of
-#            4 words (launch._aligned4): word offsets may then be declared multiples of 4, which lets
+#            4 words (launch.layout_aligned4): word offsets may then be declared multiples of 4, which lets
 #            ptxas emit 128-bit loads of 4 consecutive rows. Never set from a guess.
 SIGNATURE_V4_EXTRA = "    U: tl.constexpr, ALIGNED: tl.constexpr, PIPE: tl.constexpr,\n"
 
@@ -698,7 +698,7 @@ def gemv_v4_body(widths: tuple[int, ...]) -> str:
     pw = sorted({w for b in widths for w in plane_widths(b)}, reverse=True)
     lines = [
         "    if ALIGNED:",
-        "        # launcher-proved (launch._aligned4): every row-block's row count and every block",
+        "        # launcher-proved (launch.layout_aligned4): every row-block's row count and every block",
         "        # offset is a multiple of 4 words, hence so are row0, nr and N",
         "        nr = tl.multiple_of(nr, 4)",
         "        row0 = tl.multiple_of(row0, 4)",

@@ -49,9 +49,11 @@ def select_op(device, packed: PackedWeight | None = None, bits: torch.Tensor | N
             if choice is not None:
                 return choice
         if codegen is not None and hasattr(torch.ops.sfmp, "linear_triton"):
-            b = packed.bits if packed is not None else bits
-            mask = (codegen.width_mask(sorted(set(b.to("cpu", torch.int64).flatten().tolist()))) if b is not None
-                    else codegen.ALL_WIDTHS_MASK)
+            if packed is not None:  # widths + the layout bit, read from values here, outside tracing
+                mask = codegen.layer_width_mask(packed)
+            else:
+                mask = (codegen.width_mask(sorted(set(bits.to("cpu", torch.int64).flatten().tolist())))
+                        if bits is not None else codegen.ALL_WIDTHS_MASK)
             return torch.ops.sfmp.linear_triton.default, (mask,)
     return torch.ops.sfmp.linear_ref.default, ()
 

@@ -17,7 +17,7 @@ from hypothesis import given, settings, strategies as st  # noqa: E402
 
 from sfmp_compile.codegen import Config, autotune, gemv, run_triton  # noqa: E402
 from sfmp_compile.codegen.generate import KernelKey, emit_source  # noqa: E402
-from sfmp_compile.codegen.launch import _aligned4  # noqa: E402
+from sfmp_compile.codegen.launch import layout_aligned4  # noqa: E402
 from sfmp_compile.ops.reference import linear_ref, packed_args  # noqa: E402
 from tests.codegen._util import KERNEL_DEVICE, TOL, max_rel_err, needs_kernels, random_packed  # noqa: E402
 
@@ -74,7 +74,7 @@ def test_v4_gemv_matches_reference(widths, n_blocks, n_rag, group_size, n_groups
     bn = 128 if wide else 64
     cfg = Config(BLOCK_M=1, BLOCK_N=bn, BLOCK_K=128, SPLIT_K=split_k, num_warps=1, num_stages=2 if pipe else 1,
                  pregather=pregather, U=u)
-    assert _aligned4(p.block_offset, N, block_rows) == (n_rag in (0, 8))
+    assert layout_aligned4(p.block_offset, N, block_rows) == (n_rag in (0, 8))
     _check(p, dtype, cfg, seed)
 
 
@@ -84,7 +84,7 @@ def test_v4_aligned_both_ways(u, pipe):
     # The same weights with ALIGNED proved (136 rows: 128 + 8) and not (147 rows: 128 + 19).
     for N, aligned in ((136, True), (147, False)):
         p = random_packed(N, 200, 128, 64, (2, 3, 4), True, seed=N)
-        assert _aligned4(p.block_offset, N, 128) is aligned
+        assert layout_aligned4(p.block_offset, N, 128) is aligned
         cfg = Config(BLOCK_M=1, BLOCK_N=128, BLOCK_K=64, SPLIT_K=2, num_warps=1, num_stages=2 if pipe else 1, U=u)
         _check(p, torch.float32, cfg, seed=N)
 
@@ -103,14 +103,14 @@ def test_v4_multi_chunk_groups_and_bf16():
 
 def test_aligned4_is_never_guessed(monkeypatch):
     p = random_packed(136, 200, 128, 64, (2, 3), True, seed=1)
-    assert _aligned4(p.block_offset, 136, 128)
-    assert _aligned4(p.block_offset, 136, 128)  # memoised
+    assert layout_aligned4(p.block_offset, 136, 128)
+    assert layout_aligned4(p.block_offset, 136, 128)  # memoised
     p.block_offset[0, 0] += 1  # an offset the format would allow but that breaks 16-byte rows
-    assert not _aligned4(p.block_offset, 136, 128)
-    assert not _aligned4(p.block_offset.clone() * 0, 138, 128)  # 10-row last row-block
-    assert not _aligned4(p.block_offset.clone() * 0, 136, 126)  # block_rows % 4
+    assert not layout_aligned4(p.block_offset, 136, 128)
+    assert not layout_aligned4(p.block_offset.clone() * 0, 138, 128)  # 10-row last row-block
+    assert not layout_aligned4(p.block_offset.clone() * 0, 136, 126)  # block_rows % 4
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    assert not _aligned4(torch.zeros_like(p.block_offset), 136, 128)  # tracing: no values, no claim
+    assert not layout_aligned4(torch.zeros_like(p.block_offset), 136, 128)  # tracing: no values, no claim
 
 
 def test_v4_source_and_variants_1_to_3_untouched():
@@ -161,3 +161,27 @@ def test_v4_split_k_rule():
     assert gemv.v4_split_k(16, 2, 112, u=2) == 16  # each program keeps >= 2U groups
     assert gemv.v4_split_k(1000, 1, 112) == 1
     assert gemv.v4_split_k(1, 1, 3) == 1
+
+
+@needs_kernels
+def test_aligned4_travels_in_the_width_mask_into_traced_graphs(monkeypatch):
+    """A traced graph cannot read block offsets, so the layout fact is read once from real values
+    (layer_width_mask, bit 0 of width_mask) and the op hands it to the launcher."""
+    from sfmp_compile.codegen import ALL_WIDTHS_MASK, layer_width_mask, launch as launch_mod, widths_of_mask
+    from sfmp_compile.codegen.generate import ALIGNED4
+    p = random_packed(136, 200, 128, 64, (2, 3), True, seed=1)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # e.g. inside a compile backend
+    mask = layer_width_mask(p)
+    assert mask & ALIGNED4 and widths_of_mask(mask) == (2, 3) and not ALL_WIDTHS_MASK & ALIGNED4
+    bad = random_packed(136, 200, 128, 64, (2, 3), True, seed=1)
+    bad.block_offset[0, 0] += 1
+    assert not layer_width_mask(bad) & ALIGNED4
+    seen = []
+    real = launch_mod._launch_gemv_v4
+    monkeypatch.setattr(launch_mod, "_launch_gemv_v4", lambda *a, **k: seen.append(a[-1]) or real(*a, **k))
+    x = torch.randn(1, 200)
+    with variant4():
+        op = torch.ops.sfmp.linear_triton_interp if KERNEL_DEVICE == "cpu" else torch.ops.sfmp.linear_triton
+        y = op(x.to(KERNEL_DEVICE), *packed_args(p.to(KERNEL_DEVICE)), mask).cpu()
+    assert seen == [True]  # from the mask: layout_aligned4 itself refuses while "compiling"
+    assert max_rel_err(y, linear_ref(x, *packed_args(p))) <= TOL[torch.float32]
