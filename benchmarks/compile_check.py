@@ -7,6 +7,7 @@ ops (HMMA / HGMMA) and LOP3s. Must run WITHOUT TRITON_INTERPRET (interpreted ker
 
     python benchmarks/compile_check.py            # sm_90 (H100/H200), representative variants
     python benchmarks/compile_check.py --quick    # one variant per family
+    python benchmarks/compile_check.py --f16x2    # does Triton emit HADD2/HFMA2 for fp16 fields?
     python benchmarks/compile_check.py --goal     # gemv, kernel variants 3 vs 4, at the 4096x14336
                                                   # 3.0-BPW layer's launch facts (load widths, regs,
                                                   # spills, per-loop instructions per weight)
@@ -197,11 +198,45 @@ def goal_report(cc: int = 90) -> int:
     return failures
 
 
+def f16x2_probe(cc: int = 90) -> dict:
+    """Does Triton pack fp16 field arithmetic into f16x2 (HADD2 / HFMA2) without inline PTX?
+
+    A 2-bit plane probe: per word, ``m = (w >> 2i) & 0x00030003 | 0x64006400`` holds fields i and
+    8+i as fp16 ``1024 + q`` in its two halves; each half is taken as an fp16 element, 1024 is
+    subtracted and the product with an activation accumulated in fp16. Returns SASS opcode counts
+    and instructions per field (the fp32 scheme of variants 1-4 needs 3: LOP3 + FADD + FFMA)."""
+    import triton.language as tl
+
+    @triton.jit
+    def probe(w_ptr, x_ptr, y_ptr, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        w = tl.load(w_ptr + offs)
+        acc = tl.zeros([BLOCK], dtype=tl.float16)
+        for i in tl.static_range(8):
+            m = ((w >> (2 * i)) & 0x00030003) | 0x64006400
+            lo = m.to(tl.int16).to(tl.float16, bitcast=True) - 1024.0
+            hi = (m >> 16).to(tl.int16).to(tl.float16, bitcast=True) - 1024.0
+            acc += lo * tl.load(x_ptr + i * BLOCK + offs)
+            acc += hi * tl.load(x_ptr + (8 + i) * BLOCK + offs)
+        tl.store(y_ptr + offs, acc)
+
+    block, warps = 256, 1
+    sig = {"w_ptr": "*i32", "x_ptr": "*fp16", "y_ptr": "*fp16", "BLOCK": "constexpr"}
+    src = ASTSource(fn=probe, signature=sig, attrs={(i,): [["tt.divisibility", 16]] for i in range(3)},
+                    constexprs={(3,): block})
+    ck = triton.compile(src, target=GPUTarget("cuda", cc, 32), options={"num_warps": warps})
+    ops = sass_stats(_sass(ck.asm["cubin"]))["ops"]
+    fields = block // (32 * warps) * 16
+    alu = sum(_count(ops, k) for k in ("LOP3", "SHF", "PRMT", "HADD2", "HFMA2", "FADD", "FFMA", "F2F"))
+    return dict(ops={k: v for k, v in ops.items() if v > 1}, fields_per_thread=fields, alu_per_field=alu / fields)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cc", type=int, default=90, help="compute capability, e.g. 80 (A100) or 90 (H100)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--goal", action="store_true", help="only the gemv v3-vs-v4 table at the goal layer")
+    ap.add_argument("--f16x2", action="store_true", help="only the fp16x2 field-arithmetic probe (next step for the gemv)")
     ap.add_argument("--variant", choices=["1", "2", "3", "4"], default=None,
                     help="kernel generation for the representative list (sets SFMP_KERNEL_VARIANT)")
     args = ap.parse_args(argv)
@@ -210,6 +245,10 @@ def main(argv=None) -> int:
     print(f"# triton {triton.__version__}  target sm_{args.cc}")
     if args.goal:
         return 1 if goal_report(args.cc) else 0
+    if args.f16x2:
+        r = f16x2_probe(args.cc)
+        print(f"f16x2 probe: {r['alu_per_field']:.2f} ALU instructions per 2-bit field; SASS {r['ops']}")
+        return 0
     failures = 0
     for v in (QUICK if args.quick else VARIANTS):
         fam, widths, bm, bn, bk, sk, warps, stages, dtype = v
