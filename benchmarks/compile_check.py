@@ -198,32 +198,45 @@ def goal_report(cc: int = 90) -> int:
     return failures
 
 
-def f16x2_probe(cc: int = 90) -> dict:
+def f16x2_probe(cc: int = 90, paired: bool = False) -> dict:
     """Does Triton pack fp16 field arithmetic into f16x2 (HADD2 / HFMA2) without inline PTX?
 
     A 2-bit plane probe: per word, ``m = (w >> 2i) & 0x00030003 | 0x64006400`` holds fields i and
-    8+i as fp16 ``1024 + q`` in its two halves; each half is taken as an fp16 element, 1024 is
-    subtracted and the product with an activation accumulated in fp16. Returns SASS opcode counts
-    and instructions per field (the fp32 scheme of variants 1-4 needs 3: LOP3 + FADD + FFMA)."""
+    8+i as fp16 ``1024 + q`` in its two halves; 1024 is subtracted and the product with an
+    activation accumulated in fp16. ``paired=False``: each half is its own fp16 element and the
+    activations two separate loads; ``paired=True``: the halves stay one ``[.., 2]`` pair
+    (``tl.join``) and the activations are stored pre-paired ``(x_i, x_{i+8})``. Returns SASS opcode
+    counts and ALU instructions per field (the fp32 scheme of variants 1-4 needs 3: LOP3 + FADD + FFMA)."""
     import triton.language as tl
 
     @triton.jit
-    def probe(w_ptr, x_ptr, y_ptr, BLOCK: tl.constexpr):
+    def probe(w_ptr, x_ptr, y_ptr, BLOCK: tl.constexpr, PAIRED: tl.constexpr):
         offs = tl.arange(0, BLOCK)
+        two = tl.arange(0, 2)
         w = tl.load(w_ptr + offs)
-        acc = tl.zeros([BLOCK], dtype=tl.float16)
+        if PAIRED:
+            acc2 = tl.zeros([BLOCK, 2], dtype=tl.float16)
+        else:
+            acc = tl.zeros([BLOCK], dtype=tl.float16)
         for i in tl.static_range(8):
             m = ((w >> (2 * i)) & 0x00030003) | 0x64006400
-            lo = m.to(tl.int16).to(tl.float16, bitcast=True) - 1024.0
-            hi = (m >> 16).to(tl.int16).to(tl.float16, bitcast=True) - 1024.0
-            acc += lo * tl.load(x_ptr + i * BLOCK + offs)
-            acc += hi * tl.load(x_ptr + (8 + i) * BLOCK + offs)
-        tl.store(y_ptr + offs, acc)
+            if PAIRED:
+                f = tl.join(m.to(tl.int16), (m >> 16).to(tl.int16)).to(tl.float16, bitcast=True) - 1024.0
+                acc2 += f * tl.load(x_ptr + (i * BLOCK + offs)[:, None] * 2 + two[None, :])
+            else:
+                lo = m.to(tl.int16).to(tl.float16, bitcast=True) - 1024.0
+                hi = (m >> 16).to(tl.int16).to(tl.float16, bitcast=True) - 1024.0
+                acc += lo * tl.load(x_ptr + i * BLOCK + offs)
+                acc += hi * tl.load(x_ptr + (8 + i) * BLOCK + offs)
+        if PAIRED:
+            tl.store(y_ptr + offs[:, None] * 2 + two[None, :], acc2)
+        else:
+            tl.store(y_ptr + offs, acc)
 
     block, warps = 256, 1
-    sig = {"w_ptr": "*i32", "x_ptr": "*fp16", "y_ptr": "*fp16", "BLOCK": "constexpr"}
+    sig = {"w_ptr": "*i32", "x_ptr": "*fp16", "y_ptr": "*fp16", "BLOCK": "constexpr", "PAIRED": "constexpr"}
     src = ASTSource(fn=probe, signature=sig, attrs={(i,): [["tt.divisibility", 16]] for i in range(3)},
-                    constexprs={(3,): block})
+                    constexprs={(3,): block, (4,): paired})
     ck = triton.compile(src, target=GPUTarget("cuda", cc, 32), options={"num_warps": warps})
     ops = sass_stats(_sass(ck.asm["cubin"]))["ops"]
     fields = block // (32 * warps) * 16
@@ -246,8 +259,10 @@ def main(argv=None) -> int:
     if args.goal:
         return 1 if goal_report(args.cc) else 0
     if args.f16x2:
-        r = f16x2_probe(args.cc)
-        print(f"f16x2 probe: {r['alu_per_field']:.2f} ALU instructions per 2-bit field; SASS {r['ops']}")
+        for paired in (False, True):
+            r = f16x2_probe(args.cc, paired)
+            print(f"f16x2 probe, {'pre-paired' if paired else 'split halves'}: {r['alu_per_field']:.2f} ALU "
+                  f"instructions per 2-bit field; SASS {r['ops']}")
         return 0
     failures = 0
     for v in (QUICK if args.quick else VARIANTS):
