@@ -104,6 +104,18 @@ def check_weight(name: str, w: torch.Tensor) -> None:
         raise ValueError(f"{name}: weight contains NaN or inf; refusing to quantize it")
 
 
+def checked_salience(saliences: Mapping[str, torch.Tensor], name: str, w: torch.Tensor) -> torch.Tensor:
+    """``saliences[name]``, after checking it exists, has ``w``'s shape [N, K] and is finite."""
+    s = saliences.get(name)
+    if s is None:
+        raise ValueError(f"no salience given for layer {name}")
+    if tuple(s.shape) != tuple(w.shape):
+        raise ValueError(f"{name}: salience shape {tuple(s.shape)} does not match weight shape {tuple(w.shape)}")
+    if not torch.isfinite(s).all():
+        raise ValueError(f"{name}: salience contains NaN or inf")
+    return s
+
+
 def regroup_slots(order: torch.Tensor, slot_sizes: list[int], patterns: list[tuple]) -> torch.Tensor:
     """Within slots (row-blocks or column groups) sharing a bit pattern, put their members back in
     original order (see regroup_orders). order int64 [n]; slot_sizes sum to n; one pattern per slot."""
@@ -160,14 +172,7 @@ def make_plan(layers: Mapping[str, torch.Tensor], saliences: Mapping[str, torch.
     t0 = time.perf_counter()
     blocks, orders = {}, {}
     for name, w in layers.items():
-        s = saliences.get(name)
-        if s is None:
-            raise ValueError(f"no salience given for layer {name}")
-        if tuple(s.shape) != tuple(w.shape):
-            raise ValueError(f"{name}: salience shape {tuple(s.shape)} does not match weight shape {tuple(w.shape)}")
-        if not torch.isfinite(s).all():
-            raise ValueError(f"{name}: salience contains NaN or inf")
-        s = s.float()
+        s = checked_salience(saliences, name, w).float()
         row_order, col_order = salience_orders(s, config.reorder_rows, config.reorder_cols)
         grid = BlockGrid(w.shape[0], w.shape[1], config.block_rows, config.group_size)
         blocks[name] = (grid.block_sums(reorder(s, row_order, col_order)), grid.weight_counts())

@@ -23,7 +23,7 @@ import torch.fx as fx
 from ..allocation import allocate
 from ..blocks import BlockGrid
 from ..config import QuantConfig
-from ..plan import LayerPlan, Plan, make_plan, regroup_slots
+from ..plan import LayerPlan, Plan, checked_salience, make_plan, regroup_slots
 from ..reordering import reorder
 from .find_linears import LinearSite
 from .regions import Region, RegionContext, find_region
@@ -138,15 +138,8 @@ def make_tied_plan(weights: Mapping[str, torch.Tensor], saliences: Mapping[str, 
     row_groups, col_groups = [list(g) for g in row_groups], [list(g) for g in col_groups]
     row_sum, col_sum = {}, {}
     for name, w in weights.items():
-        s = saliences.get(name)
-        if s is None:
-            raise ValueError(f"no salience given for layer {name}")
-        if tuple(s.shape) != tuple(w.shape):
-            raise ValueError(f"{name}: salience shape {tuple(s.shape)} does not match weight shape {tuple(w.shape)}")
-        # fp64 sums, as salience_orders does; a NaN/inf anywhere shows up in them (fp64 cannot overflow here)
-        row_sum[name] = s.sum(1, dtype=torch.float64).cpu()
-        if not torch.isfinite(row_sum[name]).all():
-            raise ValueError(f"{name}: salience contains NaN or inf")
+        s = checked_salience(saliences, name, w)
+        row_sum[name] = s.sum(1, dtype=torch.float64).cpu()  # fp64 sums, as salience_orders does
         col_sum[name] = s.sum(0, dtype=torch.float64).cpu()
     row_order = {n: _ranked([v]) for n, v in row_sum.items()}
     col_order = {n: _ranked([v]) for n, v in col_sum.items()}
