@@ -27,11 +27,7 @@ PROLOGUE = '''
 
 def emit_body(widths: tuple[int, ...]) -> str:
     """Kernel body after the signature: tile setup, one segment loop per width, store."""
-    parts = [PROLOGUE.strip("\n") + "\n", templates.TILE_SETUP.strip("\n") + "\n",
-             "    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)\n"]
-    parts += [templates.prefill_segment(b) for b in widths]
-    parts.append(templates.STORE.strip("\n") + "\n")
-    return "".join(parts)
+    return templates.tiled_body(PROLOGUE, templates.prefill_segment, widths)
 
 
 def grid(M: int, n_tiles: int, split_k: int, bm: int) -> tuple[int, int, int]:

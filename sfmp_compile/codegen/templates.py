@@ -120,6 +120,16 @@ STORE = '''
 MAGIC_F32 = 8388608.0  # 2^23; magic_bits is its fp32 bit pattern
 
 
+def tiled_body(prologue: str, segment, widths: tuple[int, ...]) -> str:
+    """Body of a tensor-core family (decode, prefill): its program-id prologue, the shared tile setup,
+    a [BLOCK_M, BLOCK_N] fp32 accumulator, ``segment(b)`` for each width b, the shared store."""
+    parts = [prologue.strip("\n") + "\n", TILE_SETUP.strip("\n") + "\n",
+             "    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)\n"]
+    parts += [segment(b) for b in widths]
+    parts.append(STORE.strip("\n") + "\n")
+    return "".join(parts)
+
+
 def _lines(*xs: str) -> str:
     return "\n".join(xs) + "\n"
 
