@@ -441,16 +441,7 @@ class SFMPBackend:
         """Bytes of quantized weights held in memory: the cache every compiled graph of this backend
         takes its constants from (graphs share these tensors, they hold no copies). CPU layers on the
         int4 kernel are held in that form only (~4.5 bits/weight at group 128)."""
-        seen, total = set(), 0
-        for e in self._cache.values():
-            layer = e.layer.int4 if not isinstance(e.layer, PackedWeight) else e.layer
-            tensors = [getattr(layer, k) for k in vars(layer)] + ([e.layer.row_perm, e.layer.col_perm]
-                                                                   if layer is not e.layer else [])
-            for t in tensors:
-                if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
-                    seen.add(t.untyped_storage().data_ptr())
-                    total += t.untyped_storage().nbytes()
-        return total
+        return sum(e.layer.nbytes for e in self._cache.values())
 
     def packed_weights(self) -> dict[str, PackedWeight]:
         """Layer name -> the true-bit PackedWeight of every weight quantized so far (rebuilt exactly
