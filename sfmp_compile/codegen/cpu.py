@@ -196,11 +196,12 @@ def dequantize_cpu(c: CpuInt4Weight) -> Tensor:
     return _dequant(c.w4, c.sz, c.gc, n_pad, k_pad)[: c.out_features, : c.in_features]
 
 
-def _dequant(w4, sz, gc, n_pad, k_pad) -> Tensor:
-    q = unpack_int4(w4, n_pad, k_pad).float()
-    s = sz[..., 0].float().t().repeat_interleave(gc, 1)
-    z = sz[..., 1].float().t().repeat_interleave(gc, 1)
-    return (q - 8.0) * s + z
+def _dequant(w4, sz, gc, n_pad, k_pad, dtype=torch.float32) -> Tensor:
+    """[N_pad, K_pad] weights of the int4 form, computed in fp32 and rounded once to ``dtype``."""
+    q = unpack_int4(w4, n_pad, k_pad).view(n_pad, k_pad // gc, gc).float()
+    s = sz[..., 0].t().unsqueeze(-1).float()  # [N, K/gc, 1]: one scale per (row, int4 group)
+    z = sz[..., 1].t().unsqueeze(-1).float()
+    return ((q - 8.0) * s + z).to(dtype).reshape(n_pad, k_pad)
 
 
 # --- the op ------------------------------------------------------------------------------------
@@ -229,13 +230,9 @@ def has_native_bf16() -> bool:
 
 
 def _dequant_bf16(w4: Tensor, sz: Tensor, gc: int, n_pad: int, k_pad: int) -> Tensor:
-    """bf16 [N_pad, K_pad] weights from the blocked-64 int4 layout, computed in fp32, rounded once."""
-    b = w4.view(n_pad // 64, k_pad, 32)
-    q = torch.stack([b & 15, b >> 4], 2)  # [N/64, K, 2, 32]: row 64*i + 32*h + d
-    q = q.permute(0, 2, 3, 1).reshape(n_pad, k_pad // gc, gc)
-    s = sz[..., 0].t().unsqueeze(-1).float()  # [N, K/gc, 1]
-    z = sz[..., 1].t().unsqueeze(-1).float()
-    return ((q.float() - 8.0) * s + z).to(torch.bfloat16).reshape(n_pad, k_pad)
+    """The prefill path's transient bf16 weights (used only when the layout is blocked-64, so the
+    unpack is the analytic one: plain aten ops Inductor fuses)."""
+    return _dequant(w4, sz, gc, n_pad, k_pad, torch.bfloat16)
 
 
 def _linear_int4(x: Tensor, w4: Tensor, sz: Tensor, col_perm: Tensor, gc: int, out_features: int,
