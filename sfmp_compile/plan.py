@@ -20,7 +20,7 @@ from .allocation import allocate
 from .blocks import BlockGrid
 from .config import QuantConfig
 from .reordering import reorder, salience_orders
-from .salience import compute_salience, input_second_moments, linear_weight
+from .salience import compute_salience, input_second_moments, is_linear, linear_weight
 
 
 @dataclass
@@ -76,11 +76,6 @@ class Plan:
             num += float((lp.bits.to(torch.int64) * c).sum())
             den += float(c.sum())
         return num / den
-
-
-def is_linear(module: nn.Module) -> bool:
-    """nn.Linear or transformers' Conv1D (GPT-2), the layers SFMP quantizes."""
-    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 
 
 def skipped(name: str, patterns: Iterable[str]) -> bool:

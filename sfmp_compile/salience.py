@@ -17,11 +17,31 @@ from torch import nn
 from safetensors.torch import load_file, save_file
 
 
+def is_conv1d(module: nn.Module) -> bool:
+    """transformers' Conv1D (GPT-2): a linear whose weight is stored [in, out]. Matched by name so
+    that transformers need not be imported."""
+    return type(module).__name__ == "Conv1D"
+
+
+def is_linear(module: nn.Module) -> bool:
+    """nn.Linear or transformers' Conv1D, the layers SFMP quantizes."""
+    return isinstance(module, nn.Linear) or is_conv1d(module)
+
+
 def linear_weight(module: nn.Module) -> torch.Tensor:
     """The [out, in] weight of an nn.Linear or a transformers Conv1D (stored [in, out])."""
-    if type(module).__name__ == "Conv1D":
+    if is_conv1d(module):
         return module.weight.t()
     return module.weight
+
+
+def salience_from_moments(weight: torch.Tensor, moments: torch.Tensor | None = None) -> torch.Tensor:
+    """S = W² ⊙ E[x²] (E[x²] per input column, broadcast over rows), or W² when ``moments`` is None.
+
+    weight: [out, in] float; moments: fp32 [in] or None. Returns fp32 [out, in] on weight's device.
+    """
+    s = weight.detach().float().pow(2)
+    return s if moments is None else s * moments.to(s.device)[None, :]
 
 
 def weight_salience(layers: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
