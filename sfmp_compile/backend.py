@@ -19,10 +19,8 @@ whole-model plan is given: ``sfmp_backend(plan=sfmp_compile.plan(model, bits=...
 from __future__ import annotations
 
 import os
-import sys
 import time
 import warnings
-import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
@@ -32,17 +30,22 @@ from torch import nn
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .config import QuantConfig, SFMPConfigError
-from .dump import GraphReport, LayerRow, kernel_sources, write_graph_dump
+from .dump import GraphReport, inductor_output_code, kernel_sources, layer_row, write_graph_dump
 from .format import PackedWeight
+from .graph_variants import GraphVariants
+from .layouts import SFMPWeight
+from .ops.cpu_int4 import register_inductor_decompositions
+from .ops.dispatch import preferred_layout
 from .plan import LayerPlan, Plan, skipped
 from .quantize import quantize_weight
+from .salience import is_linear, salience_from_moments
 from .passes.calibrate import graph_input_moments
 from .passes.find_linears import LinearSite, find_linear_sites
 from .passes.fold_permutations import FoldReport, count_gathers, fold_permutations, gather_counts
-from .passes.fx_utils import ROLE_IN, ROLE_OUT, copy_graph_module, get_constant, is_gather
+from .passes.fx_utils import copy_graph_module, get_constant
 from .passes.names import NameResolver, is_relative
 from .passes.release import can_release, release
-from .passes.rewrite_linears import LayerRewrite, int4_form, rewrite_linears
+from .passes.rewrite_linears import rewrite_linears
 from .passes.tie_orders import make_tied_plan, tie_groups
 
 INNER = ("inductor", "aot_eager", "eager")
@@ -52,20 +55,14 @@ _QUANT_OPTIONS = {"bit_choices", "block_rows", "group_size", "salience", "quanti
 
 @dataclass
 class _Entry:
-    """A cached quantization of one parameter, in the form its graphs run from.
-
-    ``layer`` is the PackedWeight, or for a CPU layer on the int4 kernel only its
-    ``codegen.cpu.GraphInt4Weight`` (the true-bit form is rebuilt exactly on demand), so that one
-    copy of each weight is resident and every graph compiled from it shares that copy.
-    """
+    """A cached quantization of one parameter: its SFMPWeight on the parameter's device, in the
+    layout its graphs run from (ops.dispatch.preferred_layout). One copy of each weight is resident
+    and every graph compiled from it takes its constants from this copy; the packed checkpoint form
+    is rebuilt exactly on demand."""
 
     name: str
-    layer: Any  # PackedWeight | codegen.cpu.GraphInt4Weight
+    layer: SFMPWeight
     version: int
-    stored_bytes: int  # bytes of the true-bit packed format (what a checkpoint stores)
-
-    def packed(self) -> PackedWeight:
-        return self.layer if isinstance(self.layer, PackedWeight) else self.layer.packed()
 
 
 class SFMPBackend:
@@ -151,7 +148,7 @@ class SFMPBackend:
         """Parameters some non-linear module also holds (tied embeddings): never free them."""
         keep = set()
         for m in model.modules():
-            if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D":
+            if is_linear(m):
                 continue
             keep.update(id(p) for p in m.parameters(recurse=False))
         return keep
@@ -228,10 +225,9 @@ class SFMPBackend:
                 if key is None:
                     raise ValueError(f"salience= has no entry for layer {name}")
                 sal[name] = self.saliences[key].float()
-        elif kind == "activation" and moments is not None:
-            sal = {n: w.float().pow(2) * moments[n][None, :].to(w.device) for n, w in weights.items()}
         else:
-            sal = {n: w.float().pow(2) for n, w in weights.items()}
+            use = moments if kind == "activation" else None
+            sal = {n: salience_from_moments(w, use[n] if use is not None else None) for n, w in weights.items()}
         cws = {n: moments[n] for n in weights} if moments is not None else None
         return sal, cws
 
@@ -255,9 +251,9 @@ class SFMPBackend:
 
     # ------------------------------------------------------------------ the backend
     def __call__(self, gm: fx.GraphModule, example_inputs: list) -> Callable:
-        pristine = copy_graph_module(gm)  # for recompiling the graph for other parameters (see _Specialized)
+        pristine = copy_graph_module(gm)  # for recompiling the graph for other parameters (see graph_variants)
         compiled = self._compile_graph(gm, example_inputs)
-        return _Specialized(self, pristine, list(example_inputs), compiled)
+        return GraphVariants(self._compile_graph, pristine, list(example_inputs), compiled, len(self.reports) - 1)
 
     def _compile_graph(self, gm: fx.GraphModule, example_inputs: list, variant_of: int | None = None) -> Callable:
         report = GraphReport(index=len(self.reports))
@@ -305,10 +301,11 @@ class SFMPBackend:
             layer_plans = self._plan_new(gm, example_inputs, sites, new, report)
             t0 = time.perf_counter()
             for name, s in new.items():
-                packed = quantize_weight(s.linear_weight(), layer_plans[name], self.config)
+                w = SFMPWeight.from_packed(quantize_weight(s.linear_weight(), layer_plans[name], self.config))
                 self.quantize_calls += 1
-                layer = int4_form(packed, s.weight.device, self.cpu_kernel) or packed
-                self._cache[s.weight] = _Entry(name, layer, s.weight._version, packed.nbytes)
+                dev = s.weight.device
+                self._cache[s.weight] = _Entry(name, w.to_layout(preferred_layout(w, dev, self.cpu_kernel)).to(dev),
+                                               s.weight._version)
                 self.plan.layers[name] = layer_plans[name]
             t0 = self._tick(report, "quantization", t0)
 
@@ -322,7 +319,7 @@ class SFMPBackend:
                 work.append((s, None))
             else:
                 work.append((s, self._cache[s.weight].layer))
-        records = rewrite_linears(gm, work, self.cpu_kernel)
+        records = rewrite_linears(gm, work)
         fold = FoldReport()
         if self.fold:
             fold = fold_permutations(gm, self._constant(gm, example_inputs))
@@ -331,7 +328,7 @@ class SFMPBackend:
         report.regions, report.not_folded = fold.regions, list(fold.not_folded)
         report.gathers_before, report.gathers_after = fold.gathers_before, fold.gathers_after
         report.gathers = gather_counts(gm)
-        report.layers = [self._row(r, s.name in cached_names) for r, (s, _) in zip(records, work)]
+        report.layers = [layer_row(r, s.name in cached_names) for r, (s, _) in zip(records, work)]
         report.n_nodes_after = len(gm.graph.nodes)
         t0 = self._tick(report, "passes", t0)
 
@@ -347,22 +344,6 @@ class SFMPBackend:
             write_graph_dump(self.dump_dir, report, before, after, kernels)
         self.reports.append(report)
         return compiled
-
-    def _row(self, r: LayerRewrite, cached: bool) -> LayerRow:
-        g = r.gemm
-        a = g.args[0]
-        if is_gather(a, (ROLE_IN,)):
-            flags = [k for k in ("composed", "shared") if a.meta["sfmp"].get(k)]
-            in_perm = "kept" + (f" ({', '.join(flags)})" if flags else "")
-        else:
-            in_perm = "folded" if r.has_col_perm else "none"
-        outs = [u for u in g.users if is_gather(u, (ROLE_OUT,))]
-        if outs:
-            out_perm = "kept (realigned)" if outs[0].meta["sfmp"].get("realigned") else "kept"
-        else:
-            out_perm = "folded" if r.has_row_perm else "none"
-        op = r.op.replace("sfmp.", "").replace(".default", "")
-        return LayerRow(r.node, r.layer, r.form, r.shape, r.bits_hist, in_perm, out_perm, op, cached)
 
     def _release(self, gm, sites, report) -> None:
         """Free float weights whose only uses in this graph were the rewritten linears."""
@@ -398,14 +379,10 @@ class SFMPBackend:
             compiled = aot_eager(gm2, example_inputs)
         else:
             from torch._inductor.compile_fx import compile_fx
-            codegen = sys.modules.get(__package__ + ".codegen")
-            if codegen is not None and hasattr(codegen, "register_inductor_decompositions") and any(
-                    "linear_cpu_int4" in str(n.target) for n in gm.graph.nodes if n.op == "call_function"):
-                codegen.register_inductor_decompositions()  # codegen asks backends to, before compile_fx
+            if any("linear_cpu_int4" in str(n.target) for n in gm.graph.nodes if n.op == "call_function"):
+                register_inductor_decompositions()  # before compile_fx, which memoises its table
             if self.dump_dir:
-                from unittest import mock
-                from torch._inductor.graph import GraphLowering
-                with mock.patch.object(GraphLowering, "save_output_code", code.append):
+                with inductor_output_code() as code:
                     compiled = compile_fx(gm2, example_inputs)
             else:
                 compiled = compile_fx(gm2, example_inputs)
@@ -434,65 +411,19 @@ class SFMPBackend:
     def packed_bytes(self) -> int:
         """Bytes of the true-bit packed format (format v1, what a checkpoint stores) of every weight
         this backend quantized."""
-        return sum(e.stored_bytes for e in self._cache.values())
+        return sum(e.layer.stored_bytes for e in self._cache.values())
 
     @property
     def resident_bytes(self) -> int:
         """Bytes of quantized weights held in memory: the cache every compiled graph of this backend
         takes its constants from (graphs share these tensors, they hold no copies). CPU layers on the
-        int4 kernel are held in that form only (~4.5 bits/weight at group 128)."""
+        int4 kernel are held in the "cpu" layout only."""
         return sum(e.layer.nbytes for e in self._cache.values())
 
     def packed_weights(self) -> dict[str, PackedWeight]:
         """Layer name -> the true-bit PackedWeight of every weight quantized so far (rebuilt exactly
         from the int4 form where that is what is held), e.g. to save or to compare with eager."""
-        return {e.name: e.packed() for e in self._cache.values()}
-
-
-class _Specialized:
-    """The callable handed back to Dynamo for one graph: the compiled graph, per parameter set.
-
-    Dynamo passes parameters to a graph as inputs and guards them on metadata only, so it reuses
-    one graph for every instance of the same module code (e.g. each decoder layer's forward after a
-    graph break inside it). Our graph has that instance's packed weights and permutations baked in,
-    so a call with *other* parameter objects gets its own compilation (cached by their identity).
-    Checking identities costs one pass over the parameter inputs per call.
-    """
-
-    def __init__(self, backend: "SFMPBackend", pristine: fx.GraphModule, example_inputs: list, compiled: Callable):
-        self.backend = backend
-        self.pristine = pristine
-        self.example_inputs = example_inputs
-        self.index = len(backend.reports) - 1
-        phs = [n for n in pristine.graph.nodes if n.op == "placeholder"]
-        self.positions = [i for i, (n, e) in enumerate(zip(phs, example_inputs)) if _is_state(n, e)]
-        self.variants: dict[tuple, tuple[list, Callable]] = {}
-        self._add([example_inputs[i] for i in self.positions], compiled)
-
-    def _add(self, tensors: list, compiled: Callable) -> None:
-        key = tuple(id(t) for t in tensors)
-        self.variants[key] = ([weakref.ref(t) for t in tensors], compiled)
-
-    def __call__(self, *args):
-        state = [args[i] for i in self.positions]
-        hit = self.variants.get(tuple(id(t) for t in state))
-        if hit is None or any(r() is not t for r, t in zip(hit[0], state)):
-            inputs = list(self.example_inputs)
-            for i in self.positions:
-                inputs[i] = args[i]
-            compiled = self.backend._compile_graph(copy_graph_module(self.pristine), inputs, variant_of=self.index)
-            self._add(state, compiled)
-            hit = self.variants[tuple(id(t) for t in state)]
-        return hit[1](*args)  # Dynamo's convention for a backend's result: unboxed positional args
-
-
-def _is_state(node: fx.Node, e) -> bool:
-    """Parameters and buffers (what a compiled graph may have baked in: weights, permutations)."""
-    if isinstance(e, nn.Parameter):
-        return True
-    ga = node.meta.get("grapharg")
-    src = str(getattr(getattr(ga, "source", None), "name", "")) if ga is not None else ""
-    return isinstance(e, torch.Tensor) and "._buffers[" in src
+        return {e.name: e.layer.packed() for e in self._cache.values()}
 
 
 def sfmp_backend(bits: float | None = None, **options: Any) -> SFMPBackend:
@@ -506,7 +437,7 @@ def sfmp_backend(bits: float | None = None, **options: Any) -> SFMPBackend:
     ``dump_dir=`` (or env SFMP_DUMP_DIR) for graph dumps; ``release_weights=`` free float weights after
     compiling; ``fold=`` / ``tie=`` to disable permutation folding / order tying; ``cpu_kernel=``
     "int4" (default: CPU layers of <= 4-bit blocks run torch's int4 kernel with bf16 activations, fast
-    and at ~1/7 of fp32 memory) or "reference" (the exact fp32 op, slow).
+    and small) or "reference" (the exact fp32 op, slow).
 
     Options are validated here, so a bad value fails at this call rather than inside torch.compile.
     """

@@ -5,15 +5,19 @@ Per graph, under ``<dump_dir>/graph_<k>/``:
   after.py         the same graph after rewriting and folding: gathers, sfmp GEMM ops, buffers
   summary.md       one row per linear (layer, shape, bits, what happened to its permutations),
                    skipped linears with reasons, folded regions, gather counts, timings
-  kernels.py       generated kernel source: sfmp_compile.codegen's kernels when it exposes
-                   ``kernel_source``, and Inductor's output code when Inductor compiled the graph
+  kernels.py       the generated Triton kernels loaded so far, and Inductor's output code when
+                   Inductor compiled the graph
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
-import sys
 from dataclasses import asdict, dataclass, field
+
+from .codegen import kernel_source, loaded_keys
+from .passes.fx_utils import ROLE_IN, ROLE_OUT, is_gather
 
 
 @dataclass
@@ -95,22 +99,61 @@ def summary_markdown(r: GraphReport) -> str:
 
 
 def kernel_sources() -> str:
-    """Source of every kernel sfmp_compile.codegen has generated in this process ("" if none).
-
-    Only consulted when codegen is already imported (importing it pulls in Triton); it exposes
-    ``loaded_keys()`` and ``kernel_source(key)``.
-    """
-    codegen = sys.modules.get(__package__ + ".codegen")
-    ks, keys = getattr(codegen, "kernel_source", None), getattr(codegen, "loaded_keys", None)
-    if not callable(ks) or not callable(keys):
-        return ""
+    """Source of every kernel sfmp_compile.codegen has generated in this process ("" if none)."""
     parts = []
     try:
-        for key in keys():
-            parts.append(f"# ---- kernel {getattr(key, 'name', key)} ----\n{ks(key)}")
-    except Exception as e:  # a dump must never break compilation
+        for key in loaded_keys():
+            parts.append(f"# ---- kernel {key.name} ----\n{kernel_source(key)}")
+    except Exception as e:  # noqa: BLE001 - a dump must never break compilation
         parts.append(f"# kernel_source failed: {e}")
     return "\n\n".join(parts)
+
+
+def layer_row(r, cached: bool) -> LayerRow:
+    """The summary row of one ``passes.rewrite_linears.LayerRewrite`` after folding: what became of
+    its input and output permutations."""
+    g = r.gemm
+    a = g.args[0]
+    if is_gather(a, (ROLE_IN,)):
+        flags = [k for k in ("composed", "shared") if a.meta["sfmp"].get(k)]
+        in_perm = "kept" + (f" ({', '.join(flags)})" if flags else "")
+    else:
+        in_perm = "folded" if r.has_col_perm else "none"
+    outs = [u for u in g.users if is_gather(u, (ROLE_OUT,))]
+    if outs:
+        out_perm = "kept (realigned)" if outs[0].meta["sfmp"].get("realigned") else "kept"
+    else:
+        out_perm = "folded" if r.has_row_perm else "none"
+    op = r.op.replace("sfmp.", "").replace(".default", "")
+    return LayerRow(r.node, r.layer, r.form, r.shape, r.bits_hist, in_perm, out_perm, op, cached)
+
+
+class _Collect(logging.Handler):
+    def __init__(self, sink: list):
+        super().__init__(logging.DEBUG)
+        self.sink = sink
+
+    def emit(self, record):
+        msg = record.getMessage()
+        if msg.startswith("Output code: \n"):
+            self.sink.append(msg[len("Output code: \n"):])
+
+
+@contextlib.contextmanager
+def inductor_output_code():
+    """Collect the output code Inductor compiles inside the block, from torch's ``output_code``
+    logging artifact (its logger is raised to DEBUG for the block only). Yields the list."""
+    import torch._logging
+    log = torch._logging.getArtifactLogger("torch._inductor.codecache", "output_code")
+    sink: list[str] = []
+    handler, level = _Collect(sink), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+    try:
+        yield sink
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
 
 
 def write_graph_dump(dump_dir: str, report: GraphReport, before: str, after: str, kernels: str = "") -> str:

@@ -293,8 +293,34 @@ def validate(p: PackedWeight, where: str = "packed weight") -> None:
     b = p.bits.to(torch.int64)
     if b.numel() and (b.min() < 1 or b.max() > 8):
         raise ValueError(f"{where}: bit widths must lie in 1..8")
-    stored_cols = torch.tensor([grid.stored_cols(j) for j in range(G)], dtype=torch.int64)
-    rows = torch.tensor([grid.rows_in(r) for r in range(R)], dtype=torch.int64)
-    need = int((rows[:, None] * stored_cols[None, :] * b.cpu()).sum()) // 32
+    need = qweight_words(grid, p.bits)
     if p.qweight.numel() != need:
         raise ValueError(f"{where}: qweight holds {p.qweight.numel()} words but the bit map needs {need} (truncated or corrupt)")
+
+
+def qweight_words(grid: BlockGrid, bits: torch.Tensor) -> int:
+    """int32 words of ``qweight`` for a bit map: every block's stored columns (a ragged last group
+    rounds up to a whole word) x rows x bits / 32."""
+    R, G = grid.shape
+    stored_cols = torch.tensor([grid.stored_cols(j) for j in range(G)], dtype=torch.int64)
+    rows = torch.tensor([grid.rows_in(r) for r in range(R)], dtype=torch.int64)
+    return int((rows[:, None] * stored_cols[None, :] * bits.to("cpu", torch.int64)).sum()) // 32
+
+
+def packed_nbytes(bits: torch.Tensor, n_row_perm: int, n_col_perm: int, out_features: int, in_features: int,
+                  block_rows: int, group_size: int) -> int:
+    """:attr:`PackedWeight.nbytes` from the bit map and geometry alone (no packing needed)."""
+    grid = BlockGrid(out_features, in_features, block_rows, group_size)
+    R, G = grid.shape
+    return (4 * qweight_words(grid, bits) + R * G * (1 + 4 + 4) + R * 10 * 4 + 2 * 2 * G * out_features
+            + 4 * (n_row_perm + n_col_perm))
+
+
+def layout_aligned4(block_offset: torch.Tensor, out_features: int, block_rows: int) -> bool:
+    """True when every row-block's row count and every block offset is a multiple of 4 words, i.e.
+    4 consecutive rows of any sub-plane word form one 16-byte-aligned chunk (relative to qweight's
+    start). The format does not promise it; a kernel may use 128-bit loads only when this was
+    checked on the real offsets. block_offset: int32 [R, G] (real values, not traced)."""
+    if block_rows % 4 or (out_features % block_rows) % 4:
+        return False
+    return bool((block_offset.to("cpu", torch.int64) % 4 == 0).all())

@@ -1,52 +1,103 @@
-"""SFMPLinear: an nn.Module that holds only the packed buffers of one quantized linear layer."""
+"""SFMPLinear: an nn.Module that holds one quantized linear layer as an ``SFMPWeight``."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from .blocks import BlockGrid
 from .format import PackedWeight, validate
-from .codegen import packed_of, prepare_module_, sfmp_linear
-from .ops.reference import packed_args  # noqa: F401  (registers sfmp::linear_ref)
+from .layouts import LAYOUTS, SFMPWeight
+from .ops.dispatch import preferred_layout, sfmp_linear
 
 
 class SFMPLinear(nn.Module):
-    """Drop-in replacement for nn.Linear (y = x Ŵᵀ + b) whose weight lives in the SFMP packed format.
+    """Drop-in replacement for nn.Linear (y = x Ŵᵀ + b) whose weight is an :class:`SFMPWeight`.
 
-    The float weight is gone; buffers are the PackedWeight tensors (saved in state_dict) and the
-    layer geometry is plain int attributes (so Dynamo treats it as constant).
+    The float weight is gone. The weight's tensors in its current layout are the module's buffers
+    (so ``.to()`` moves them and Dynamo sees them as graph inputs) and its geometry is plain ints
+    (constants to Dynamo). ``state_dict()`` always writes the packed checkpoint form (format v1),
+    whatever layout is held; loading one keeps the layout the module is in.
     x: [..., in_features] float16/bfloat16/float32 -> [..., out_features] same dtype.
     """
 
-    def __init__(self, packed: PackedWeight, bias: torch.Tensor | None = None):
+    def __init__(self, weight: SFMPWeight | PackedWeight, bias: torch.Tensor | None = None):
         super().__init__()
-        validate(packed)
-        for name, t in packed.tensors().items():
-            self.register_buffer(name, t)
-        for name, v in packed.meta().items():
-            setattr(self, name, v)
+        if isinstance(weight, PackedWeight):
+            validate(weight)
+            weight = SFMPWeight.from_packed(weight)
+        self._tensor_names: tuple[str, ...] = ()
+        self.set_weight(weight)
         self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False) if bias is not None else None
+
+    def set_weight(self, w: SFMPWeight) -> None:
+        """Hold ``w`` (same geometry) in place of the current weight."""
+        for name in self._tensor_names:
+            self._buffers.pop(name, None)
+        persistent = w.layout == "packed"  # other layouts are saved as their packed form
+        for name, t in w.state().items():
+            self.register_buffer(name, t, persistent=persistent)
+        self._tensor_names = tuple(w.state())
+        self.layout = w.layout
+        self.out_features, self.in_features = w.out_features, w.in_features
+        self.block_rows, self.group_size = w.block_rows, w.group_size
+        self.widths, self.aligned4 = w.widths, w.aligned4
+
+    @property
+    def sfmp_weight(self) -> SFMPWeight:
+        """The weight as held (its tensors are this module's buffers)."""
+        names = LAYOUTS[self.layout].TENSORS
+        return SFMPWeight(self.layout, {n: getattr(self, n) for n in names}, self.row_perm, self.col_perm,
+                          self.out_features, self.in_features, self.block_rows, self.group_size, self.widths,
+                          self.aligned4)
 
     @property
     def packed(self) -> PackedWeight:
-        # packed_of rebuilds the true-bit codes exactly when the layer holds its CPU int4 form.
-        return packed_of(self)
+        """The checkpoint form, bit for bit (an unpack when another layout is held)."""
+        return self.sfmp_weight.packed()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Dispatch by device: CUDA -> generated Triton kernels; CPU -> the int4 fast path once
-        # prepare_for("cpu") converted the layer (else the exact reference). See docs/KERNELS.md.
-        return sfmp_linear(x, self, self.bias)
+        return sfmp_linear(x, self.sfmp_weight, self.bias)
 
     def prepare_for(self, device) -> "SFMPLinear":
-        """Move to ``device`` and convert in place to the form its kernels run from.
+        """Move to ``device`` and hold the layout its kernels run from (ops.dispatch): on CPU the
+        int4 layout for a layer whose blocks all fit 4 bits, else the packed one. Call before
+        torch.compile. Returns self."""
+        device = torch.device(device)
+        w = self.sfmp_weight
+        self.set_weight(w.to_layout(preferred_layout(w, device)).to(device))
+        if self.bias is not None:
+            self.bias.data = self.bias.data.to(device)
+        return self
 
-        On CPU an all-<=4-bit layer swaps the true-bit codes for the int4 CPU layout (state_dict
-        still writes the true-bit format). Call before torch.compile. Returns self.
-        """
-        return prepare_module_(self, device)
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.layout != "packed":
+            for name, t in self.packed.tensors().items():
+                destination[prefix + name] = t
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        names = PackedWeight.TENSOR_FIELDS
+        keys = [prefix + n for n in names]
+        if all(k in state_dict for k in keys):
+            meta = {k: getattr(self, k) for k in SFMPWeight.META}
+            incoming = PackedWeight(**{n: state_dict[k].detach().clone() for n, k in zip(names, keys)}, **meta)
+            try:
+                validate(incoming, where=f"{prefix}(SFMPLinear)")
+            except ValueError as e:
+                error_msgs.append(str(e))
+                return
+            w = SFMPWeight.from_packed(incoming.to(self.row_perm.device))
+            self.set_weight(w.to_layout(self.layout) if w.can_take(self.layout) else w)
+        elif strict:
+            missing_keys.extend(k for k in keys if k not in state_dict)
+        # the packed layout's buffers are persistent: the base class copies the same values in
+        rest = state_dict if self.layout == "packed" else {k: v for k, v in state_dict.items() if k not in keys}
+        super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def extra_repr(self) -> str:
         b = self.bits.to(torch.int64)
-        counts = self.packed.grid.weight_counts().to(b.device)
-        avg = float((b * counts).sum()) / (self.out_features * self.in_features)
+        counts = BlockGrid(self.out_features, self.in_features, self.block_rows, self.group_size).weight_counts()
+        avg = float((b * counts.to(b.device)).sum()) / (self.out_features * self.in_features)
         return (f"in_features={self.in_features}, out_features={self.out_features}, avg_bits={avg:.3f}, "
-                f"block={self.block_rows}x{self.group_size}, bias={self.bias is not None}")
+                f"block={self.block_rows}x{self.group_size}, layout={self.layout}, bias={self.bias is not None}")

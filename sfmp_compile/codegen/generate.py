@@ -3,7 +3,7 @@
 A kernel is identified by a :class:`KernelKey` = (family, width set). The width set (the distinct
 bit widths a layer uses) is baked into the source as literal segment loops; tile shapes and feature
 switches stay ``tl.constexpr`` so Triton compiles those variants from the same source. So the
-number of generated sources is bounded by 3 families x (distinct width sets in a model), typically
+number of generated sources is bounded by the families used x (distinct width sets in a model), typically
 <= 3 x 7 for a (2,3,4) allocation, however many layers or exact block patterns there are.
 
 Caches:
@@ -23,17 +23,13 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import decode, gemv, prefill, templates
-
-TEMPLATE_VERSION = 1
-FAMILIES = {gemv.FAMILY: gemv, decode.FAMILY: decode, prefill.FAMILY: prefill}
+from . import templates
+from .families import FAMILIES
 
 _lock = threading.Lock()
-# In-memory caches are keyed by (KernelKey, kernel variant): SFMP_KERNEL_VARIANT changes the source,
-# and one process (a test, an A/B benchmark) may switch it.
-_kernels: dict[tuple["KernelKey", int], object] = {}
-_sources: dict[tuple["KernelKey", int], str] = {}
-_paths: dict[tuple["KernelKey", int], Path] = {}
+_kernels: dict["KernelKey", object] = {}
+_sources: dict["KernelKey", str] = {}
+_paths: dict["KernelKey", Path] = {}
 
 
 @dataclass(frozen=True)
@@ -71,7 +67,7 @@ ALIGNED4 = 1  # width_mask bit 0: the layer's word offsets were checked to be mu
 def width_mask(widths, aligned4: bool = False) -> int:
     """Bit set of widths (bit b set <=> width b present): a hashable int for op signatures. Bit 0
     (``ALIGNED4``) carries a fact about the layer's layout that a traced graph cannot check itself:
-    every block offset and row-block row count is a multiple of 4 words (variant-4 gemv: 128-bit loads)."""
+    every block offset and row-block row count is a multiple of 4 words (gemvu: 128-bit loads)."""
     m = ALIGNED4 if aligned4 else 0
     for b in widths:
         m |= 1 << int(b)
@@ -90,13 +86,11 @@ def cache_dir() -> Path:
 def emit_source(key: KernelKey) -> str:
     """The full Python/Triton source of the kernel for ``key`` (deterministic text)."""
     fam = FAMILIES[key.family]
-    version = f"{TEMPLATE_VERSION}.{templates.variant()}"  # variant: see templates.variant()
     sig = templates.SIGNATURE.format(name=key.name, family=key.family, widths=key.widths)
-    extra = getattr(fam, "signature_extra", lambda: "")()  # variant-4 gemv: U, ALIGNED
-    if extra:
+    if fam.SIGNATURE_EXTRA:
         cut = sig.index("\n):\n")
-        sig = sig[:cut + 1] + extra + sig[cut + 1:]
-    return (templates.HEADER.format(family=key.family, widths=key.widths, version=version)
+        sig = sig[:cut + 1] + fam.SIGNATURE_EXTRA + sig[cut + 1:]
+    return (templates.HEADER.format(family=key.family, widths=key.widths, version=fam.VERSION)
             + sig + fam.emit_body(key.widths))
 
 
@@ -107,13 +101,13 @@ def _as_key(key) -> KernelKey:
 def kernel_source(key) -> str:
     """Source text of a kernel (a :class:`KernelKey` or its name), for graph dumps and debugging."""
     key = _as_key(key)
-    src = _sources.get((key, templates.variant()))
+    src = _sources.get(key)
     return src if src is not None else emit_source(key)
 
 
 def kernel_path(key) -> Path | None:
     """Where the emitted source of a loaded kernel lives on disk (None until it is loaded)."""
-    return _paths.get((_as_key(key), templates.variant()))
+    return _paths.get(_as_key(key))
 
 
 def get_kernel(key):
@@ -122,8 +116,7 @@ def get_kernel(key):
     Whether it is a compiled or an interpreted kernel is decided by Triton when the emitted module
     is imported (``TRITON_INTERPRET`` at that time, and at ``import triton``).
     """
-    key = _as_key(key)
-    mkey = (key, templates.variant())
+    key = mkey = _as_key(key)
     k = _kernels.get(mkey)
     if k is not None:
         return k
@@ -162,43 +155,7 @@ def distinct_kernels() -> int:
 
 
 def loaded_keys() -> list[KernelKey]:
-    return sorted({k for k, _ in _kernels}, key=lambda k: k.name)
-
-
-def fingerprint() -> str:
-    """Hash of everything that determines generated kernels and how they are launched.
-
-    Compile caches outside our control (AOTAutograd's) key user Triton kernels by source; our
-    kernels are generated lazily, so ops.py registers a stub kernel carrying this hash to make a
-    template or launcher change invalidate stale cached graphs.
-    """
-    here = Path(__file__).parent
-    h = hashlib.sha256()
-    for name in ("templates.py", "generate.py", "gemv.py", "decode.py", "prefill.py", "launch.py", "autotune.py"):
-        h.update((here / name).read_bytes())
-    return h.hexdigest()[:16]
-
-
-def fingerprint_kernel(extra: bytes = b""):
-    """A trivial ``@triton.jit`` function whose source text contains :func:`fingerprint` (hashed
-    together with ``extra``, e.g. another module's source, when given)."""
-    fp = fingerprint() if not extra else hashlib.sha256(fingerprint().encode() + extra).hexdigest()[:16]
-    src = (templates.HEADER.format(family="fingerprint", widths=(), version=TEMPLATE_VERSION)
-           + f"\n@triton.jit\ndef sfmp_codegen_fingerprint(x_ptr):\n"
-           f"    \"\"\"sfmp_compile codegen fingerprint {fp}.\"\"\"\n    pass\n")
-    d = cache_dir() / "kernels"
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / f"sfmp_codegen_fingerprint_{fp}.py"
-    if not path.exists():
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(src)
-        os.replace(tmp, path)
-    modname = f"sfmp_compile_generated.fingerprint_{fp}"
-    spec = importlib.util.spec_from_file_location(modname, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[modname] = mod
-    spec.loader.exec_module(mod)
-    return mod.sfmp_codegen_fingerprint
+    return sorted(_kernels, key=lambda k: k.name)
 
 
 _on_load: list = []
@@ -207,5 +164,5 @@ _on_load: list = []
 def on_kernel_load(callback) -> None:
     """Call ``callback(key, kernel)`` for every kernel loaded from now on (and those already loaded)."""
     _on_load.append(callback)
-    for (k, _), v in list(_kernels.items()):
+    for k, v in list(_kernels.items()):
         callback(k, v)

@@ -14,9 +14,15 @@ one extra pass over x that Inductor can fuse into the op producing x.
 """
 from __future__ import annotations
 
-from . import templates
+from ..format import plane_widths
+from .tiles import Config, pow2_at_least
+from .templates import chunks, group_head, join_lines, tiled_body, words, x_tile
 
 FAMILY = "prefill"
+VERSION = "1.3"
+SIGNATURE_EXTRA = ""
+INTERPRETER = Config(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, SPLIT_K=1, num_warps=4, num_stages=1)
+FALLBACK = Config(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, SPLIT_K=1, num_warps=8, num_stages=3)
 
 PROLOGUE = '''
     pid_m = tl.program_id(0)
@@ -25,9 +31,60 @@ PROLOGUE = '''
 '''
 
 
+def _int_codes(bits: int, ind: str) -> list[str]:
+    """``q`` (int32 [BLOCK_K, BLOCK_N]) for chunk c0: each word fanned out to its 32/w fields with
+    a broadcast shift, [words, fields, rows] viewed as [BLOCK_K, rows] (column = word*per + i);
+    planes OR-ed in at their bit offset. Shifts and masks are literals."""
+    out = [f"{ind}# {bits}-bit code = sub-planes {plane_widths(bits)} (lowest bits first)"]
+    prefix = 0
+    for p, w in enumerate(plane_widths(bits)):
+        out += words(w, prefix, ind)
+        out.append(f"{ind}v = (wd[:, None, :] >> (tl.arange(0, {32 // w}) * {w})[None, :, None]) & {(1 << w) - 1}")
+        v = "tl.reshape(v, (BLOCK_K, BLOCK_N))"
+        if p == 0:
+            out.append(f"{ind}q = {v}" if prefix == 0 else f"{ind}q = {v} << {prefix}")
+        else:
+            out.append(f"{ind}q = q | ({v} << {prefix})")
+        prefix += w
+    return out
+
+
+def prefill_segment(bits: int) -> str:
+    def body(ind):
+        # w = (q - z) * s in the dot dtype: q - z is an exact small integer there, so the only
+        # rounding is the product's (a fused q*s - z*s would cancel catastrophically for large z).
+        return _int_codes(bits, ind) + x_tile(ind) + [
+            f"{ind}if DOT_KIND == 1:",
+            f"{ind}    wq = (q.to(tl.float16) - zv16[None, :]) * sv16[None, :]",
+            f"{ind}    acc = tl.dot(xt.to(tl.float16), wq, acc)",
+            f"{ind}elif DOT_KIND == 2:",
+            f"{ind}    wq = (q.to(tl.bfloat16) - zv16[None, :]) * sv16[None, :]",
+            f"{ind}    acc = tl.dot(xt.to(tl.bfloat16), wq, acc)",
+            f"{ind}elif DOT_KIND == 3:",
+            f"{ind}    wq = (q.to(tl.float32) - zv[None, :]) * sv[None, :]",
+            f"{ind}    acc = tl.dot(xt, wq, acc, input_precision=\"tf32x3\")",
+            f"{ind}else:",
+            f"{ind}    wq = (q.to(tl.float32) - zv[None, :]) * sv[None, :]",
+            f"{ind}    acc = tl.dot(xt, wq, acc, input_precision=\"ieee\")",
+        ]
+    lines = group_head(bits, "") + [
+        "        if DOT_KIND == 1:",
+        "            sv16 = sv.to(tl.float16)",
+        "            zv16 = zv.to(tl.float16)",
+        "        elif DOT_KIND == 2:",
+        "            sv16 = sv.to(tl.bfloat16)",
+        "            zv16 = zv.to(tl.bfloat16)",
+    ] + chunks(body)
+    return join_lines(*lines)
+
+
 def emit_body(widths: tuple[int, ...]) -> str:
     """Kernel body after the signature: tile setup, one segment loop per width, store."""
-    return templates.tiled_body(PROLOGUE, templates.prefill_segment, widths)
+    return tiled_body(PROLOGUE, prefill_segment, widths)
+
+
+def block_m(M: int, cfg: Config) -> int:
+    return max(16, cfg.BLOCK_M)
 
 
 def grid(M: int, n_tiles: int, split_k: int, bm: int) -> tuple[int, int, int]:
@@ -41,30 +98,24 @@ TILES = ((32, 64, 128, 4), (64, 64, 128, 4), (64, 128, 64, 4), (64, 128, 64, 8),
 
 
 def config_space(M: int, n_tiles_for, groups: int, block_rows: int, group_size: int,
-                 has_col_perm: bool = True) -> list[dict]:
+                 has_col_perm: bool = True) -> list[Config]:
     """Pruned candidate configs for autotuning (GPU only).
 
     Pruning: BLOCK_M no larger than M rounded up to a power of two (min 32); BLOCK_N no wider than a
     row-block; BLOCK_K no larger than the group; split-K (auto = about two waves) only when the tile
     count is below one wave of a 132-SM GPU; pregather tried only for M >= 256 with a column
-    permutation. Three pipeline stages (Hopper/Ampere sweet spot for this operand size).
+    permutation. Three pipeline stages (Hopper/Ampere sweet spot for this operand size). Big tiles
+    first from M = 1024 on, so a time-boxed tune reaches them.
     """
-    mcap = max(32, _pow2_at_least(M))
-    gmax = max(32, _pow2_at_least(group_size))
+    mcap = max(32, pow2_at_least(M))
+    gmax = max(32, pow2_at_least(group_size))
     out = []
     for bm, bn, bk, warps in TILES:
-        if bm > mcap or bn > max(16, _pow2_at_least(block_rows)) or bk > gmax:
+        if bm > mcap or bn > max(16, pow2_at_least(block_rows)) or bk > gmax:
             continue
         tiles = -(-M // bm) * n_tiles_for(bn)
         for sk in ((1,) if tiles >= 132 or groups == 1 else (1, 0)):
             for pg in ((False, True) if has_col_perm and M >= 256 else (False,)):
-                out.append(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=warps,
-                                num_stages=3, pregather=pg))
-    return out
-
-
-def _pow2_at_least(n: int) -> int:
-    p = 1
-    while p < n:
-        p *= 2
-    return p
+                out.append(Config(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=warps,
+                                  num_stages=3, pregather=pg))
+    return out[::-1] if M >= 1024 else out

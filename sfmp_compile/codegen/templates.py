@@ -1,64 +1,31 @@
-"""Source-text templates for the SFMP mixed-precision GEMM kernels.
+"""Source-text pieces shared by the SFMP kernel families (one file per family: gemv.py, gemvu.py,
+decode.py, prefill.py; generate.py assembles a kernel from HEADER + SIGNATURE + a family's body).
 
-The generator (``generate.py``) assembles one Triton kernel per (family, width set). The width set
-of a layer is a compile-time fact, so the emitted kernel has one segment loop per width with the
-width, its sub-plane widths, shifts and masks written as literals: the inner loop never branches on
-a block's bit width. Everything else (tile sizes, split-K, permutations on/off, dot precision) is a
-``tl.constexpr`` parameter, so Triton specialises those without a new source file.
+A layer's width set is a compile-time fact, so an emitted kernel has one segment loop per width
+with the width, its sub-plane widths, shifts and masks written as literals: the inner loop never
+branches on a block's bit width. Everything else (tile sizes, split-K, permutations on/off, dot
+precision) is a ``tl.constexpr`` parameter, so Triton specialises those without a new source.
 
-Packed-format facts the bodies rely on (format v1, see format.py):
+Packed-format facts the bodies rely on (format v1, see docs/FORMAT.md):
   * block (r, j) starts at word ``block_offset[r, j]``; its sub-planes follow one another, the
     plane of width w holding ``stored_cols * w / 32`` words per row, laid out [words, rows_in_block]
     so that a tile of consecutive output rows reads consecutive int32 words (coalesced along N);
   * word t of a row in a width-w plane holds columns ``t*(32/w) + i`` at bit ``i*w``;
   * the first plane holds the lowest bits of the code;
-  * groups of width b in row-block r are ``group_order[r, segment_ptr[r,b] : segment_ptr[r,b+1]]``.
+  * groups of width b in row-block r are ``group_order[r, segment_ptr[r,b] : segment_ptr[r,b+1]]``;
+    the launcher passes walk-ordered word offsets (``block_offset[r, group_order[r, i]]``) in the
+    ``boff_ptr`` slot, so the word base of walk position i is one load, not a dependent chain.
 
-Instruction budget (why the three bodies differ). On an H100 a 3-bit weight arrives every
-~0.04 ns at full HBM bandwidth, leaving ~4-5 issued instructions per weight across the GPU, and the
-int->float convert (I2F) issues at a quarter of the FP32 rate. So:
-  * gemv / decode never convert integers: a field is dropped into the mantissa of 2^23 with one
-    AND|OR (one LOP3; the magic constant is a runtime argument so ptxas can fuse) and recovered
-    with one FSUB as the exact fp32 value q * 2^p. The power of two 2^-p is folded into the
-    activation (which is per column, so it costs per chunk, not per weight), and the zero point is
-    applied per (row, group) as z * sum(x) (decode: group sums precomputed outside the kernel; gemv:
-    one small reduction per group, cheaper than an extra launch at M = 1);
-  * gemv (M = 1) multiplies fields into [words, rows] fp32 accumulators (no tensor cores, no
-    reductions inside the loop);
-  * decode (M <= 16) feeds the same fp32 field tiles to a tf32 tensor-core dot (exact here: the
-    fields have <= 8 significant bits, fp16/bf16 activations <= 11);
-  * prefill (M > 16) is compute-bound: it dequantizes w = (q - z)*s in registers in the dot dtype
-    (fp16/bf16) and accumulates with fp16/bf16 tensor cores, the conversion cost amortised over
-    BLOCK_M rows.
+Why the bodies differ (the instruction budget per weight, in docs/KERNELS.md): gemv and decode never
+convert integers -- a field is dropped into the mantissa of 2^23 with one AND|OR (one LOP3; the magic
+constant is a runtime argument so ptxas can fuse) and recovered with one FSUB as the exact fp32
+``q * 2^p``, the power of two folded into the activation and the zero point applied per
+(row, group) as ``z * sum(x)``; prefill is compute-bound and dequantizes ``(q - z) * s`` in
+registers in the dot dtype, the conversion amortised over BLOCK_M rows.
 """
 from __future__ import annotations
 
-import os
-
 from ..format import plane_widths
-
-
-def variant() -> int:
-    """Which kernel generation to emit and launch: ``SFMP_KERNEL_VARIANT`` = 3 (default), 2 or 1.
-
-    1 = the kernels measured on the H200 on 2026-11-27: every group iteration walks
-        group_order[r, i] -> block_offset[r, j] -> words, a chain of dependent global loads.
-    2 = the launcher passes walk-ordered word offsets (``block_offset[r, group_order[r, i]]``) in
-        the ``boff_ptr`` slot, so j and the word base are independent loads indexed by the walk
-        position i, and each iteration prefetches the next iteration's (j, base) into registers:
-        the loads of a group's words/scales/activations depend on no load of the same iteration.
-        The launcher may also pre-gather x (config ``pregather``) for every family, not only prefill.
-    3 = 2, and the gemv double-buffers each group's tiles in registers (gemv_segment_pipelined).
-    4 = 3 for decode/prefill; the gemv (M = 1) keeps 4 rows per thread, loads U groups per
-        iteration as [U, words, rows] tiles (128-bit loads where the launcher proved 4-word
-        alignment, ``ALIGNED``), optionally double-buffers them (``PIPE``), reduces over words and
-        groups inside the thread into [BLOCK_N] row sums, and writes split-K partials
-        [SPLIT_K, M, N] with plain stores (no zeroed buffer, no atomics); see gemv_v4_body.
-        Opt-in: unmeasured on a GPU.
-    Kept selectable so one GPU run can time them side by side (benchmarks/kernels.py --variant).
-    """
-    v = os.environ.get("SFMP_KERNEL_VARIANT", "3").strip().lower()
-    return {"1": 1, "v1": 1, "old": 1, "2": 2, "v2": 2, "4": 4, "v4": 4}.get(v, 3)
 
 HEADER = '''# Generated by sfmp_compile.codegen.generate -- do not edit; regenerated from templates.py.
 # family={family} widths={widths} template_version={version}
@@ -130,37 +97,30 @@ def tiled_body(prologue: str, segment, widths: tuple[int, ...]) -> str:
     return "".join(parts)
 
 
-def _lines(*xs: str) -> str:
+def join_lines(*xs: str) -> str:
     return "\n".join(xs) + "\n"
 
 
-def _group_head(bits: int, note: str) -> list[str]:
+def group_head(bits: int, note: str) -> list[str]:
     """Segment loop header + per-group scalars, at 4/8 spaces."""
     head = [
         f"    # ---- segment: {bits}-bit blocks, planes {plane_widths(bits)} {note}----",
         f"    seg_lo = tl.load(segp_ptr + r * 10 + {bits})",
         f"    seg_hi = tl.load(segp_ptr + r * 10 + {bits + 1})",
     ]
-    if variant() == 1:
-        head += [
-            "    for i in range(seg_lo + pid_k, seg_hi, SPLIT_K):",
-            "        j = tl.load(gord_ptr + r * G + i)",
-            "        base = tl.load(boff_ptr + r * G + j)",
-        ]
-    else:
-        # boff_ptr holds walk-ordered word offsets (launch._walk_offsets); (j, base) of the next
-        # iteration are loaded one iteration ahead, so this iteration's tile loads wait on nothing.
-        head += [
-            "    i0 = seg_lo + pid_k",
-            "    j_nx = tl.load(gord_ptr + r * G + i0, mask=i0 < seg_hi, other=0)",
-            "    base_nx = tl.load(boff_ptr + r * G + i0, mask=i0 < seg_hi, other=0)",
-            "    for i in range(i0, seg_hi, SPLIT_K):",
-            "        j = j_nx",
-            "        base = base_nx",
-            "        i_nx = i + SPLIT_K",
-            "        j_nx = tl.load(gord_ptr + r * G + i_nx, mask=i_nx < seg_hi, other=0)",
-            "        base_nx = tl.load(boff_ptr + r * G + i_nx, mask=i_nx < seg_hi, other=0)",
-        ]
+    # (j, base) of the next iteration are loaded one iteration ahead, so this iteration's tile
+    # loads wait on nothing.
+    head += [
+        "    i0 = seg_lo + pid_k",
+        "    j_nx = tl.load(gord_ptr + r * G + i0, mask=i0 < seg_hi, other=0)",
+        "    base_nx = tl.load(boff_ptr + r * G + i0, mask=i0 < seg_hi, other=0)",
+        "    for i in range(i0, seg_hi, SPLIT_K):",
+        "        j = j_nx",
+        "        base = base_nx",
+        "        i_nx = i + SPLIT_K",
+        "        j_nx = tl.load(gord_ptr + r * G + i_nx, mask=i_nx < seg_hi, other=0)",
+        "        base_nx = tl.load(boff_ptr + r * G + i_nx, mask=i_nx < seg_hi, other=0)",
+    ]
     return head + [
         "        col0 = j * group_size",
         "        cols = tl.minimum(group_size, K - col0)",
@@ -170,7 +130,7 @@ def _group_head(bits: int, note: str) -> list[str]:
     ]
 
 
-def _chunks(body_fn, ind2: str = " " * 8) -> list[str]:
+def chunks(body_fn, ind2: str = " " * 8) -> list[str]:
     """Emit the chunk body twice: once with c0 = 0 (ONE_CHUNK: BLOCK_K covers the group, so the
     group loop is the innermost loop and the one Triton pipelines) and once in a K-chunk loop."""
     i3, i4 = ind2 + "    ", ind2 + "        "
@@ -178,7 +138,7 @@ def _chunks(body_fn, ind2: str = " " * 8) -> list[str]:
             + [f"{ind2}else:", f"{i3}for c0 in range(0, sc, BLOCK_K):"] + body_fn(i4))
 
 
-def _x_tile(ind: str) -> list[str]:
+def x_tile(ind: str) -> list[str]:
     """Activation tile [BLOCK_M, BLOCK_K] of chunk c0, gathered through col_perm inside the load.
 
     Upcast to fp32 right after the load: the interpreter computes bf16 wrongly.
@@ -195,7 +155,7 @@ def _x_tile(ind: str) -> list[str]:
     ]
 
 
-def _words(w: int, prefix_bits: int, ind: str) -> list[str]:
+def words(w: int, prefix_bits: int, ind: str) -> list[str]:
     """Load the [BLOCK_K*w/32 words, BLOCK_N rows] tile of the width-w plane at code bit prefix."""
     return [
         f"{ind}pbase = base + (sc * {prefix_bits} // 32) * nr",
@@ -205,58 +165,9 @@ def _words(w: int, prefix_bits: int, ind: str) -> list[str]:
     ]
 
 
-# ---- prefill: integer code tile -> dequantized dot operand ------------------------------------
-
-def _int_codes(bits: int, ind: str) -> list[str]:
-    """``q`` (int32 [BLOCK_K, BLOCK_N]) for chunk c0: each word fanned out to its 32/w fields with
-    a broadcast shift, [words, fields, rows] viewed as [BLOCK_K, rows] (column = word*per + i);
-    planes OR-ed in at their bit offset. Shifts and masks are literals."""
-    out = [f"{ind}# {bits}-bit code = sub-planes {plane_widths(bits)} (lowest bits first)"]
-    prefix = 0
-    for p, w in enumerate(plane_widths(bits)):
-        out += _words(w, prefix, ind)
-        out.append(f"{ind}v = (wd[:, None, :] >> (tl.arange(0, {32 // w}) * {w})[None, :, None]) & {(1 << w) - 1}")
-        v = "tl.reshape(v, (BLOCK_K, BLOCK_N))"
-        if p == 0:
-            out.append(f"{ind}q = {v}" if prefix == 0 else f"{ind}q = {v} << {prefix}")
-        else:
-            out.append(f"{ind}q = q | ({v} << {prefix})")
-        prefix += w
-    return out
-
-
-def prefill_segment(bits: int) -> str:
-    def body(ind):
-        # w = (q - z) * s in the dot dtype: q - z is an exact small integer there, so the only
-        # rounding is the product's (a fused q*s - z*s would cancel catastrophically for large z).
-        return _int_codes(bits, ind) + _x_tile(ind) + [
-            f"{ind}if DOT_KIND == 1:",
-            f"{ind}    wq = (q.to(tl.float16) - zv16[None, :]) * sv16[None, :]",
-            f"{ind}    acc = tl.dot(xt.to(tl.float16), wq, acc)",
-            f"{ind}elif DOT_KIND == 2:",
-            f"{ind}    wq = (q.to(tl.bfloat16) - zv16[None, :]) * sv16[None, :]",
-            f"{ind}    acc = tl.dot(xt.to(tl.bfloat16), wq, acc)",
-            f"{ind}elif DOT_KIND == 3:",
-            f"{ind}    wq = (q.to(tl.float32) - zv[None, :]) * sv[None, :]",
-            f"{ind}    acc = tl.dot(xt, wq, acc, input_precision=\"tf32x3\")",
-            f"{ind}else:",
-            f"{ind}    wq = (q.to(tl.float32) - zv[None, :]) * sv[None, :]",
-            f"{ind}    acc = tl.dot(xt, wq, acc, input_precision=\"ieee\")",
-        ]
-    lines = _group_head(bits, "") + [
-        "        if DOT_KIND == 1:",
-        "            sv16 = sv.to(tl.float16)",
-        "            zv16 = zv.to(tl.float16)",
-        "        elif DOT_KIND == 2:",
-        "            sv16 = sv.to(tl.bfloat16)",
-        "            zv16 = zv.to(tl.bfloat16)",
-    ] + _chunks(body)
-    return _lines(*lines)
-
-
 # ---- gemv / decode: magic-number fields, no integer conversion ---------------------------------
 
-def _field_tile(w: int, ind: str) -> list[str]:
+def field_tile(w: int, ind: str) -> list[str]:
     """``v`` (fp32 [BLOCK_K, BLOCK_N]) = q_field * 2^p for every field of the loaded words ``wd``.
 
     Fields at bit >= 16 are read from the word shifted by 16, so every field sits at p <= 15 and
@@ -272,7 +183,7 @@ def _field_tile(w: int, ind: str) -> list[str]:
     ]
 
 
-def _xscale(w: int, shift: int, ind: str) -> list[str]:
+def xscale(w: int, shift: int, ind: str) -> list[str]:
     """[BLOCK_K] factors 2^(plane shift - p(k)), built from exponent bits (exact, no exp2)."""
     per = 32 // w
     return [
@@ -280,34 +191,6 @@ def _xscale(w: int, shift: int, ind: str) -> list[str]:
         f"{ind}pk = tl.where(pk >= 16, pk - 16, pk)",
         f"{ind}xscale = ((127 + {shift} - pk) << 23).to(tl.float32, bitcast=True)",
     ]
-
-
-def decode_segment(bits: int) -> str:
-    def body(ind):
-        out = _x_tile(ind)
-        shift = 0
-        for w in plane_widths(bits):
-            out.append(f"{ind}# plane w={w}: code bits [{shift}, {shift + w})")
-            out += _words(w, shift, ind) + _field_tile(w, ind) + _xscale(w, shift, ind)
-            out += [
-                f"{ind}xp = xt * xscale[None, :]",
-                f"{ind}if DOT_KIND == 0:",
-                f"{ind}    part = tl.dot(xp, v, part, input_precision=\"ieee\")",
-                f"{ind}elif DOT_KIND == 3:",
-                f"{ind}    part = tl.dot(xp, v, part, input_precision=\"tf32x3\")",
-                f"{ind}else:",
-                f"{ind}    # tf32 is exact here: fields have <= 8 significant bits, fp16/bf16 x <= 11",
-                f"{ind}    part = tl.dot(xp, v, part, input_precision=\"tf32\")",
-            ]
-            shift += w
-        return out
-    lines = _group_head(bits, "") + [
-        "        part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)",
-    ] + _chunks(body) + [
-        "        xsum = tl.load(xs_ptr + offs_m * G + j, mask=mask_m, other=0.0)",
-        "        acc += (part - xsum[:, None] * zv[None, :]) * sv[None, :]",
-    ]
-    return _lines(*lines)
 
 
 def field_products(leaves, w: int, bcast: str) -> list[str]:
@@ -342,392 +225,3 @@ def split_tree(src: str, w_expr: str, per: int, prefix: str, ind: str) -> tuple[
         lines.append(f"{ind}{a}, {b} = tl.split(tl.reshape({name}, ({w_expr}, {n // 2}, 2)))")
         nodes += [(b, off + stride, stride * 2), (a, off, stride * 2)]
     return lines, leaves
-
-
-def gemv_segment(bits: int) -> str:
-    """GEMV walk over the ``bits``-bit groups: per field one LOP3 + FSUB + FMA into [words, rows]."""
-    def body(ind):
-        out = [
-            f"{ind}kk = c0 + offs_k",
-            f"{ind}mask_k = kk < cols",
-            f"{ind}if HAS_COL_PERM:",
-            f"{ind}    src = tl.load(cperm_ptr + col0 + kk, mask=mask_k, other=0)",
-            f"{ind}else:",
-            f"{ind}    src = col0 + kk",
-            f"{ind}xt = tl.load(x_row + src, mask=mask_k, other=0.0).to(tl.float32)",
-            f"{ind}xs += xt",
-        ]
-        shift = 0
-        for w in plane_widths(bits):
-            per = 32 // w
-            W = f"BLOCK_K * {w} // 32"
-            out.append(f"{ind}# plane w={w}: code bits [{shift}, {shift + w})")
-            out += _words(w, shift, ind)
-            if per * w > 16:
-                out.append(f"{ind}wdh = (wd >> 16) & 65535")
-            out += _xscale(w, shift, ind)
-            lines, leaves = split_tree(f"tl.reshape(xt * xscale, ({W}, {per}))", W, per, f"xf{w}_", ind)
-            out += lines
-            out += [f"{ind}tmp{w} += {t}" for t in field_products(leaves, w, "[:, None]")]
-            shift += w
-        return out
-    planes = plane_widths(bits)
-    lines = _group_head(bits, "")
-    lines += [f"        tmp{w} = tl.zeros((BLOCK_K * {w} // 32, BLOCK_N), dtype=tl.float32)" for w in planes]
-    lines += ["        xs = tl.zeros((BLOCK_K,), dtype=tl.float32)"]
-    lines += _chunks(body)
-    lines += [f"        acc{w} += tmp{w} * sv[None, :]" for w in planes]
-    # One [BLOCK_K] reduction per group (~2% of the group's work at M = 1) saves the extra
-    # launches of a separate group-sum pass, which would cost as much as the GEMV itself.
-    lines += ["        acc0 -= sv * zv * tl.sum(xs, axis=0)"]
-    return _lines(*lines)
-
-
-def _gemv_prefetch(bits: int, sfx: str, j: str, base: str, ok: str, ind: str) -> list[str]:
-    """Issue (not wait for) the loads of one group's tiles: scales, zeros, col_perm slice and the
-    [words, rows] tile of every plane, for group ``j`` at word offset ``base``; all masked by the
-    scalar ``ok`` (False past the segment's end). Names get the suffix ``sfx``."""
-    out = [
-        f"{ind}col0{sfx} = {j} * group_size",
-        f"{ind}cols{sfx} = tl.minimum(group_size, K - col0{sfx})",
-        f"{ind}sc{sfx} = (cols{sfx} + 31) // 32 * 32",
-        f"{ind}sv{sfx} = tl.load(s_ptr + {j} * N + offs_n, mask=mask_n & {ok}, other=0.0)",
-        f"{ind}zv{sfx} = tl.load(z_ptr + {j} * N + offs_n, mask=mask_n & {ok}, other=0.0)",
-        f"{ind}mk{sfx} = (offs_k < cols{sfx}) & {ok}",
-        f"{ind}if HAS_COL_PERM:",
-        f"{ind}    src{sfx} = tl.load(cperm_ptr + col0{sfx} + offs_k, mask=mk{sfx}, other=0)",
-        f"{ind}else:",
-        f"{ind}    src{sfx} = col0{sfx} + offs_k",
-    ]
-    prefix = 0
-    for w in plane_widths(bits):
-        out.append(f"{ind}wd{w}{sfx} = tl.load(qw_ptr + {base} + (sc{sfx} * {prefix} // 32) * nr + wi{w}[:, None] * nr"
-                   f" + local[None, :], mask=(wi{w}[:, None] < (sc{sfx} * {w}) // 32) & mask_n[None, :] & {ok},"
-                   f" other=0)")
-        prefix += w
-    return out
-
-
-def gemv_segment_pipelined(bits: int) -> str:
-    """Variant 3 gemv walk: a register double buffer over the groups of one width segment.
-
-    While group i is multiplied, the tiles of group i+SPLIT_K are already in flight and the walk
-    metadata (j, word base) of group i+2*SPLIT_K too; the activation gather for i+SPLIT_K is issued
-    after the multiply (its col_perm slice has arrived by then). No load waits on a load of the
-    same iteration, so one warp keeps ~one group of loads in flight behind its FMAs. Only when a
-    group fits one chunk (ONE_CHUNK); longer groups fall back to the variant-2 walk.
-    """
-    planes = plane_widths(bits)
-    I1, I2, I3 = " " * 8, " " * 12, " " * 16
-    fallback = gemv_segment(bits)
-    lines = [
-        f"    # ---- segment: {bits}-bit blocks, planes {planes} (double-buffered) ----",
-        "    if ONE_CHUNK:",
-        f"{I1}seg_lo = tl.load(segp_ptr + r * 10 + {bits})",
-        f"{I1}seg_hi = tl.load(segp_ptr + r * 10 + {bits + 1})",
-    ]
-    lines += [f"{I1}wi{w} = tl.arange(0, BLOCK_K * {w} // 32)" for w in planes]
-    lines += [
-        f"{I1}i0 = seg_lo + pid_k",
-        f"{I1}ok_c = i0 < seg_hi",
-        f"{I1}j_c = tl.load(gord_ptr + r * G + i0, mask=ok_c, other=0)",
-        f"{I1}b_c = tl.load(boff_ptr + r * G + i0, mask=ok_c, other=0)",
-        f"{I1}ok_n0 = i0 + SPLIT_K < seg_hi",
-        f"{I1}j_n = tl.load(gord_ptr + r * G + i0 + SPLIT_K, mask=ok_n0, other=0)",
-        f"{I1}b_n = tl.load(boff_ptr + r * G + i0 + SPLIT_K, mask=ok_n0, other=0)",
-    ]
-    lines += _gemv_prefetch(bits, "_c", "j_c", "b_c", "ok_c", I1)
-    lines += [f"{I1}xt_c = tl.load(x_row + src_c, mask=mk_c, other=0.0)"]
-    lines += [f"{I1}for i in range(i0, seg_hi, SPLIT_K):",
-              f"{I2}ok_n = i + SPLIT_K < seg_hi"]
-    lines += _gemv_prefetch(bits, "_n", "j_n", "b_n", "ok_n", I2)
-    lines += [
-        f"{I2}ok_2 = i + 2 * SPLIT_K < seg_hi",
-        f"{I2}j_2 = tl.load(gord_ptr + r * G + i + 2 * SPLIT_K, mask=ok_2, other=0)",
-        f"{I2}b_2 = tl.load(boff_ptr + r * G + i + 2 * SPLIT_K, mask=ok_2, other=0)",
-        f"{I2}xt = xt_c.to(tl.float32)",
-        f"{I2}sv = sv_c.to(tl.float32)",
-        f"{I2}zv = zv_c.to(tl.float32)",
-    ]
-    shift = 0
-    for w in planes:
-        per = 32 // w
-        W = f"BLOCK_K * {w} // 32"
-        lines.append(f"{I2}# plane w={w}: code bits [{shift}, {shift + w})")
-        lines.append(f"{I2}wd = wd{w}_c")
-        if per * w > 16:
-            lines.append(f"{I2}wdh = (wd >> 16) & 65535")
-        lines += _xscale(w, shift, I2)
-        tree, leaves = split_tree(f"tl.reshape(xt * xscale, ({W}, {per}))", W, per, f"xf{w}_", I2)
-        lines += tree
-        terms = field_products(leaves, w, "[:, None]")
-        lines.append(f"{I2}tmp = {terms[0]}")
-        lines += [f"{I2}tmp += {t}" for t in terms[1:]]
-        lines.append(f"{I2}acc{w} += tmp * sv[None, :]")
-        shift += w
-    lines += [
-        f"{I2}acc0 -= sv * zv * tl.sum(xt, axis=0)",
-        f"{I2}xt_c = tl.load(x_row + src_n, mask=mk_n, other=0.0)  # its col_perm slice is here by now",
-        f"{I2}sv_c = sv_n",
-        f"{I2}zv_c = zv_n",
-    ]
-    lines += [f"{I2}wd{w}_c = wd{w}_n" for w in planes]
-    lines += [f"{I2}j_n = j_2", f"{I2}b_n = b_2", "    else:"]
-    lines += ["    " + ln if ln else ln for ln in fallback.rstrip("\n").split("\n")]
-    return _lines(*lines)
-
-
-# ---- gemv, kernel variant 4: U groups per load, 128-bit word loads, split-K partials ------------
-
-# Extra compile-time switches of the variant-4 gemv (appended to SIGNATURE only there, so the
-# sources of variants 1-3 and of the other families are unchanged):
-#   U        groups of the current width segment loaded per iteration (a power of two);
-#   PIPE     double-buffer the tiles in registers (the launcher sets it from num_stages >= 2);
-#   ALIGNED  the launcher proved every block offset and every row-block's row count a multiple of
-#            4 words (launch.layout_aligned4): word offsets may then be declared multiples of 4, which lets
-#            ptxas emit 128-bit loads of 4 consecutive rows. Never set from a guess.
-SIGNATURE_V4_EXTRA = "    U: tl.constexpr, ALIGNED: tl.constexpr, PIPE: tl.constexpr,\n"
-
-# Variant-4 store: program (pid_n, pid_k) writes slice pid_k of a [SPLIT_K, M, N] buffer with a
-# plain store (SPLIT_K == 1: the output itself). The launcher sums the slices (one torch reduction,
-# fused with the cast by Inductor) -- no zero-fill launch, no fp32 atomics.
-STORE_V4 = '''
-    if HAS_ROW_PERM:
-        dst = tl.load(rperm_ptr + offs_n, mask=mask_n, other=0)
-    else:
-        dst = offs_n
-    y_ptrs = y_ptr + pid_k * M * stride_ym + offs_m[:, None] * stride_ym + dst[None, :]
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
-'''
-
-
-# Widest segment that gets U groups per iteration and the PIPE double buffer. Per 4 rows a thread
-# holds bits x 16 words of one group's tiles (BLOCK_K 128); from 4 bits on, two buffers or two
-# groups spill on sm_90 (compile_check: widths {2,3,4} with PIPE spilled 154 words in the 4-bit
-# walk), so wider segments walk one group at a time, single-buffered. SFMP allocations are mostly
-# 2-3 bits.
-V4_MULTI_MAX_BITS = 3
-
-
-def _v4_u(bits: int) -> str:
-    """Groups per iteration of a segment: U up to V4_MULTI_MAX_BITS, else 1."""
-    return "U" if bits <= V4_MULTI_MAX_BITS else "1"
-
-
-def gemv_v4_prologue(bits: int) -> list[str]:
-    """Per-segment state set up before any segment loop runs (so the metadata loads of all segments
-    are in flight together): bounds and the (j, word base) of the first two iterations. Names carry
-    the suffix ``_{bits}``."""
-    I = " " * 8
-    b, UB = bits, _v4_u(bits)
-    return [
-        f"{I}# {b}-bit segment: walk positions lo_{b}+pid_k+SPLIT_K*({UB}*t+u), u < {UB}",
-        f"{I}uu_{b} = tl.arange(0, {UB})",
-        f"{I}lo_{b} = tl.load(segp_ptr + r * 10 + {b})",
-        f"{I}hi_{b} = tl.load(segp_ptr + r * 10 + {b + 1})",
-        f"{I}iu_{b} = lo_{b} + pid_k + uu_{b} * SPLIT_K",
-        f"{I}okc_{b} = iu_{b} < hi_{b}",
-        f"{I}jc_{b} = tl.load(gord_ptr + r * G + iu_{b}, mask=okc_{b}, other=0)",
-        f"{I}bc_{b} = tl.load(boff_ptr + r * G + iu_{b}, mask=okc_{b}, other=0)",
-        f"{I}okn_{b} = iu_{b} + {UB} * SPLIT_K < hi_{b}",
-        f"{I}jn_{b} = tl.load(gord_ptr + r * G + iu_{b} + {UB} * SPLIT_K, mask=okn_{b}, other=0)",
-        f"{I}bn_{b} = tl.load(boff_ptr + r * G + iu_{b} + {UB} * SPLIT_K, mask=okn_{b}, other=0)",
-    ]
-
-
-def _v4_meta_loads(sfx: str, j: str, base: str, ok: str, ind: str) -> list[str]:
-    """Per-iteration scalars-per-group and the scales/zeros [UB, BLOCK_N] of groups ``j``."""
-    return [
-        f"{ind}col0{sfx} = {j} * group_size",
-        f"{ind}cols{sfx} = tl.minimum(group_size, K - col0{sfx})",
-        f"{ind}sc{sfx} = (cols{sfx} + 31) // 32 * 32  # stored columns",
-        f"{ind}bs{sfx} = {base}",
-        f"{ind}if ALIGNED:",
-        f"{ind}    bs{sfx} = (bs{sfx} >> 2) * 4  # == base (ALIGNED); the product shows the compiler its alignment",
-        f"{ind}mn{sfx} = {ok}[:, None] & mask_n[None, :]",
-        f"{ind}sv{sfx} = tl.load(s_ptr + {j}[:, None] * Nh + offs_n[None, :], mask=mn{sfx}, other=0.0)",
-        f"{ind}zv{sfx} = tl.load(z_ptr + {j}[:, None] * Nh + offs_n[None, :], mask=mn{sfx}, other=0.0)",
-    ]
-
-
-def _v4_chunk_loads(bits: int, t: int, sfx: str, ok: str, ind: str) -> list[str]:
-    """Chunk t (columns [32t, 32t+32)): activations [UB, 32] and, per plane w, the w words covering
-    the chunk as one [UB, w, BLOCK_N] load (4 consecutive rows per thread: LDG.128 under ALIGNED).
-    Guarded by ``BLOCK_K > 32*t`` (chunks are literal: BLOCK_K <= 128, at most 4)."""
-    guard = [f"{ind}if BLOCK_K > {32 * t}:"] if t else []
-    i2 = ind + "    " if t else ind
-    body = [
-        f"{i2}kk = {32 * t} + tl.arange(0, 32)",
-        f"{i2}mk = (kk[None, :] < cols{sfx}[:, None]) & {ok}[:, None]",
-        f"{i2}if HAS_COL_PERM:  # inside the prefetch under PIPE: the dependent load overlaps a multiply",
-        f"{i2}    src = tl.load(cperm_ptr + col0{sfx}[:, None] + kk[None, :], mask=mk, other=0)",
-        f"{i2}else:",
-        f"{i2}    src = col0{sfx}[:, None] + kk[None, :]",
-        f"{i2}x{t}{sfx} = tl.load(x_row + src, mask=mk, other=0.0)",
-        f"{i2}mw = ({ok} & (sc{sfx} > {32 * t}))[:, None, None] & mask_n[None, None, :]",
-    ]
-    prefix = 0
-    for w in plane_widths(bits):
-        body.append(f"{i2}wd{w}_{t}{sfx} = tl.load(qw_ptr + (bs{sfx} + (sc{sfx} * {prefix} // 32) * nr)[:, None, None]"
-                    f" + ({t * w} + ww{w}_{bits})[None, :, None] * nr + local[None, None, :], mask=mw, other=0)")
-        prefix += w
-    return guard + body
-
-
-def _v4_loads(bits: int, sfx: str, j: str, base: str, ok: str, ind: str) -> list[str]:
-    """Issue (not wait for) every load of one iteration's UB groups ``j`` ([UB]) at word offsets
-    ``base``, masked by ``ok``: _v4_meta_loads, then every chunk's _v4_chunk_loads. Names get the
-    suffix ``sfx``."""
-    out = _v4_meta_loads(sfx, j, base, ok, ind)
-    for t in range(4):
-        out += _v4_chunk_loads(bits, t, sfx, ok, ind)
-    return out
-
-
-def _v4_chunk_compute(bits: int, t: int, sfx: str, ind: str) -> list[str]:
-    """Multiply chunk t: one LOP3 + FADD + FFMA per field into [UB, w, rows], then an in-thread sum
-    over the chunk's w words into the [UB, rows] row sums ``rs`` (only this chunk's activations are
-    live in the replicated layout)."""
-    UB = _v4_u(bits)
-    guard = [f"{ind}if BLOCK_K > {32 * t}:"] if t else []
-    i2 = ind + "    " if t else ind
-    body = [f"{i2}xt = x{t}{sfx}.to(tl.float32)", f"{i2}xs += tl.sum(xt, axis=1)"]
-    for w in plane_widths(bits):
-        per = 32 // w
-        body.append(f"{i2}wd = wd{w}_{t}{sfx}")
-        if per * w > 16:
-            body.append(f"{i2}wdh = (wd >> 16) & 65535")
-        tree, leaves = split_tree(f"tl.reshape(xt * xsc{w}_{bits}[None, :], ({UB}, {w}, {per}))", f"{UB}, {w}",
-                                  per, f"xf{w}_", i2)
-        body += tree
-        terms = field_products(leaves, w, "[:, :, None]")
-        body.append(f"{i2}tmp = {terms[0]}")
-        body += [f"{i2}tmp += {tt}" for tt in terms[1:]]
-        body.append(f"{i2}rs += tl.sum(tmp, axis=1)  # over the chunk's {w} word(s): inside the thread")
-    return guard + body
-
-
-def _v4_compute(bits: int, sfx: str, ind: str, chunk_loads=None) -> list[str]:
-    """Multiply the loaded tiles (suffix ``sfx``) chunk by chunk, then once per iteration the
-    scale/zero-point step into ``acc0`` (an in-thread sum over the UB groups). ``chunk_loads(t)``,
-    if given, emits chunk t's loads just before chunk t-1 is multiplied (a one-chunk pipeline)."""
-    UB = _v4_u(bits)
-    out = [f"{ind}rs = tl.zeros(({UB}, BLOCK_N), dtype=tl.float32)",
-           f"{ind}xs = tl.zeros(({UB},), dtype=tl.float32)"]
-    for t in range(4):
-        if chunk_loads is not None and t < 3:
-            out += chunk_loads(t + 1)
-        out += _v4_chunk_compute(bits, t, sfx, ind)
-    out.append(f"{ind}acc0 += tl.sum((rs - zv{sfx}.to(tl.float32) * xs[:, None]) * sv{sfx}.to(tl.float32), axis=0)")
-    return out
-
-
-def gemv_v4_segment(bits: int) -> list[str]:
-    """The variant-4 walk over the ``bits``-bit groups of row-block r (ONE_CHUNK only).
-
-    Iteration t handles the UB groups at walk positions lo + pid_k + SPLIT_K*(UB*t + u) (UB = U, or
-    1 above V4_MULTI_MAX_BITS bits, where PIPE is ignored too). No load waits on a load of its own iteration: (j, base) come two iterations
-    ahead. PIPE (launcher: num_stages >= 2) double-buffers the tiles in registers -- the next
-    iteration's loads are issued before this one is multiplied; without PIPE an iteration issues
-    its own tiles first and waits once (other warps on the SM cover the wait).
-    """
-    b, planes, UB = bits, plane_widths(bits), _v4_u(bits)
-    I2, I3, I4 = " " * 8, " " * 12, " " * 16
-    out = [f"{I2}# ---- segment: {b}-bit blocks, planes {planes} ({UB} groups per load) ----"]
-    shift = 0
-    for w in planes:
-        per = 32 // w
-        out += [
-            f"{I2}ww{w}_{b} = tl.arange(0, {w})",
-            f"{I2}pk = (tl.arange(0, 32) % {per}) * {w}",
-            f"{I2}pk = tl.where(pk >= 16, pk - 16, pk)",
-            f"{I2}xsc{w}_{b} = ((127 + {shift} - pk) << 23).to(tl.float32, bitcast=True)  # 2^(shift - p(k))",
-        ]
-        shift += w
-    tiles = (["cols", "sv", "zv"] + [f"x{t}" for t in range(4)]
-             + [f"wd{w}_{t}" for t in range(4) for w in planes])
-    rotate_tiles = []
-    for name in tiles:
-        t = int(name[-1]) if name[-1].isdigit() and name[0] in "xw" else 0
-        line = f"{name}_c = {name}_n"
-        rotate_tiles.append((t, line))
-    if b > V4_MULTI_MAX_BITS:  # wide blocks: one group at a time, single-buffered (see V4_MULTI_MAX_BITS)
-        out.append(f"{I2}if True:")
-        out += _v4_single(b, UB, I3, I4)
-        return out
-    out.append(f"{I2}if PIPE:")
-    out += _v4_loads(b, "_c", f"jc_{b}", f"bc_{b}", f"okc_{b}", I3)
-    out += [
-        f"{I3}for i in range(lo_{b} + pid_k, hi_{b}, SPLIT_K * {UB}):",
-        f"{I4}okn = i + ({UB} * SPLIT_K) + uu_{b} * SPLIT_K < hi_{b}",
-    ]
-    out += _v4_loads(b, "_n", f"jn_{b}", f"bn_{b}", "okn", I4)
-    out += [
-        f"{I4}i2 = i + (2 * {UB} * SPLIT_K) + uu_{b} * SPLIT_K",
-        f"{I4}j2 = tl.load(gord_ptr + r * G + i2, mask=i2 < hi_{b}, other=0)",
-        f"{I4}b2 = tl.load(boff_ptr + r * G + i2, mask=i2 < hi_{b}, other=0)",
-    ]
-    out += _v4_compute(b, "_c", I4)
-    for t, line in rotate_tiles:
-        out += ([f"{I4}if BLOCK_K > {32 * t}:", f"{I4}    {line}"] if t else [f"{I4}{line}"])
-    out += [f"{I4}jn_{b} = j2", f"{I4}bn_{b} = b2"]
-    out.append(f"{I2}else:")
-    return out + _v4_single(b, UB, I3, I4)
-
-
-def _v4_single(b: int, UB: str, I3: str, I4: str) -> list[str]:
-    """The single-buffered variant-4 loop: an iteration issues its own tiles, then multiplies.
-    Segments up to V4_MULTI_MAX_BITS issue all chunks' loads first; wider ones only one chunk ahead
-    of the multiply (their whole group would not fit in registers next to the multiply)."""
-    out = [
-        f"{I3}for i in range(lo_{b} + pid_k, hi_{b}, SPLIT_K * {UB}):",
-        f"{I4}ok = i + uu_{b} * SPLIT_K < hi_{b}",
-    ]
-    if b <= V4_MULTI_MAX_BITS:
-        out += _v4_loads(b, "", f"jc_{b}", f"bc_{b}", "ok", I4)
-        loads_ahead = None
-    else:
-        out += _v4_meta_loads("", f"jc_{b}", f"bc_{b}", "ok", I4) + _v4_chunk_loads(b, 0, "", "ok", I4)
-
-        def loads_ahead(t):
-            return _v4_chunk_loads(b, t, "", "ok", I4)
-    out += [
-        f"{I4}i2 = i + (2 * {UB} * SPLIT_K) + uu_{b} * SPLIT_K",
-        f"{I4}j2 = tl.load(gord_ptr + r * G + i2, mask=i2 < hi_{b}, other=0)",
-        f"{I4}b2 = tl.load(boff_ptr + r * G + i2, mask=i2 < hi_{b}, other=0)",
-    ]
-    out += _v4_compute(b, "", I4, loads_ahead)
-    out += [f"{I4}jc_{b} = jn_{b}", f"{I4}bc_{b} = bn_{b}", f"{I4}jn_{b} = j2", f"{I4}bn_{b} = b2"]
-    return out
-
-
-def gemv_v4_body(widths: tuple[int, ...]) -> str:
-    """Segment walks of the variant-4 gemv after TILE_SETUP / x_row / acc0: the U-group walk when a
-    group fits one chunk (ONE_CHUNK), else the variant-2 walk with [words, rows] accumulators.
-    Leaves ``acc`` ([1, BLOCK_N]) for STORE_V4."""
-    pw = sorted({w for b in widths for w in plane_widths(b)}, reverse=True)
-    lines = [
-        "    if ALIGNED:",
-        "        # launcher-proved (launch.layout_aligned4): every row-block's row count and every block",
-        "        # offset is a multiple of 4 words, hence so are row0, nr and N",
-        "        nr = tl.multiple_of(nr, 4)",
-        "        row0 = tl.multiple_of(row0, 4)",
-        "        local = tl.max_contiguous(tl.multiple_of(local, 4), 4)",
-        "        mask_n = local < nr",
-        "        offs_n = row0 + local",
-        "        Nh = tl.multiple_of(N, 4)",
-        "    else:",
-        "        Nh = N",
-        "    if ONE_CHUNK:",
-    ]
-    for b in widths:
-        lines += gemv_v4_prologue(b)
-    for b in widths:
-        lines += gemv_v4_segment(b)
-    lines += ["        acc = acc0[None, :]", "    else:"]
-    lines += [f"        acc{w} = tl.zeros((BLOCK_K * {w} // 32, BLOCK_N), dtype=tl.float32)" for w in pw]
-    for b in widths:
-        lines += ["    " + ln if ln else ln for ln in gemv_segment(b).rstrip("\n").split("\n")]
-    total = " + ".join(["acc0"] + [f"tl.sum(acc{w}, axis=0)" for w in pw])
-    lines.append(f"        acc = ({total})[None, :]")
-    return _lines(*lines)

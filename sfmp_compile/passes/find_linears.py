@@ -5,7 +5,7 @@ Forms recognised (y = x Wᵀ + b, W [N, K] in nn.Linear layout):
   addmm    torch.addmm / aten.addmm(b, x2d, Wᵀ)                     (AOT decomposition, with bias)
   mm       torch.mm / torch.matmul / ``@`` / aten.mm(x, Wᵀ)          (AOT decomposition, no bias)
   module   call_module of an nn.Linear / Conv1D                       (torch.fx.symbolic_trace)
-  sfmp     an sfmp::* op over packed buffers                          (an already-quantized SFMPLinear)
+  sfmp     an sfmp::* linear op over a weight layout                  (an already-quantized SFMPLinear)
 ``Wᵀ`` is ``t``/``transpose``/``permute`` of a parameter. A mm/addmm/matmul whose second operand is a
 parameter *without* a transpose is transformers' Conv1D (GPT-2): its weight is stored [K, N].
 
@@ -22,6 +22,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from ..salience import is_conv1d, is_linear
 from .fx_utils import get_constant, node_shape, sfmp_role, static_int
 from .names import NameResolver, dotted_name, layer_of, module_path_name, source_name
 
@@ -32,8 +33,9 @@ ADDMM_FNS = {torch.addmm, aten.addmm.default}
 MM_FNS = {torch.mm, torch.matmul, operator.matmul, aten.mm.default, aten.matmul.default}
 TRANSPOSE_FNS = {torch.t, aten.t.default, torch.transpose, aten.transpose.int, aten.permute.default,
                  torch.permute, torch.swapaxes, torch.swapdims}
-PACKED_ARG_NAMES = ("x", "qweight", "bits", "block_offset", "group_order", "segment_ptr", "scales", "zeros",
-                    "row_perm", "col_perm", "out_features", "in_features", "block_rows", "group_size")
+# What makes an sfmp op a linear the passes can rewrite: x first, the permutations and geometry
+# by name (ops/signature.py); the layout's tensors in between may be anything.
+SFMP_REQUIRED_ARGS = ("row_perm", "col_perm", "out_features", "in_features")
 
 
 @dataclass
@@ -52,7 +54,7 @@ class LinearSite:
     transposed: bool = False                   # weight stored [K, N] (Conv1D)
     bias: fx.Node | None = None                # node added to the output ([N])
     bias_attr: str | None = None               # form "module": qualified name of the module's bias
-    packed: dict | None = None                 # form "sfmp": arg name -> node / int
+    packed: dict | None = None                 # form "sfmp": op argument name -> node / int
     skip_reason: str | None = None
     dead_after_rewrite: list = field(default_factory=list)  # e.g. the transpose feeding mm
 
@@ -164,7 +166,7 @@ class _Finder:
             return self._mm(node, node.args[0], node.args[1], "mm")
         elif node.op == "call_module":
             mod = self.gm.get_submodule(node.target)
-            if isinstance(mod, nn.Linear) or type(mod).__name__ == "Conv1D":
+            if is_linear(mod):
                 return self._module(node, mod)
         return None
 
@@ -213,7 +215,7 @@ class _Finder:
 
     def _module(self, node, mod):
         w = mod.weight
-        transposed = type(mod).__name__ == "Conv1D"
+        transposed = is_conv1d(mod)
         site = LinearSite(node, node.args[0], "module", "", f"self.{node.target}.weight")
         site.weight, site.transposed = w, transposed
         if getattr(mod, "bias", None) is not None:
@@ -226,28 +228,29 @@ class _Finder:
         return site
 
     def _opaque(self, node):
-        """An sfmp op over another packing (codegen's prepared CPU int4 form): listed, left alone."""
+        """An sfmp op that is not a linear over a layout (no permutation arguments): listed, left alone."""
         stack = node.meta.get("nn_module_stack") or {}
         path = list(stack.values())[-1][0] if stack else node.name
         name = module_path_name(path) if stack else node.name
         schema = _schema_of(node.target)
         return LinearSite(node, node.args[0], "sfmp_opaque", name, str(path),
-                          skip_reason=f"{schema.name} packs weights differently (e.g. the prepared CPU int4 form); "
-                                      "compiled as is, its permutations stay inside the op")
+                          skip_reason=f"{schema.name} takes no permutations; compiled as is")
 
     def _sfmp(self, node):
-        args = list(node.args) + [node.kwargs[k] for k in PACKED_ARG_NAMES[len(node.args):] if k in node.kwargs]
-        if len(args) < len(PACKED_ARG_NAMES):
+        """An sfmp op over any layout (an already-quantized SFMPLinear): its permutations can be split out."""
+        names = [a.name for a in _schema_of(node.target).arguments]
+        args = list(node.args) + [node.kwargs[k] for k in names[len(node.args):] if k in node.kwargs]
+        if len(args) < len(names):
             return None
-        packed = dict(zip(PACKED_ARG_NAMES, args))
-        q = packed["qweight"]
-        src = self.source(q) if isinstance(q, fx.Node) else node.name
-        qt = self.tensor_of(q) if isinstance(q, fx.Node) else None
-        name = self.resolver.layer_name(qt, src, node) if qt is not None else layer_of(dotted_name(src))
+        packed = dict(zip(names, args))
+        first = next((packed[n] for n in names[1:] if isinstance(packed[n], fx.Node)), None)
+        src = self.source(first) if first is not None else node.name
+        t0 = self.tensor_of(first) if first is not None else None
+        name = self.resolver.layer_name(t0, src, node) if t0 is not None else layer_of(dotted_name(src))
         site = LinearSite(node, packed["x"], "sfmp", name, src, out_features=int(packed["out_features"]),
                           in_features=int(packed["in_features"]), packed=packed)
         for k in ("row_perm", "col_perm", "bits"):
-            t = self.tensor_of(packed[k]) if isinstance(packed[k], fx.Node) else None
+            t = self.tensor_of(packed[k]) if isinstance(packed.get(k), fx.Node) else None
             packed["_" + k] = t  # the real tensors: the rewrite splits the permutations out of the op
             if t is None and k != "bits":
                 site.skip_reason = f"{k} is not a constant tensor; permutations cannot be split out"
@@ -268,14 +271,11 @@ def _sfmp_namespace(target) -> bool:
 
 
 def _is_sfmp_op(target) -> bool:
-    schema = getattr(target, "_schema", None)
-    if schema is None:
-        default = getattr(target, "default", None)
-        schema = getattr(default, "_schema", None)
-    if schema is None or not schema.name.startswith("sfmp::"):
+    """An sfmp linear op: x first, then the permutations and geometry somewhere by name."""
+    if not _sfmp_namespace(target):
         return False
-    # linear_ref takes exactly these; linear_triton adds trailing specialisation args (width_mask)
-    return tuple(a.name for a in schema.arguments)[: len(PACKED_ARG_NAMES)] == PACKED_ARG_NAMES
+    names = {a.name for a in _schema_of(target).arguments}
+    return all(n in names for n in SFMP_REQUIRED_ARGS)
 
 
 def find_linear_sites(gm: fx.GraphModule, example_inputs=None, resolver: NameResolver | None = None) -> list[LinearSite]:

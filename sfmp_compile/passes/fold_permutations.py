@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx as fx
 
-from .fx_utils import (GATHER_ROLES, ROLE_GEMM, ROLE_IN, ROLE_OUT, attach_constant, drop_unused_buffers,
+from .fx_utils import (ROLE_GEMM, ROLE_IN, ROLE_OUT, attach_constant, drop_unused_buffers,
                        erase_if_unused, gather_index, insert_gather, inverse_perm, is_gather, is_identity,
                        sfmp_role)
 from .regions import Region, RegionContext, find_region

@@ -1,0 +1,39 @@
+"""ops.dispatch: the table from (layout, device) to a kernel, and explicit backends."""
+import pytest
+import torch
+
+from sfmp_compile.layouts import SFMPWeight
+from sfmp_compile.ops.dispatch import BACKENDS, kernel_for, preferred_layout, sfmp_linear
+from sfmp_compile.ops.reference import linear_ref, packed_args
+from tests.codegen._util import random_packed, sqnr_db
+
+SQNR_FLOOR_DB = 35.0
+
+
+def test_table():
+    assert kernel_for("packed", "cuda") == "triton"
+    assert kernel_for("packed", "cpu") == "ref" and kernel_for("packed", "meta") == "ref"
+    assert kernel_for("cpu", "cpu") == "cpu" and kernel_for("cpu", "cuda") is None
+
+
+def test_int4_is_opt_in_and_ineligible_layers_use_the_reference():
+    p = random_packed(64, 128, 64, 64, (2, 3), True, seed=1)
+    x = torch.randn(2, 128)
+    ref = linear_ref(x, *packed_args(p))
+    assert torch.equal(sfmp_linear(x, p), ref)  # auto on the packed layout: exact reference
+    y = sfmp_linear(x, p, backend="cpu")  # explicit: memoised cpu layout, bf16 numerics
+    assert not torch.equal(y, ref) and sqnr_db(y, ref) >= SQNR_FLOOR_DB
+    assert torch.equal(sfmp_linear(x, SFMPWeight.from_packed(p, "cpu")), y)  # auto on the cpu layout
+    assert torch.equal(sfmp_linear(x, SFMPWeight.from_packed(p, "cpu"), backend="ref"), ref)
+    q = random_packed(64, 128, 64, 64, (3, 5), True, seed=2)
+    assert preferred_layout(SFMPWeight.from_packed(q), "cpu") == "packed"
+    assert torch.equal(sfmp_linear(x, q, backend="cpu"), linear_ref(x, *packed_args(q)))
+
+
+def test_bias_and_unknown_backend():
+    p = random_packed(32, 64, 32, 32, (2,), True, seed=0)
+    x, b = torch.randn(3, 64), torch.randn(32)
+    assert torch.equal(sfmp_linear(x, p, b), linear_ref(x, *packed_args(p)) + b)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        sfmp_linear(x, p, backend="fast")
+    assert "interp" in BACKENDS and "auto" in BACKENDS
