@@ -313,19 +313,23 @@ def test_unquantized_lists_linears_no_graph_reached():
     assert be.unquantized(m) == ["blocks.1.up", "blocks.1.down"]
 
 
-def test_cpu_int4_prepared_layers_are_listed_and_left_alone():
+def test_cpu_layout_layers_keep_their_op_and_their_permutations_fold():
+    """A model loaded and prepared for CPU (layers in the cpu layout) compiles without
+    re-quantizing: each layer keeps its int4 op, and its permutations become graph gathers that
+    the folding pass can cancel, exactly as for packed layers."""
     m = quantize(tiny_llama(), bits=3.5, salience="weight", **SMALL)
     for mod in m.modules():
         if isinstance(mod, sfmp_compile.SFMPLinear):
-            mod.prepare_for("cpu")  # codegen's int4 form: another packing, its own op
+            mod.prepare_for("cpu")
     be = sfmp_backend(inner="aot_eager", cpu_kernel="reference")
     with torch.no_grad():
         eager = m(_ids()).logits
         out = torch.compile(m, backend=be)(_ids()).logits
     torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
     r = be.reports[0]
-    assert r.layers == [] and be.quantize_calls == 0
-    assert sum("CPU int4" in why for _, _, why in r.skipped) == 14
+    assert be.quantize_calls == 0 and len(r.layers) == 14
+    assert all(row.form == "sfmp" and "linear_cpu_int4" in row.op for row in r.layers)
+    assert r.gathers_after < r.gathers_before
 
 
 def test_default_cpu_kernel_is_int4_and_close_to_reference():
@@ -366,7 +370,7 @@ def test_cpu_int4_backend_holds_one_shared_int4_copy_of_each_weight():
         torch._dynamo.reset()
         torch.compile(model, backend=twin_be)(_ids(8))
     assert len(graphs) == 2 and be.quantize_calls == 14
-    cached = {e.layer.int4.w4.data_ptr() for e in be._cache.values()}
+    cached = {e.layer.data["w4"].data_ptr() for e in be._cache.values()}
     for gm in graphs:
         w4 = {b.data_ptr() for n, b in gm.named_buffers() if n.endswith("w4")}
         assert w4 == cached  # the same tensors, not per-graph copies

@@ -25,7 +25,7 @@ VERSION = "1.4"
 INTERPRETER = Config(BLOCK_M=1, BLOCK_N=64, BLOCK_K=128, SPLIT_K=2, num_warps=4, num_stages=1, U=2, family=FAMILY)
 # 4 rows per thread, tiles double-buffered (num_stages >= 2 -> PIPE), x gathered through col_perm
 # in the kernel (inside the prefetch, so its dependent load overlaps a whole multiply), split-K
-# from the SM count (v4_split_k); chosen from the sm_90 compile, not measured on a GPU.
+# from the SM count (auto_split_k); chosen from the sm_90 compile, not measured on a GPU.
 FALLBACK = Config(BLOCK_M=1, BLOCK_N=128, BLOCK_K=128, SPLIT_K=0, num_warps=1, num_stages=2, U=1, family=FAMILY)
 
 # Extra compile-time switches of the variant-4 gemv (appended to SIGNATURE for this family only):
@@ -308,7 +308,7 @@ def config_space(M: int, n_tiles_for, groups: int, block_rows: int, group_size: 
         does U = 2 on one warp). U > 1 wastes the multiply of masked slots when a program walks few
         groups, so split-K stays where each program sees >= 2U groups;
       * U = 1 without PIPE, 1 warp.
-    Split-K: 0 (v4_split_k) and the neighbouring powers of two. x gathered in the kernel with PIPE,
+    Split-K: 0 (auto_split_k) and the neighbouring powers of two. x gathered in the kernel with PIPE,
     pre-gathered without (plus one pre-gathered PIPE config). <= 16 configs, each family's auto
     split first so a time-boxed tune reaches them all."""
     bk = min(128, pow2_at_least(group_size))
@@ -318,7 +318,7 @@ def config_space(M: int, n_tiles_for, groups: int, block_rows: int, group_size: 
             continue
         n_tiles = n_tiles_for(bn)
         for u in us:
-            auto = v4_split_k(n_tiles, warps, groups, u)
+            auto = auto_split_k(n_tiles, warps, groups, u)
             for sk in dict.fromkeys((0, auto * 2, max(1, auto // 2))):
                 if sk and sk * 2 * u > max(groups, 2 * u):
                     continue
@@ -330,7 +330,7 @@ def config_space(M: int, n_tiles_for, groups: int, block_rows: int, group_size: 
     return out[:16]
 
 
-def v4_split_k(n_tiles: int, warps: int, groups: int, u: int = 1, sms: int = 132) -> int:
+def auto_split_k(n_tiles: int, warps: int, groups: int, u: int = 1, sms: int = 132) -> int:
     """Split-K for SPLIT_K = 0: the smallest power of two putting >= 6 warps per SM in flight (a
     single-buffered warp waits about one memory latency per iteration; 2 per scheduler cover it),
     but no more splits than leave each program >= 2U groups to walk (fewer and the masked slots of
@@ -341,7 +341,7 @@ def v4_split_k(n_tiles: int, warps: int, groups: int, u: int = 1, sms: int = 132
     return sk
 
 
-def v4_launch_params(bn: int, warps: int, u: int) -> tuple[int, int]:
+def launch_params(bn: int, warps: int, u: int) -> tuple[int, int]:
     """(num_warps, U) the kernel really launches with: U a power of two in 1..8; at most BLOCK_N/32
     warps, so a warp's 32 lanes all lie along rows and a group's words (and the U groups) stay inside
     each thread -- the per-iteration sums over them are then register adds, never shuffles."""
@@ -353,8 +353,8 @@ def launch(L, cfg: Config) -> torch.Tensor:
     """Host side (``L``: a ``launch.Launch``): split-K partial sums go to slices of an uninitialised
     fp32 [SPLIT_K, M, N] buffer (plain stores) and are summed here -- one reduction that Inductor
     fuses with the cast; SPLIT_K == 1 stores the output dtype directly: one launch."""
-    warps, u = v4_launch_params(L.bn, cfg.num_warps, cfg.U)
-    split_k = cfg.SPLIT_K or v4_split_k(L.n_tiles, warps, L.G, u, L.sms)
+    warps, u = launch_params(L.bn, cfg.num_warps, cfg.U)
+    split_k = cfg.SPLIT_K or auto_split_k(L.n_tiles, warps, L.G, u, L.sms)
     split_k = max(1, min(split_k, L.G))
     aligned = L.aligned4 and L.bn % (4 * 32 * warps) == 0
     f32_out = split_k > 1 or (L.interpret and L.x.dtype == torch.bfloat16)

@@ -21,6 +21,7 @@ import torch
 import torch.fx as fx
 
 from ..blocks import BlockGrid
+from ..format import PackedWeight
 from ..layouts import SFMPWeight
 from ..ops.dispatch import op_call
 from .find_linears import LinearSite
@@ -84,12 +85,14 @@ def _rewrite_one(gm: fx.GraphModule, site: LinearSite, w: SFMPWeight | None, cac
         geometry = (pk["out_features"], pk["in_features"], pk.get("block_rows"), pk.get("group_size"))
         hist = bits_histogram(bits, BlockGrid(*geometry)) if bits is not None and None not in geometry else {}
     else:
+        if isinstance(w, PackedWeight):
+            w = SFMPWeight.from_packed(w).to(site.weight.device)
         device = w.device
         empty = _empty_perm(gm, device, cache, node)
         op, args = op_call(w, device)
 
         def constant(name, t):
-            key = ("const", id(w), name)
+            key = ("const", id(t))  # the graph's buffer keeps t alive, so its id stays unique
             if key not in cache:  # the same parameter used twice in one graph shares its buffers
                 cache[key] = attach_constant(gm, f"{site.name}.{name}", t, before=node)
             return cache[key]
@@ -136,10 +139,12 @@ def _finish(gm, site, node, aten_mode, op, op_args, row_perm, col_perm, shape, h
     return rec
 
 
-def rewrite_linears(gm: fx.GraphModule, work: list[tuple[LinearSite, SFMPWeight | None]]) -> list[LayerRewrite]:
+def rewrite_linears(gm: fx.GraphModule, work: list[tuple[LinearSite, SFMPWeight | PackedWeight | None]]
+                    ) -> list[LayerRewrite]:
     """Rewrite every (site, weight) pair in ``gm``: ``weight`` is the layer's SFMPWeight on the
-    site's device, in the layout it should run from (``ops.dispatch.preferred_layout``), or None
-    for form "sfmp" (the graph already holds it).
+    site's device, in the layout it should run from (``ops.dispatch.preferred_layout``), a
+    PackedWeight (run as the packed layout on the site's device), or None for form "sfmp" (the
+    graph already holds it).
 
     The layout's tensors become buffers of ``gm`` (get_attr nodes) shared with the weight; the weight
     placeholders stay (Dynamo still passes them) but lose their users. Returns one record per layer.

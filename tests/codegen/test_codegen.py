@@ -11,7 +11,8 @@ import torch  # noqa: E402
 from sfmp_compile.codegen import (KernelKey, distinct_kernels, emit_source, get_kernel, kernel_source,  # noqa: E402
                                   m_bucket, family_for)
 from sfmp_compile.codegen import autotune, generate  # noqa: E402
-from sfmp_compile.codegen.autotune import Config  # noqa: E402
+from sfmp_compile.codegen.families import FAMILIES, M_BUCKETS  # noqa: E402
+from sfmp_compile.codegen.tiles import Config  # noqa: E402
 
 
 def test_source_is_specialised_on_the_width_set():
@@ -72,13 +73,12 @@ def test_interpreter_uses_one_config_per_family():
 
 def test_default_configs_cover_every_bucket():
     data = json.loads(autotune.DEFAULTS_FILE.read_text())
-    for _, bucket in autotune.M_BUCKETS:
+    for _, bucket in M_BUCKETS:
         fam = {"m1": "gemv", "m16": "decode"}.get(bucket, "prefill")
         Config.from_dict(data["generic"][f"{fam}|{bucket}"])
 
 
 def test_tuned_cache_lookup_order(tmp_path, monkeypatch):
-    monkeypatch.delenv("SFMP_KERNEL_VARIANT", raising=False)  # the default generation's lookups
     monkeypatch.setenv("SFMP_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(autotune, "interpreting", lambda: False)
     autotune._tuned.clear()

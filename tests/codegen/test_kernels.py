@@ -11,8 +11,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
-from sfmp_compile.codegen import Config, run_triton, sfmp_linear  # noqa: E402
+from sfmp_compile.codegen import Config, KernelLayer, launch  # noqa: E402
 from sfmp_compile.codegen.generate import width_mask  # noqa: E402
+from sfmp_compile.ops.dispatch import sfmp_linear  # noqa: E402
 from sfmp_compile.ops.reference import linear_ref, packed_args  # noqa: E402
 from tests.codegen._util import (KERNEL_DEVICE, TOL, WIDTH_SETS, max_rel_err, needs_kernels,  # noqa: E402
                                  random_packed)
@@ -33,7 +34,7 @@ def _check(p, M, dtype, family, config=None, seed=0, lead=()):
     ref = linear_ref(x, *packed_args(p))
     widths = tuple(sorted(set(p.bits.flatten().tolist())))
     pd = p.to(dev)
-    y = run_triton(x.to(dev), *packed_args(pd), widths, family=family, config=config).cpu()
+    y = launch(x.to(dev), KernelLayer(*packed_args(pd)), widths, family=family, config=config).cpu()
     assert y.dtype == dtype and y.shape == ref.shape
     err = max_rel_err(y, ref)
     assert err <= TOL[dtype], f"{family} M={M} {dtype} widths={widths}: max rel err {err:.2e}"
@@ -101,13 +102,13 @@ def test_leading_dims_and_noncontiguous():
     _check(p, 3, torch.float32, None, lead=(2,))
     x = torch.randn(5, 256)[:, ::2]  # stride 2 in the last dim
     ref = linear_ref(x, *packed_args(p))
-    y = run_triton(x.to(KERNEL_DEVICE), *packed_args(p.to(KERNEL_DEVICE)), (2, 3)).cpu()
+    y = launch(x.to(KERNEL_DEVICE), KernelLayer(*packed_args(p.to(KERNEL_DEVICE))), (2, 3)).cpu()
     assert max_rel_err(y, ref) < 1e-4
 
 
 def test_empty_batch():
     p = random_packed(64, 128, 64, 64, (2, 3), True)
-    y = run_triton(torch.randn(0, 128, device=KERNEL_DEVICE), *packed_args(p.to(KERNEL_DEVICE)), (2, 3))
+    y = launch(torch.randn(0, 128, device=KERNEL_DEVICE), KernelLayer(*packed_args(p.to(KERNEL_DEVICE))), (2, 3))
     assert y.shape == (0, 64)
 
 
@@ -115,7 +116,7 @@ def test_superset_kernel_is_correct():
     # The all-widths kernel (used when the width set is unknown at trace time) serves any layer.
     p = random_packed(64, 128, 64, 64, (2, 3), True, seed=9)
     x = torch.randn(2, 128)
-    y = run_triton(x.to(KERNEL_DEVICE), *packed_args(p.to(KERNEL_DEVICE)), tuple(range(1, 9))).cpu()
+    y = launch(x.to(KERNEL_DEVICE), KernelLayer(*packed_args(p.to(KERNEL_DEVICE))), tuple(range(1, 9))).cpu()
     assert max_rel_err(y, linear_ref(x, *packed_args(p))) < 1e-4
 
 
@@ -134,32 +135,16 @@ def test_interp_op_and_dispatch(M):
     assert max_rel_err(y2, ref) < 1e-4
 
 
-def test_walk_offsets_memo_and_variants(monkeypatch):
-    """Variant 2 reads block_offset in walk order; the memo follows in-place metadata changes, and
-    variant 1 (the 2026-11-27 kernels, kept for A/B timing) emits the old dependent-load walk."""
-    from sfmp_compile.codegen import templates
-    from sfmp_compile.codegen.generate import KernelKey, emit_source
-    from sfmp_compile.codegen.launch import _walk_offsets
+def test_walk_offsets_memo():
+    """The kernels read block_offset in walk order; the memo follows in-place metadata changes."""
+    from sfmp_compile.codegen.launch import walk_offsets
 
     p = random_packed(150, 200, 64, 64, widths=(2, 3), seed=3)
     want = torch.stack([p.block_offset[r, p.group_order[r].long()] for r in range(p.block_offset.shape[0])])
-    w = _walk_offsets(p.block_offset, p.group_order)
+    w = walk_offsets(p.block_offset, p.group_order)
     assert w.dtype == torch.int32 and torch.equal(w, want)
-    assert _walk_offsets(p.block_offset, p.group_order) is w  # memoised
+    assert walk_offsets(p.block_offset, p.group_order) is w  # memoised
     p.block_offset.add_(1)
-    assert torch.equal(_walk_offsets(p.block_offset, p.group_order), want + 1)
+    assert torch.equal(walk_offsets(p.block_offset, p.group_order), want + 1)
     go = p.group_order.flip(1).contiguous()
-    assert torch.equal(_walk_offsets(p.block_offset, go),
-                       torch.gather(p.block_offset, 1, go.long()))
-    assert templates.variant() == 3 or os.environ.get("SFMP_KERNEL_VARIANT")
-    monkeypatch.setenv("SFMP_KERNEL_VARIANT", "1")
-    assert templates.variant() == 1
-    src1 = emit_source(KernelKey("gemv", (2, 3)))
-    assert "base = tl.load(boff_ptr + r * G + j)" in src1 and "j_nx" not in src1
-    monkeypatch.setenv("SFMP_KERNEL_VARIANT", "2")
-    src2 = emit_source(KernelKey("gemv", (2, 3)))
-    assert "base_nx = tl.load(boff_ptr + r * G + i_nx" in src2
-    monkeypatch.setenv("SFMP_KERNEL_VARIANT", "3")
-    src3 = emit_source(KernelKey("gemv", (2, 3)))
-    assert "double-buffered" in src3 and "xt_c = tl.load(x_row + src_n" in src3
-    assert "double-buffered" not in emit_source(KernelKey("decode", (2, 3)))
+    assert torch.equal(walk_offsets(p.block_offset, go), torch.gather(p.block_offset, 1, go.long()))

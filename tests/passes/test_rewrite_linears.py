@@ -12,7 +12,7 @@ from sfmp_compile.models import tiny_llama
 from sfmp_compile.passes.find_linears import find_linear_sites
 from sfmp_compile.passes.fold_permutations import count_gathers, gather_counts
 from sfmp_compile.passes.fx_utils import ROLE_GEMM, sfmp_role
-from sfmp_compile.passes.rewrite_linears import rewrite_linears, select_op
+from sfmp_compile.passes.rewrite_linears import rewrite_linears
 from sfmp_compile.passes.tie_orders import make_tied_plan
 from sfmp_compile.quantize import quantize_weight
 
@@ -26,11 +26,6 @@ def _plan_and_pack(sites, config=CFG, regroup=False):
     plan = make_tied_plan(weights, {n: w.float() ** 2 for n, w in weights.items()}, config, regroup_orders=regroup)
     packed = {n: quantize_weight(w, plan.layers[n], config) for n, w in weights.items()}
     return plan, packed
-
-
-def test_select_op_on_cpu_is_the_reference():
-    op, extra = select_op(torch.device("cpu"))
-    assert op is torch.ops.sfmp.linear_ref.default and extra == ()
 
 
 def test_symbolic_mlp_with_biases_equals_dequantized_weights():

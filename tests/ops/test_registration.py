@@ -6,14 +6,21 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from sfmp_compile.codegen import layer_width_mask, prepare_cpu, sfmp_linear  # noqa: E402
 from sfmp_compile.codegen.generate import width_mask  # noqa: E402
+from sfmp_compile.layouts import SFMPWeight  # noqa: E402
+from sfmp_compile.ops.dispatch import KERNELS, sfmp_linear  # noqa: E402
 from sfmp_compile.ops.reference import linear_ref, packed_args  # noqa: E402
 from tests.codegen._util import KERNEL_DEVICE, max_rel_err, needs_cuda, needs_kernels, random_packed, sqnr_db  # noqa: E402
 
 
 def _layer(seed=0):
     return random_packed(72, 150, 64, 64, (2, 3, 4), True, seed)
+
+
+def _cpu(p):
+    """The cpu layout of ``p`` and the int4 op's arguments after x."""
+    w = SFMPWeight.from_packed(p, "cpu")
+    return w, KERNELS["cpu"].args(w)
 
 
 @pytest.mark.parametrize("M", [1, 20])
@@ -36,27 +43,27 @@ def test_opcheck_linear_triton_interp(M):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_opcheck_linear_cpu_int4(dtype):
-    c = prepare_cpu(_layer())
+    c, cargs = _cpu(_layer())
     x = torch.randn(3, 150).to(dtype)
-    torch.library.opcheck(torch.ops.sfmp.linear_cpu_int4, (x, *c.op_args()))
+    torch.library.opcheck(torch.ops.sfmp.linear_cpu_int4, (x, *cargs))
 
 
 def test_fake_shapes():
     from torch._subclasses.fake_tensor import FakeTensorMode
     p = _layer()
-    c = prepare_cpu(p)
+    c, cargs = _cpu(p)
     with FakeTensorMode(allow_non_fake_inputs=True):
         x = torch.empty(2, 5, 150, dtype=torch.float16)
-        assert torch.ops.sfmp.linear_cpu_int4(x, *c.op_args()).shape == (2, 5, 72)
+        assert torch.ops.sfmp.linear_cpu_int4(x, *cargs).shape == (2, 5, 72)
         assert torch.ops.sfmp.linear_triton_interp(x, *packed_args(p), 12).shape == (2, 5, 72)
         assert torch.ops.sfmp.linear_triton(x, *packed_args(p), 12).dtype == torch.float16
 
 
 def test_cpu_op_gradient_matches_reference():
     p = _layer(1)
-    c = prepare_cpu(p)
+    c, cargs = _cpu(p)
     x = torch.randn(4, 150, requires_grad=True)
-    torch.ops.sfmp.linear_cpu_int4(x, *c.op_args()).pow(2).sum().backward()
+    torch.ops.sfmp.linear_cpu_int4(x, *cargs).pow(2).sum().backward()
     g = x.grad.clone()
     x.grad = None
     linear_ref(x, *packed_args(p)).pow(2).sum().backward()
@@ -86,9 +93,10 @@ def _mlp(w_fn):
 def test_compile_aot_eager_cpu_paths():
     # The CPU int4 op and the triton_op's CPU branch inside a compiled graph, eager == compiled.
     p = _layer(3)
-    c = prepare_cpu(p)
+    c, cargs = _cpu(p)
     x = torch.randn(5, 150)
-    for fn in (lambda t: sfmp_linear(t, c), lambda t: sfmp_linear(t, p, backend="triton")):
+    w = SFMPWeight.from_packed(p)  # widths are read from values here, never while tracing
+    for fn in (lambda t: sfmp_linear(t, c), lambda t: sfmp_linear(t, w, backend="triton")):
         f = _mlp(fn)
         torch._dynamo.reset()
         out = torch.compile(f, backend="aot_eager", fullgraph=True)(x)
@@ -98,7 +106,7 @@ def test_compile_aot_eager_cpu_paths():
 @needs_kernels
 def test_compile_aot_eager_interp_op():
     p = _layer(4).to(KERNEL_DEVICE)
-    layer_width_mask(p)  # cached on p: the compiled graph gets the (2,3,4) kernel, not all widths
+    p = SFMPWeight.from_packed(p)  # its widths: the compiled graph gets the (2,3,4) kernel
     x = torch.randn(2, 150, device=KERNEL_DEVICE)
     backend = "interp" if KERNEL_DEVICE == "cpu" else "triton"
     f = _mlp(lambda t: sfmp_linear(t, p, backend=backend))
@@ -109,10 +117,10 @@ def test_compile_aot_eager_interp_op():
 
 @pytest.mark.slow
 def test_inductor_cpu_int4_with_decomposition():
-    from sfmp_compile.codegen import register_inductor_decompositions
+    from sfmp_compile.ops.cpu_int4 import register_inductor_decompositions
     assert register_inductor_decompositions()
     p = _layer(5)
-    c = prepare_cpu(p)
+    c, cargs = _cpu(p)
     x = torch.randn(1, 150)
     f = _mlp(lambda t: sfmp_linear(t, c))
     torch._dynamo.reset()
