@@ -7,6 +7,7 @@ from torch import nn
 from .blocks import BlockGrid
 from .format import PackedWeight, validate
 from .layouts import LAYOUTS, SFMPWeight
+from .ops.cpu_int4 import register_inductor_decompositions
 from .ops.dispatch import preferred_layout, sfmp_linear
 
 
@@ -64,7 +65,10 @@ class SFMPLinear(nn.Module):
         torch.compile. Returns self."""
         device = torch.device(device)
         w = self.sfmp_weight
-        self.set_weight(w.to_layout(preferred_layout(w, device)).to(device))
+        layout = preferred_layout(w, device)
+        if layout == "cpu":
+            register_inductor_decompositions()  # so a plain torch.compile sees through the op too
+        self.set_weight(w.to_layout(layout).to(device))
         if self.bias is not None:
             self.bias.data = self.bias.data.to(device)
         return self

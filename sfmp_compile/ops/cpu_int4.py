@@ -111,8 +111,8 @@ linear_cpu_int4.register_autograd(_backward, setup_context=_setup_ctx)
 def linear_cpu(x: Tensor, w4: Tensor, sz: Tensor, row_perm: Tensor, col_perm: Tensor, out_features: int,
                in_features: int, gc: int) -> Tensor:
     """The int4 path for a layer in the "cpu" layout. Eager calls that need no gradient skip the
-    custom-op dispatch (~15 us of Python per call, as much as a small layer's GEMV); everything else
-    goes through ``sfmp::linear_cpu_int4``."""
+    custom-op dispatch (its Python costs as much as a small layer's GEMV); everything else goes
+    through ``sfmp::linear_cpu_int4``."""
     args = (w4, sz, row_perm, col_perm, out_features, in_features, gc)
     if not (torch.is_grad_enabled() and x.requires_grad) and not torch.compiler.is_compiling():
         return linear_int4(x, *args)
@@ -127,8 +127,8 @@ def register_inductor_decompositions() -> bool:
 
     Inductor then fuses the gather + bf16 cast (+ pad) into the kernel that produces x and calls
     the int4 GEMM as an extern kernel, instead of one opaque Python call per layer. It imports
-    torch._inductor (~2 s), so it runs when a layer is first put in the "cpu" layout or a backend
-    compiles a graph holding the op, not at import. Returns True once registered.
+    torch._inductor (seconds), so it runs when a module is prepared for the cpu layout or the compile
+    backend compiles a graph holding the op, not at import. Returns True once registered.
     """
     global _decomp_registered
     if _decomp_registered:
