@@ -5,16 +5,20 @@ catches GPU-only compile errors (layouts, dot shapes, shared-memory overflow) in
 instruction mix that decides speed: register spills (STL), int->float converts (I2F), tensor-core
 ops (HMMA / HGMMA) and LOP3s. Must run WITHOUT TRITON_INTERPRET (interpreted kernels do not compile).
 
-    python benchmarks/compile_check.py            # sm_90 (H100/H200), representative variants
-    python benchmarks/compile_check.py --quick    # one variant per family
+    python benchmarks/compile_check.py            # sm_90 (H100/H200), representative kernels of
+                                                  # every family (gemv, gemvu, decode, prefill)
+    python benchmarks/compile_check.py --quick    # one kernel per bucket family (gemv, decode, prefill)
+    python benchmarks/compile_check.py --family gemvu   # the representative kernels of one family
     python benchmarks/compile_check.py --f16x2    # does Triton emit HADD2/HFMA2 for fp16 fields?
-    python benchmarks/compile_check.py --goal     # gemv, kernel variants 3 vs 4, at the 4096x14336
+    python benchmarks/compile_check.py --goal     # the M = 1 bodies, gemv vs gemvu, at the 4096x14336
                                                   # 3.0-BPW layer's launch facts (load widths, regs,
                                                   # spills, per-loop instructions per weight)
 
 Kernels are compiled with the argument specialisations Triton's JIT would give them at that layer
 (pointers 16-byte aligned; integer arguments divisible by 16 marked so), because load vectorisation
 depends on them. The SASS comes from the bundled nvdisasm, the register count from cuobjdump.
+A family's extra constexprs (its ``SIGNATURE_EXTRA``; gemvu: U, ALIGNED, PIPE) are set the way its
+launcher sets them (gemvu.launch: ``launch_params`` for warps and U, PIPE = num_stages >= 2).
 """
 from __future__ import annotations
 
@@ -36,13 +40,16 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from sfmp_compile.codegen import gemvu  # noqa: E402
+from sfmp_compile.codegen.families import FAMILIES  # noqa: E402
 from sfmp_compile.codegen.generate import KernelKey, get_kernel  # noqa: E402
 
 PTR = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32"}
 DOT_KIND = {"fp16": 1, "bf16": 2, "fp32": 3}
 
-# (family, widths, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages, dtype)
-VARIANTS = [
+# (family, widths, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages, dtype[, extra]);
+# extra: the gemvu knobs {u, aligned} (PIPE follows num_stages >= 2, as in gemvu.launch).
+KERNELS = [
     ("gemv", (2, 3), 1, 64, 128, 4, 2, 4, "fp16"),
     ("gemv", (3, 4), 1, 128, 128, 8, 4, 4, "bf16"),
     ("gemv", tuple(range(1, 9)), 1, 64, 128, 4, 2, 4, "fp16"),
@@ -51,26 +58,31 @@ VARIANTS = [
     ("prefill", (2, 3), 128, 128, 64, 1, 8, 3, "fp16"),
     ("prefill", (3, 4), 64, 128, 64, 2, 8, 3, "bf16"),
     ("prefill", (2, 3), 256, 128, 64, 1, 8, 3, "fp16"),
+    # gemvu.FALLBACK's shape (BN128, 1 warp, U1, PIPE), split-K as auto_split_k picks at the goal layer
+    ("gemvu", (2, 3), 1, 128, 128, 32, 1, 2, "fp16", dict(u=1, aligned=True)),
+    ("gemvu", (2, 3, 4), 1, 256, 128, 16, 2, 1, "bf16", dict(u=2, aligned=True)),
+    ("gemvu", (3, 4), 1, 128, 128, 8, 1, 1, "fp16", dict(u=1, aligned=False)),
 ]
-QUICK = [VARIANTS[0], VARIANTS[3], VARIANTS[5]]
+QUICK = [KERNELS[0], KERNELS[3], KERNELS[5]]  # one per bucket family: gemv, decode, prefill
 
 
 # The goal layer (benchmarks/kernels.py: down_proj 4096x14336 at 3.0 BPW, block_rows 512, group 128)
 # as the JIT sees it at M = 1; decides which integer arguments are specialised as multiples of 16.
 GOAL_ARGS = dict(M=1, N=4096, K=14336, G=112, stride_xm=14336, stride_ym=4096, block_rows=512,
                  group_size=128, magic_bits=0x4B000000)
-# (variant, widths, BLOCK_N, SPLIT_K, num_warps, num_stages, U, ALIGNED, col_perm in kernel, label);
-# variant 4: num_stages >= 2 = PIPE (tiles double-buffered in registers).
+# (family, widths, BLOCK_N, SPLIT_K, num_warps, num_stages, U, ALIGNED, col_perm in kernel, label);
+# gemvu: num_stages >= 2 = PIPE (tiles double-buffered in registers); gemv ignores U and ALIGNED.
 GOAL = [
-    (3, (2, 3), 32, 8, 1, 4, 1, False, True, "v3 shipped H200 tile BN32 w1 (tuned 2026-11-27)"),
-    (4, (2, 3), 128, 32, 1, 1, 1, True, False, "v4 BN128 w1 U1"),
-    (4, (2, 3), 128, 32, 1, 2, 1, True, True, "v4 BN128 w1 U1 PIPE, x gathered in-kernel (default)"),
-    (4, (2, 3, 4), 128, 32, 1, 2, 1, True, True, "v4 default, widths {2,3,4} (4-bit walk: U 1, no PIPE, loads one chunk ahead)"),
-    (4, (2, 3), 128, 16, 1, 1, 2, True, False, "v4 BN128 w1 U2 (ptxas stops at 168 regs)"),
-    (4, (2, 3), 256, 16, 2, 1, 2, True, False, "v4 BN256 w2 U2"),
-    (4, (2, 3), 256, 16, 2, 2, 1, True, False, "v4 BN256 w2 U1 PIPE"),
-    (4, (2, 3), 256, 16, 2, 2, 2, True, False, "v4 BN256 w2 U2 PIPE"),
-    (4, (2, 3), 256, 16, 2, 1, 2, False, False, "v4 BN256 w2 U2, not ALIGNED"),
+    ("gemv", (2, 3), 32, 8, 1, 4, 1, False, True, "gemv shipped H200 tile BN32 w1 (default_configs gemv|m1)"),
+    ("gemvu", (2, 3), 128, 32, 1, 1, 1, True, False, "gemvu BN128 w1 U1"),
+    ("gemvu", (2, 3), 128, 32, 1, 2, 1, True, True, "gemvu BN128 w1 U1 PIPE, x gathered in-kernel (FALLBACK)"),
+    ("gemvu", (2, 3, 4), 128, 32, 1, 2, 1, True, True,
+     "gemvu FALLBACK, widths {2,3,4} (4-bit walk: U 1, no PIPE, loads one chunk ahead)"),
+    ("gemvu", (2, 3), 128, 16, 1, 1, 2, True, False, "gemvu BN128 w1 U2 (ptxas stops at 168 regs)"),
+    ("gemvu", (2, 3), 256, 16, 2, 1, 2, True, False, "gemvu BN256 w2 U2"),
+    ("gemvu", (2, 3), 256, 16, 2, 2, 1, True, False, "gemvu BN256 w2 U1 PIPE"),
+    ("gemvu", (2, 3), 256, 16, 2, 2, 2, True, False, "gemvu BN256 w2 U2 PIPE"),
+    ("gemvu", (2, 3), 256, 16, 2, 1, 2, False, False, "gemvu BN256 w2 U2, not ALIGNED"),
 ]
 _BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
@@ -130,14 +142,23 @@ def load_widths(c: Counter) -> str:
             f"LDG.16 {c['LDG.E.U16'] + c['LDG.E.16']}")
 
 
-def compile_variant(family, widths, bm, bn, bk, split_k, warps, stages, dtype, cc=90, group_size=128,
-                    row_perm=True, col_perm=True, u=1, aligned=False, args=None, detail=False):
-    """Compile one kernel for sm_<cc>; ``args``: the integer launch arguments to specialise on
-    (default GOAL_ARGS). Variant-4 gemv kernels (they take U / ALIGNED) write split-K partials with
-    plain stores, the others an atomic fp32 buffer when split."""
+def extra_constexprs(family: str) -> list[str]:
+    """Names of a family's constexprs beyond templates.SIGNATURE (its ``SIGNATURE_EXTRA``)."""
+    return re.findall(r"(\w+)\s*:\s*tl\.constexpr", FAMILIES[family].SIGNATURE_EXTRA)
+
+
+def compile_kernel(family, widths, bm, bn, bk, split_k, warps, stages, dtype, extra=None, cc=90, group_size=128,
+                   row_perm=True, col_perm=True, args=None, detail=False):
+    """Compile one kernel of ``family`` for sm_<cc>; ``args``: the integer launch arguments to
+    specialise on (default GOAL_ARGS). ``extra``: gemvu's knobs ``u`` (groups per load) and
+    ``aligned`` (the launcher's 4-word alignment fact). gemvu writes split-K partials with plain
+    stores into an fp32 [SPLIT_K, M, N] buffer, the others into an atomic fp32 buffer when split."""
     kernel = get_kernel(KernelKey(family, widths))
-    v4 = "U" in kernel.arg_names
-    atomic = split_k > 1 and not v4
+    names = extra_constexprs(family)
+    extra = dict(extra or {})
+    if family == gemvu.FAMILY:
+        warps, extra["u"] = gemvu.launch_params(bn, warps, extra.get("u", 1))  # what gemvu.launch runs
+    atomic = split_k > 1 and family != gemvu.FAMILY
     sig = {"x_ptr": PTR[dtype], "xs_ptr": "*fp32", "y_ptr": "*fp32" if split_k > 1 else PTR[dtype],
            "qw_ptr": "*i32", "boff_ptr": "*i32", "gord_ptr": "*i32", "segp_ptr": "*i32", "s_ptr": "*fp16",
            "z_ptr": "*fp16", "rperm_ptr": "*i32", "cperm_ptr": "*i32"}
@@ -145,8 +166,11 @@ def compile_variant(family, widths, bm, bn, bk, split_k, warps, stages, dtype, c
                                    "tiles_per_rb", "magic_bits")})
     const = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split_k, ONE_CHUNK=bk >= group_size,
                  HAS_ROW_PERM=row_perm, HAS_COL_PERM=col_perm, DOT_KIND=DOT_KIND[dtype], ATOMIC=atomic)
-    if v4:
-        const.update(U=u, ALIGNED=aligned, PIPE=stages >= 2)
+    knobs = dict(U=extra.get("u", 1), ALIGNED=bool(extra.get("aligned", False)), PIPE=stages >= 2)
+    for name in names:
+        if name not in knobs:
+            raise ValueError(f"family {family!r} has a constexpr {name!r} compile_check does not know how to set")
+        const[name] = knobs[name]
     sig.update({k: "constexpr" for k in const})
     vals = {**GOAL_ARGS, "tiles_per_rb": -(-GOAL_ARGS["block_rows"] // bn), **(args or {})}
     # What the JIT specialises: 16-byte-aligned pointers and integer arguments divisible by 16.
@@ -163,32 +187,34 @@ def compile_variant(family, widths, bm, bn, bk, split_k, warps, stages, dtype, c
     out = dict(seconds=dt, shared=ck.metadata.shared, spills=_count(ops, "STL"), i2f=_count(ops, "I2F"),
                mma=_count(ops, "HMMA") + _count(ops, "HGMMA"), lop3=_count(ops, "LOP3"), regs=regs, stack=stack,
                fadd=_count(ops, "FADD"), ffma=_count(ops, "FFMA"), shfl=_count(ops, "SHFL"),
-               loads=load_widths(ops))
+               loads=load_widths(ops), warps=warps, u=extra.get("u", 1))
     if detail:
         out["loops"] = st["loops"]
     return out
 
 
 def goal_report(cc: int = 90) -> int:
-    """gemv variants 3 and 4 at the goal layer's launch facts: one row per config, then one per
-    segment loop (loops appear in width order: the 2-bit walk, then the 3-bit walk, ...). Rows
-    other than the v3 and default ones pre-gather x (no col_perm in the kernel)."""
+    """The two M = 1 bodies, gemv and gemvu, at the goal layer's launch facts: one row per config,
+    then one per segment loop (loops appear in width order: the 2-bit walk, then the 3-bit walk,
+    ...). gemvu rows without PIPE pre-gather x (no col_perm in the kernel), as its config space does."""
     failures = 0
     print("| config | regs | stack B | STL | LDG.128 | LDG.64 | LDG.32 | LDG.16 | LOP3 | FADD | FFMA | SHFL |"
           " loop instr (2-bit / 3-bit / ...) | instr per weight (2-bit / 3-bit / ...) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for v, widths, bn, sk, warps, stages, u, aligned, cp, label in GOAL:
-        os.environ["SFMP_KERNEL_VARIANT"] = str(v)
+    for fam, widths, bn, sk, warps, stages, u, aligned, cp, label in GOAL:
         try:
-            r = compile_variant("gemv", widths, 1, bn, 128, sk, warps, stages, "fp16", cc=cc, col_perm=cp, u=u,
-                                aligned=aligned, detail=True)
+            r = compile_kernel(fam, widths, 1, bn, 128, sk, warps, stages, "fp16",
+                               extra=dict(u=u, aligned=aligned) if fam == gemvu.FAMILY else None,
+                               cc=cc, col_perm=cp, detail=True)
         except Exception as e:  # noqa: BLE001
             failures += 1
             print(f"| {label} | FAIL {type(e).__name__}: {str(e)[:300]} |")
             continue
-        # weights one thread multiplies per loop iteration: U groups x BLOCK_K columns x its rows
-        rows = max(1, bn // (32 * warps))
-        per_iter = [(u if (v == 4 and b <= 3) else 1) * 128 * rows for b in widths]
+        # weights one thread multiplies per loop iteration: U groups (gemvu, segments up to
+        # V4_MULTI_MAX_BITS) x BLOCK_K columns x its rows
+        rows = max(1, bn // (32 * r["warps"]))
+        per_iter = [(r["u"] if (fam == gemvu.FAMILY and b <= gemvu.V4_MULTI_MAX_BITS) else 1) * 128 * rows
+                    for b in widths]
         n = [sum(c.values()) for c in r["loops"] if sum(c.values()) > 1]  # not the trailing BRA-to-self
         ipw = [f"{k / w:.2f}" for k, w in zip(n, per_iter)]
         lw = dict(re.findall(r"(LDG\.\d+) (\d+)", r["loads"]))
@@ -206,7 +232,7 @@ def f16x2_probe(cc: int = 90, paired: bool = False) -> dict:
     activation accumulated in fp16. ``paired=False``: each half is its own fp16 element and the
     activations two separate loads; ``paired=True``: the halves stay one ``[.., 2]`` pair
     (``tl.join``) and the activations are stored pre-paired ``(x_i, x_{i+8})``. Returns SASS opcode
-    counts and ALU instructions per field (the fp32 scheme of variants 1-4 needs 3: LOP3 + FADD + FFMA)."""
+    counts and ALU instructions per field (the fp32 scheme of the gemv and gemvu bodies needs 3: LOP3 + FADD + FFMA)."""
     import triton.language as tl
 
     @triton.jit
@@ -247,14 +273,12 @@ def f16x2_probe(cc: int = 90, paired: bool = False) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cc", type=int, default=90, help="compute capability, e.g. 80 (A100) or 90 (H100)")
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--goal", action="store_true", help="only the gemv v3-vs-v4 table at the goal layer")
+    ap.add_argument("--quick", action="store_true", help="one kernel per bucket family (gemv, decode, prefill)")
+    ap.add_argument("--family", action="append", choices=sorted(FAMILIES), default=None,
+                    help="only the representative kernels of this family (repeatable)")
+    ap.add_argument("--goal", action="store_true", help="only the gemv-vs-gemvu table at the goal layer")
     ap.add_argument("--f16x2", action="store_true", help="only the fp16x2 field-arithmetic probe (next step for the gemv)")
-    ap.add_argument("--variant", choices=["1", "2", "3", "4"], default=None,
-                    help="kernel generation for the representative list (sets SFMP_KERNEL_VARIANT)")
     args = ap.parse_args(argv)
-    if args.variant:
-        os.environ["SFMP_KERNEL_VARIANT"] = args.variant
     print(f"# triton {triton.__version__}  target sm_{args.cc}")
     if args.goal:
         return 1 if goal_report(args.cc) else 0
@@ -265,13 +289,18 @@ def main(argv=None) -> int:
                   f"instructions per 2-bit field; SASS {r['ops']}")
         return 0
     failures = 0
-    for v in (QUICK if args.quick else VARIANTS):
-        fam, widths, bm, bn, bk, sk, warps, stages, dtype = v
+    todo = [k for k in (QUICK if args.quick else KERNELS) if not args.family or k[0] in args.family]
+    for k in todo:
+        fam, widths, bm, bn, bk, sk, warps, stages, dtype = k[:9]
+        extra = k[9] if len(k) > 9 else None
         try:
-            r = compile_variant(*v, cc=args.cc)
-            print(f"OK   {fam:<7} w{widths!s:<26} {dtype} BM{bm} BN{bn} BK{bk} SK{sk} warps{warps} st{stages}: "
-                  f"{r['seconds']:.1f}s smem {r['shared']} regs {r['regs']} spills {r['spills']} I2F {r['i2f']} "
-                  f"mma {r['mma']} LOP3 {r['lop3']} FADD {r['fadd']} FFMA {r['ffma']} {r['loads']}", flush=True)
+            r = compile_kernel(*k[:9], extra=extra, cc=args.cc)
+            knobs = (f" U{r['u']} ALIGNED{int(bool(extra.get('aligned')))} PIPE{int(stages >= 2)}"
+                     if fam == gemvu.FAMILY else "")
+            print(f"OK   {fam:<7} w{widths!s:<26} {dtype} BM{bm} BN{bn} BK{bk} SK{sk} warps{r['warps']} st{stages}"
+                  f"{knobs}: {r['seconds']:.1f}s smem {r['shared']} regs {r['regs']} spills {r['spills']} "
+                  f"I2F {r['i2f']} mma {r['mma']} LOP3 {r['lop3']} FADD {r['fadd']} FFMA {r['ffma']} {r['loads']}",
+                  flush=True)
         except Exception as e:  # noqa: BLE001
             failures += 1
             print(f"FAIL {fam} {widths} {dtype}: {type(e).__name__}: {str(e)[:2000]}", flush=True)

@@ -13,7 +13,7 @@ Goal: sfmp first call <= 1.5x plain Inductor first call.
 
 Measured on the project's 2-core x86 CPU machine, SmolLM2, 32 tokens, bits=3, salience="weight", fresh
 Inductor cache per run (seconds). 2026-11-27 second session (quiet machine, CPU layers decomposed into
-Inductor, see codegen/cpu.py):
+Inductor; the op is now ops/cpu_int4.py over the "cpu" layout, layouts/cpu_int4.py):
 
   --threads 1            first call  x ind.  Dynamo  salience  alloc  quant  passes  Inductor
   inductor                    47.2    1.00    (all)

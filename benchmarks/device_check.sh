@@ -3,16 +3,18 @@
 #     OUT=/some/dir bash benchmarks/device_check.sh
 # 1. environment report (python, torch, triton, GPU) -- stops with a clear message if torch or
 #    triton is missing (the bare device machine may not have them; it has no internet);
-# 2. benchmarks/kernels.py: A/B of kernel variants 4, 3, 2 (VARIANTS="4 3 2 1" adds 1) on
-#    4096x14336 and 4096x4096, 3.0 BPW (AB=0: the old full GPU table), time-boxed autotuning; each
-#    run first checks its kernels against the reference op on 1024x4096 (M = 1, 16, 128) and exits
-#    non-zero on a mismatch;
-# 3. GPU correctness: pytest tests/codegen -m "not slow" with compiled (not interpreted) kernels
-#    (default variant 3; test_gemv_v4.py compiles a few variant-4 gemvs), after the timings so a
-#    slow compile cannot eat the benchmark's time (150 s).
-# Everything lands under $OUT: env.txt, pytest.txt, junit.xml, kernels_v*.txt/json (or kernels.*),
-# autotune/*.json (tuned configs: copy a GPU section into sfmp_compile/codegen/default_configs.json)
-# and kernels/*.py (the generated kernel sources). Budget: about 8 minutes in total (9.5 with v1).
+# 2. GPU correctness first: pytest tests/codegen tests/ops -m "not slow" with compiled (not
+#    interpreted) kernels, every family (test_gemvu.py compiles a few gemvu kernels) (180 s);
+# 3. benchmarks/kernels.py on 4096x14336 and 4096x4096, 3.0 BPW, time-boxed autotuning (AB=0: the
+#    full GPU table instead): first the default families at M in {1, 16, 2048} -- at M = 1 the
+#    tuner compares gemv's and gemvu's configs together (autotune.candidate_configs("gemv", ...)),
+#    decode and prefill above -- then the A/B: --gemv-family gemvu at M = 1 (gemvu's own space
+#    tuned, its FALLBACK first). Each run first checks its kernels against the reference op on
+#    1024x4096 (M = 1, 16, 128) and exits non-zero on a mismatch.
+# Everything lands under $OUT: env.txt, pytest.txt, junit.xml, kernels_{default,gemvu}.txt/json (or
+# kernels.*), autotune/*.json (tuned configs of the default run: copy a GPU section into
+# sfmp_compile/codegen/default_configs.json; the forced gemvu run saves none) and kernels/*.py (the
+# generated kernel sources). Budget: about 8 minutes in total.
 set -u
 OUT="${OUT:-$(pwd)/device_out}"
 mkdir -p "$OUT"
@@ -79,50 +81,48 @@ PYEOF
   echo "STUBBED: safetensors missing; a stub lets sfmp_compile import (checkpoint tests would fail)" | tee -a "$OUT/env.txt"
 fi
 
-# 2. A/B of the kernel generations (codegen/templates.variant) on 4096x14336 and 4096x4096, 3.0 BPW:
-#    variant 4 (opt-in: gemv with U-group [U, words, rows] loads, 128-bit loads, register double
-#    buffer, split-K partials without atomics) at M = 1 only (decode/prefill are variant 3's), its
-#    config space tuned first (shipped default 'gemv|m1|v4' tried first); variant 3 (default:
-#    walk-ordered offsets + prefetch, double-buffered gemv) at M in {1, 16, 2048}; variant 2 (gemv
-#    not double-buffered) at M = 1 only; variant 1 (as measured 2026-11-27) only when VARIANTS
-#    names it (it was timed twice already). Separate cache dirs so tuned configs do not mix.
-#    AB=0 runs the old full table instead.
-rc_bench=0
-if [ "${AB:-1}" = "1" ]; then
-  for V in ${VARIANTS:-4 3 2}; do
-    case "$V" in  # time limits keep the whole script under ~8 minutes (~9.5 with variant 1)
-      4) budget=35; ms=1; limit=120 ;;  # each new v4 constexpr combination compiles in ~15 s
-      3) budget=40; ms=1,16,2048; limit=110 ;;
-      2) budget=15; ms=1; limit=70 ;;
-      *) budget=10; ms=1,16,2048; limit=80 ;;
-    esac
-    echo "== benchmarks/kernels.py variant $V (M $ms, tune budget ${budget}s)"
-    SFMP_CACHE_DIR="$OUT/v$V" timeout "$limit" "$PY" benchmarks/kernels.py --device cuda --variant "$V" \
-        --tune --tune-budget "$budget" --shapes 4096x14336,4096x4096 --bpws 3.0 --ms "$ms" \
-        --json "$OUT/kernels_v$V.json" 2>&1 | tee "$OUT/kernels_v$V.txt"
-    rc=${PIPESTATUS[0]}
-    echo "benchmark variant $V exit code: $rc" | tee -a "$OUT/kernels_v$V.txt"
-    [ "$rc" -ne 0 ] && rc_bench=$rc
-  done
-  echo "== A/B summary (us per call, by shape and M; variants ${VARIANTS:-4 3 2})"
-  grep -h "^v[0-9] " "$OUT"/kernels_v*.txt | sort -k2,2 -k4,4 -k1,1 || true
-else
-  echo "== benchmarks/kernels.py (GPU table)"
-  timeout 200 "$PY" benchmarks/kernels.py --device cuda --tune --tune-budget 45 \
-      --json "$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.txt"
-  rc_bench=${PIPESTATUS[0]}
-  echo "benchmark exit code: $rc_bench" | tee -a "$OUT/kernels.txt"
-fi
+# 2. GPU correctness first (a failing kernel makes the timings meaningless; the benchmarks still
+#    run, so one device session yields both).
 rc_tests=0
 if "$PY" -c 'import pytest, hypothesis' >/dev/null 2>&1; then
-  echo "== pytest tests/codegen -m 'not slow' (compiled kernels)"
-  timeout 150 "$PY" -m pytest tests/codegen -m "not slow" -q --maxfail=5 --durations=15 \
+  echo "== pytest tests/codegen tests/ops -m 'not slow' (compiled kernels)"
+  timeout 180 "$PY" -m pytest tests/codegen tests/ops -m "not slow" -q --maxfail=5 --durations=15 \
       --junitxml="$OUT/junit.xml" 2>&1 | tee "$OUT/pytest.txt" | tail -40
   rc_tests=${PIPESTATUS[0]}
   echo "pytest exit code: $rc_tests" | tee -a "$OUT/pytest.txt"
 else
   echo "MISSING: pytest/hypothesis -- skipping the correctness tests" | tee "$OUT/pytest.txt"
   rc_tests=6
+fi
+
+# 3. Timings. RUNS: "default" (families as the tables and the tuner choose: gemv tuned together
+#    with gemvu at M = 1, decode at 16, prefill at 2048) and "gemvu" (--gemv-family gemvu at M = 1,
+#    the A/B against the default run's M = 1 rows). One cache dir ($OUT): the default run's tuned
+#    table is the one to ship; the gemvu run keeps its tuned config in memory.
+rc_bench=0
+if [ "${AB:-1}" = "1" ]; then
+  for RUN in ${RUNS:-default gemvu}; do
+    case "$RUN" in  # time limits keep the whole script under ~8 minutes
+      default) budget=45; ms=1,16,2048; flags=(); limit=130 ;;
+      gemvu)   budget=35; ms=1; flags=(--gemv-family gemvu); limit=120 ;;  # a new gemvu constexpr set compiles in ~15 s
+      *) echo "unknown run $RUN (expected default or gemvu)"; rc_bench=2; continue ;;
+    esac
+    echo "== benchmarks/kernels.py $RUN (M $ms, tune budget ${budget}s)"
+    timeout "$limit" "$PY" benchmarks/kernels.py --device cuda ${flags[@]+"${flags[@]}"} \
+        --tune --tune-budget "$budget" --shapes 4096x14336,4096x4096 --bpws 3.0 --ms "$ms" \
+        --json "$OUT/kernels_$RUN.json" 2>&1 | tee "$OUT/kernels_$RUN.txt"
+    rc=${PIPESTATUS[0]}
+    echo "benchmark $RUN exit code: $rc" | tee -a "$OUT/kernels_$RUN.txt"
+    [ "$rc" -ne 0 ] && rc_bench=$rc
+  done
+  echo "== A/B summary (us per call, by shape and M; first column: the run's --gemv-family, auto = default)"
+  grep -hE "^(auto|gemv|gemvu) +[0-9]+x" "$OUT"/kernels_*.txt | sort -k2,2 -k4,4 -k1,1 || true
+else
+  echo "== benchmarks/kernels.py (GPU table)"
+  timeout 200 "$PY" benchmarks/kernels.py --device cuda --tune --tune-budget 45 \
+      --json "$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.txt"
+  rc_bench=${PIPESTATUS[0]}
+  echo "benchmark exit code: $rc_bench" | tee -a "$OUT/kernels.txt"
 fi
 
 echo "== done: tests rc=$rc_tests bench rc=$rc_bench; outputs in $OUT"

@@ -1,7 +1,9 @@
 """How many distinct Triton kernels a whole SmolLM2 needs, per bit budget (issue 4: "report it").
 
 Kernels are specialised on (family, SET of block widths), not on bit patterns, so the count is
-families x distinct width sets over the model's layers. This plans SmolLM2 (weight salience: the
+families x distinct width sets over the model's layers. Families counted: the three M buckets'
+(gemv, decode, prefill); gemvu, an opt-in alternative body for the gemv bucket chosen by tile
+config, would add one source per width set where a table selects it. This plans SmolLM2 (weight salience: the
 width sets depend on the allocation, not on calibration data), collects each layer's width set,
 and generates every (family, width set) source with the real generator to count them and their
 lines. CPU only, no kernel is launched. Prints a table and writes JSON.
@@ -53,8 +55,8 @@ def main(argv=None) -> None:
         rows.append(dict(budget=label, bits=bits, layers=len(p.layers), width_sets={str(list(ws)): n for ws, n in sets.items()},
                          kernels=len(keys), source_lines=lines, plan_s=time.perf_counter() - t0))
         print(f"{label:24s} {len(p.layers):6d} {shown:48s} {len(keys):7d} {lines:12d}", flush=True)
-    json.dump(dict(model="SmolLM2-135M", salience="weight", families=list(families),
-                   variant=os.environ.get("SFMP_KERNEL_VARIANT", "3"), rows=rows), open(a.json, "w"), indent=1)
+    json.dump(dict(model="SmolLM2-135M", salience="weight", families=list(families), rows=rows),
+              open(a.json, "w"), indent=1)
     print(f"# wrote {a.json}")
 
 

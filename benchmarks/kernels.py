@@ -12,13 +12,29 @@ GB/s on the bytes a call must move (all packed tensors + x + y) and % of the mea
 bandwidth, TFLOP/s, speedup vs torch.matmul fp16 and vs dequantize-then-matmul (uint8 codes ->
 fp16 weight in torch -> matmul; the reference SFMP's prefill strategy). ``--tune`` autotunes the
 3.0-BPW down_proj cases first (time-boxed by ``--tune-budget``); others reuse the nearest tuned
-entry or the shipped defaults.
+entry or the shipped defaults. Which body serves M = 1 is configuration: by default the tuned /
+shipped tables decide (a tile ``Config`` may name ``family="gemvu"``) and ``--tune`` compares the
+gemv and gemvu config spaces together (``codegen.autotune.candidate_configs("gemv", ...)``).
+``--gemv-family gemv|gemvu`` forces one body at M = 1 for an A/B: the config is the table's when it
+names that family, else that family's tuned best (``--tune`` then searches only its space, and the
+result stays in memory: it never enters the autotune JSON) or its ``FALLBACK``.
 
 CPU (default without CUDA): 1 thread, min of repeats; the sfmp CPU int4 path vs fp32 and bf16
 F.linear, on the Llama shapes that fit in time plus SmolLM2-135M's shapes. ``--quick`` is a smoke
 run (SmolLM2 shapes + 4096x4096, 3.0 BPW, M in {1, 128}).
 
-Writes a table to stdout and JSON to --json (default benchmarks/kernels.json).
+Writes a table to stdout and JSON to --json (default benchmarks/kernels.json):
+  meta: device, torch, triton, timing, naming, wall_s; GPU also copy_bandwidth_gbs, dtype,
+        gemv_family (the --gemv-family setting: "gemv", "gemvu", or "auto" = tables/tuner decide),
+        distinct_kernel_sources, tuned_cache; CPU also threads, path.
+  rows (GPU): N, K, bpw, widths, M, family (the M bucket's), gemv_family (the body that ran an
+        M = 1 row, null for M > 1), config (Config.to_dict; carries "family" when not the
+        bucket's), ms, ms_fp16, ms_dequant_matmul, bytes_moved, gbs, pct_copy_bw, tflops,
+        speedup_vs_fp16, speedup_vs_dequant.
+  rows (CPU): N, K, bpw, widths, M, ms, ms_fp32, ms_bf16, ms_dequant_matmul, bytes_moved, gbs,
+        tflops, speedup_vs_fp32, speedup_vs_bf16, speedup_vs_dequant_matmul, resident_bits_per_weight.
+(The gemv_family keys replace the variant / kernel_variant keys of runs before the kernel
+families were consolidated: benchmarks/kernels_h200_v*.json.)
 """
 from __future__ import annotations
 
@@ -158,21 +174,49 @@ def copy_bandwidth_gbs() -> float:
 
 # --- GPU ------------------------------------------------------------------------------------------
 
-def variant() -> int:
-    from sfmp_compile.codegen.templates import variant as v
-    return v()
-
-
 def _cfg_str(cfg) -> str:
     return (f"BN{cfg.BLOCK_N} BM{cfg.BLOCK_M} BK{cfg.BLOCK_K} SK{cfg.SPLIT_K} w{cfg.num_warps} "
             f"st{cfg.num_stages}{' pg' if cfg.pregather else ''}{f' U{cfg.U}' if cfg.U != 1 else ''}")
 
 
+def pick_config(args, fam: str, M: int, N: int, K: int, widths, dtype, dev, tuned: dict):
+    """The config a case runs: the tables' (autotune.get_config), except that ``--gemv-family``
+    forces the body of the gemv bucket (its tuned best in this run, else its FALLBACK)."""
+    from sfmp_compile.codegen import FAMILIES, autotune
+    cfg = autotune.get_config(fam, M, N, K, widths, GROUP, BLOCK_ROWS, dtype, dev)
+    want = args.gemv_family
+    if fam == "gemv" and want and (cfg.family or fam) != want:
+        cfg = tuned.get(M) or FAMILIES[want].FALLBACK
+    return cfg
+
+
+def tune_one_family(run_cfg, family: str, M: int, N: int, K: int, widths, dtype, budget_s: float):
+    """autotune.tune restricted to ONE family serving the gemv bucket (for ``--gemv-family``): its
+    FALLBACK first, then its configs of ``candidate_configs("gemv", ...)``, time-boxed; returns
+    (best config, ms). Not saved to the tuned table, so a forced A/B never changes what the
+    package picks."""
+    from sfmp_compile.codegen import FAMILIES, autotune
+    space = [c for c in autotune.candidate_configs("gemv", M, N, K, GROUP, BLOCK_ROWS, True)
+             if (c.family or "gemv") == family]
+    first = FAMILIES[family].FALLBACK
+    best, best_ms, t0 = None, float("inf"), time.time()
+    for cfg in [first] + [c for c in space if c != first]:
+        if time.time() - t0 > budget_s and best is not None:
+            break
+        try:
+            ms = time_gpu(lambda cfg=cfg: run_cfg(cfg))
+        except Exception:  # noqa: BLE001 - a config that fails to compile (smem, regs) is skipped
+            continue
+        if ms < best_ms:
+            best, best_ms = cfg, ms
+    return best or first, best_ms
+
+
 def run_gpu(args) -> dict:
     import triton
 
-    from sfmp_compile.codegen import autotune, run_triton
-    from sfmp_compile.codegen.launch import launch
+    from sfmp_compile.codegen import KernelLayer, autotune, distinct_kernels, family_for, launch
+    from sfmp_compile.format import layout_aligned4
     from sfmp_compile.ops.reference import packed_args
 
     dev = torch.device("cuda")
@@ -184,43 +228,61 @@ def run_gpu(args) -> dict:
     bpws = BPWS if not args.quick else [3.0]
     ms_list = GPU_MS if not args.quick else [1, 2048]
     shapes, bpws, ms_list = args.shapes or shapes, args.bpws or bpws, args.ms or ms_list
-    print(f"# kernel variant {variant()} (SFMP_KERNEL_VARIANT; see templates.variant)  "
+    tag = args.gemv_family or "auto"
+    print(f"# gemv family {tag} ({'forced at M = 1' if args.gemv_family else 'tables/tuner decide'})  "
           f"cache {os.environ.get('SFMP_CACHE_DIR', '~/.cache/sfmp_compile')}", flush=True)
     rows = []
+    tuned: dict = {}  # M -> best config of the forced gemv family (--gemv-family with --tune)
+
+    def run(x, p, widths, fam, cfg, aligned4):
+        # aligned4 computed once per layer: left None, launch would check it (a device sync) per call
+        return launch(x, KernelLayer(*packed_args(p)), widths, family=fam, config=cfg, aligned4=aligned4)
 
     # Correctness spot check on a real-size layer against the reference (eager, fp32 math).
     p = layer(1024, 4096, 3.0).to(dev)
+    a4 = layout_aligned4(p.block_offset, p.out_features, p.block_rows)
     for M in (1, 16, 128):
         x = torch.randn(M, p.in_features, device=dev, dtype=dtype)
+        fam = family_for(M)
+        cfg = pick_config(args, fam, M, p.out_features, p.in_features, widths_of(p), dtype, dev, tuned)
         ref = torch.ops.sfmp.linear_ref(x.float(), *packed_args(p))
-        y = run_triton(x, *packed_args(p), widths_of(p)).float()
+        y = run(x, p, widths_of(p), fam, cfg, a4).float()
         err = float((y - ref).abs().max() / ref.abs().max())
-        print(f"# check {p.out_features}x{p.in_features} M={M}: max rel err vs reference {err:.2e}")
+        print(f"# check {p.out_features}x{p.in_features} M={M} {cfg.family or fam}: max rel err vs reference {err:.2e}")
         if err > 1e-2:
-            raise SystemExit(f"kernel disagrees with the reference (M={M}, err {err:.2e})")
+            raise SystemExit(f"kernel disagrees with the reference (M={M}, {cfg.family or fam}, err {err:.2e})")
 
     # Autotune only the goal shape (down_proj 4096x14336 at 3.0 BPW), budget split over the M
     # buckets; every other case borrows the nearest tuned entry of its bucket (autotune.get_config).
     if args.tune:
         N, K = TUNE_SHAPE
         p = layer(N, K, TUNE_BPW).to(dev)
+        a4 = layout_aligned4(p.block_offset, N, BLOCK_ROWS)
         widths = widths_of(p)
         for M in ms_list:
             x = torch.randn(M, K, device=dev, dtype=dtype)
-            fam = autotune.family_for(M)
+            fam = family_for(M)
 
             def run_cfg(cfg, x=x, p=p, fam=fam, widths=widths):
-                return launch(x, *packed_args(p), widths, family=fam, config=cfg)
+                return run(x, p, widths, fam, cfg, a4)
             t0 = time.time()
             weight = {1: 0.35, 16: 0.15, 128: 0.15, 2048: 0.35}  # goal cases first
             share = weight.get(M, 0.15) / sum(weight.get(m, 0.15) for m in ms_list)
-            best = autotune.tune(run_cfg, fam, M, N, K, widths, GROUP, BLOCK_ROWS, dtype, dev,
-                                 has_col_perm=True, budget_s=args.tune_budget * share)
-            print(f"# tuned {N}x{K} M={M} ({time.time() - t0:.0f} s): {best.to_dict()}", flush=True)
+            if fam == "gemv" and args.gemv_family:
+                best, ms = tune_one_family(run_cfg, args.gemv_family, M, N, K, widths, dtype,
+                                           args.tune_budget * share)
+                tuned[M] = best
+                note = f"{args.gemv_family} only, {ms * 1e3:.1f} us, not saved"
+            else:  # the package's tuner: at M = 1 gemv's and gemvu's config spaces together
+                best = autotune.tune(run_cfg, fam, M, N, K, widths, GROUP, BLOCK_ROWS, dtype, dev,
+                                     has_col_perm=True, budget_s=args.tune_budget * share)
+                note = f"saved to {autotune.tuned_cache_path(dev).name}"
+            print(f"# tuned {N}x{K} M={M} ({time.time() - t0:.0f} s, {note}): {best.to_dict()}", flush=True)
         del p
 
     for N, K, bpw in [(N, K, b) for N, K in shapes for b in bpws]:
         p = layer(N, K, bpw).to(dev)
+        a4 = layout_aligned4(p.block_offset, N, BLOCK_ROWS)
         w16 = torch.randn(N, K, device=dev, dtype=dtype) * 0.02
         codes = torch.randint(0, 8, (N, K), device=dev, dtype=torch.uint8)
         s = p.scales.t().repeat_interleave(GROUP, 1)[:, :K].contiguous()
@@ -228,28 +290,30 @@ def run_gpu(args) -> dict:
         widths = widths_of(p)
         for M in ms_list:
             x = torch.randn(M, K, device=dev, dtype=dtype)
-            fam = autotune.family_for(M)
-            cfg = autotune.get_config(fam, M, N, K, widths, GROUP, BLOCK_ROWS, dtype, dev)
-            t_sfmp = time_gpu(lambda: run_triton(x, *packed_args(p), widths))
-            t_fp16 = time_gpu(lambda: torch.matmul(x, w16.t()))
-            t_deq = time_gpu(lambda: torch.matmul(x, ((codes.to(dtype) - z) * s).t()))
+            fam = family_for(M)
+            cfg = pick_config(args, fam, M, N, K, widths, dtype, dev, tuned)
+            ran = cfg.family or fam
+            t_sfmp = time_gpu(lambda x=x, p=p, cfg=cfg, a4=a4: run(x, p, widths, fam, cfg, a4))
+            t_fp16 = time_gpu(lambda x=x, w16=w16: torch.matmul(x, w16.t()))
+            t_deq = time_gpu(lambda x=x, codes=codes, z=z, s=s: torch.matmul(x, ((codes.to(dtype) - z) * s).t()))
             moved = p.nbytes + (M * K + M * N) * 2
             rows.append(dict(
-                variant=variant(), N=N, K=K, bpw=bpw, widths=list(widths), M=M, family=fam, config=cfg.to_dict(),
+                N=N, K=K, bpw=bpw, widths=list(widths), M=M, family=fam,
+                gemv_family=ran if fam == "gemv" else None, config=cfg.to_dict(),
                 ms=t_sfmp, ms_fp16=t_fp16, ms_dequant_matmul=t_deq, bytes_moved=moved,
                 gbs=moved / (t_sfmp * 1e-3) / 1e9, pct_copy_bw=100 * moved / (t_sfmp * 1e-3) / 1e9 / copy_bw,
                 tflops=2 * M * N * K / (t_sfmp * 1e-3) / 1e12,
                 speedup_vs_fp16=t_fp16 / t_sfmp, speedup_vs_dequant=t_deq / t_sfmp))
             r = rows[-1]
-            print(f"v{variant()} {N:>6}x{K:<6} {bpw:>4} M={M:<5} {fam:<7} {t_sfmp * 1e3:9.1f} us  {r['gbs']:7.0f} GB/s "
+            # first column: the run's --gemv-family setting (device_check.sh's A/B summary greps it)
+            print(f"{tag:<5} {N:>6}x{K:<6} {bpw:>4} M={M:<5} {ran:<7} {t_sfmp * 1e3:9.1f} us  {r['gbs']:7.0f} GB/s "
                   f"({r['pct_copy_bw']:5.1f}%)  {r['tflops']:7.1f} TF/s  x{r['speedup_vs_fp16']:.2f} fp16  "
                   f"x{r['speedup_vs_dequant']:.2f} deq  {_cfg_str(cfg)}", flush=True)
         del p, w16, codes, s, z
         torch.cuda.empty_cache()
-    from sfmp_compile.codegen import distinct_kernels
     return dict(meta=dict(device=torch.cuda.get_device_name(dev), copy_bandwidth_gbs=copy_bw,
                           torch=torch.__version__, triton=triton.__version__, dtype="float16",
-                          kernel_variant=variant(),
+                          gemv_family=tag,
                           timing="CUDA-graph replay (triton.testing.do_bench_cudagraph)",
                           naming="N x K = (out_features, in_features)",
                           distinct_kernel_sources=distinct_kernels(),
@@ -259,7 +323,9 @@ def run_gpu(args) -> dict:
 # --- CPU ------------------------------------------------------------------------------------------
 
 def run_cpu(args) -> dict:
-    from sfmp_compile.codegen.cpu import _linear_int4, prepare_cpu
+    from sfmp_compile.layouts import SFMPWeight
+    from sfmp_compile.ops.cpu_int4 import linear_int4
+    from sfmp_compile.ops.dispatch import KERNELS
     from sfmp_compile.ops.reference import linear_ref, packed_args
 
     torch.set_num_threads(1)
@@ -278,36 +344,40 @@ def run_cpu(args) -> dict:
         w16 = w32.to(torch.bfloat16)
         for bpw in bpws:
             p = layer(N, K, bpw)
-            c = prepare_cpu(p)
-            args_c = c.op_args()
+            c = SFMPWeight.from_packed(p, "cpu")  # the "cpu" layout (rows and columns stay reordered)
+            args_c = KERNELS["cpu"].args(c)  # (w4, sz, row_perm, col_perm, out_features, in_features, gc)
+            w4, sz = c.data["w4"], c.data["sz"]
+            bits_per_weight = 8 * c.nbytes / (N * K)  # everything the layout holds, permutations included
             ref_args = packed_args(p)
             for M in ms_list:
                 if N * K * M > 4096 * 14336 * 128 and not args.quick:
                     continue
                 x = torch.randn(M, K)
                 xb = x.to(torch.bfloat16)
-                t_sfmp = time_cpu(lambda: _linear_int4(x, *args_c))
+                t_sfmp = time_cpu(lambda: linear_int4(x, *args_c))
                 t32 = time_cpu(lambda: F.linear(x, w32))
                 t16 = time_cpu(lambda: F.linear(xb, w16))
                 # dequantize-then-matmul: the exact reference op (unpack true-bit codes, fp32 weight, GEMM)
                 t_deq = time_cpu(lambda: linear_ref(x, *ref_args), budget_s=0.3)
-                moved = c.w4.numel() + c.sz.numel() * 2 + c.col_perm.numel() * 4 + (M * K + M * N) * 4
+                moved = (w4.numel() + sz.numel() * 2 + (c.col_perm.numel() + c.row_perm.numel()) * 4
+                         + (M * K + M * N) * 4)
                 rows.append(dict(N=N, K=K, bpw=bpw, widths=list(widths_of(p)), M=M, ms=t_sfmp, ms_fp32=t32,
                                  ms_bf16=t16, bytes_moved=moved, gbs=moved / (t_sfmp * 1e-3) / 1e9,
                                  tflops=2 * M * N * K / (t_sfmp * 1e-3) / 1e12,
                                  ms_dequant_matmul=t_deq, speedup_vs_fp32=t32 / t_sfmp, speedup_vs_bf16=t16 / t_sfmp,
                                  speedup_vs_dequant_matmul=t_deq / t_sfmp,
-                                 resident_bits_per_weight=c.bits_per_weight))
+                                 resident_bits_per_weight=bits_per_weight))
                 r = rows[-1]
                 print(f"{N:>6}x{K:<6} {bpw:>4} M={M:<4} sfmp {t_sfmp:8.3f} ms  fp32 {t32:8.3f}  bf16 {t16:8.3f}  "
                       f"deq+mm {t_deq:8.3f}  "
                       f"x{r['speedup_vs_fp32']:.2f} fp32  x{r['speedup_vs_bf16']:.2f} bf16  "
-                      f"{r['gbs']:6.1f} GB/s  {c.bits_per_weight:.2f} b/w resident", flush=True)
+                      f"{r['gbs']:6.1f} GB/s  {bits_per_weight:.2f} b/w resident", flush=True)
     return dict(meta=dict(device=f"cpu ({torch.backends.cpu.get_cpu_capability()})", threads=1,
                           torch=torch.__version__, timing="min wall time over repeats",
                           naming="N x K = (out_features, in_features)",
-                          path="sfmp::linear_cpu_int4 body in eager (gather x, bf16, torch int4 CPU GEMM; from "
-                               "M >= PREFILL_M_EAGER on native-bf16 CPUs: dequantize to bf16 + one bf16 GEMM)"),
+                          path="sfmp::linear_cpu_int4 body in eager (ops.cpu_int4.linear_int4: gather x, bf16, torch "
+                               "int4 CPU GEMM, scatter rows by row_perm; from M >= PREFILL_M_EAGER on "
+                               "native-bf16 CPUs: dequantize to bf16 + one bf16 GEMM)"),
                 rows=rows)
 
 
@@ -318,13 +388,11 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="fast smoke run")
     ap.add_argument("--tune", action="store_true", help="GPU: autotune before timing (time-boxed)")
     ap.add_argument("--tune-budget", type=float, default=120.0, help="seconds of autotuning in total")
-    ap.add_argument("--variant", choices=["1", "2", "3", "4"], default=None,
-                    help="kernel generation (sets SFMP_KERNEL_VARIANT; see codegen/templates.variant): "
-                         "1 = as measured on the H200 2026-11-27, 2 = walk-ordered offsets + prefetch, "
-                         "3 (default) = 2 + double-buffered gemv, 4 = 3 with the gemv loading U groups "
-                         "per [U, words, rows] tile, 128-bit loads, split-K partials without atomics (opt-in, "
-                         "unmeasured). "
-                         "Use a separate SFMP_CACHE_DIR per variant so tuned configs do not mix.")
+    ap.add_argument("--gemv-family", choices=["gemv", "gemvu"], default=None,
+                    help="GPU: force the body of the M = 1 bucket (an A/B). Default: the tuned/shipped "
+                         "tables decide and --tune compares gemv's and gemvu's configs together. "
+                         "gemvu = U groups per [U, words, rows] load, 128-bit loads where aligned, "
+                         "split-K partials without atomics (opt-in, codegen/gemvu.py).")
     ap.add_argument("--shapes", type=lambda s: [tuple(int(v) for v in t.split("x")) for t in s.split(",")],
                     default=None, help="GPU: NxK list, e.g. 4096x14336,4096x4096")
     ap.add_argument("--bpws", type=lambda s: [float(v) for v in s.split(",")], default=None,
@@ -332,8 +400,6 @@ def main(argv=None) -> None:
     ap.add_argument("--ms", type=lambda s: [int(v) for v in s.split(",")], default=None,
                     help="GPU: M list, e.g. 1,16,2048")
     args = ap.parse_args(argv)
-    if args.variant is not None:
-        os.environ["SFMP_KERNEL_VARIANT"] = args.variant  # read when kernels are generated/launched
     _self_check()
     dev = args.device
     if dev == "auto":
