@@ -94,9 +94,9 @@ def _config(args, bits: float) -> QuantConfig:
 def _load(model_arg: str):
     """(model, tokenizer) for "smollm2", "tiny" or a local directory; FileNotFoundError if absent."""
     if model_arg == TINY:
-        from .models import tiny_llama, tiny_tokenizer
+        from .eval.models import tiny_llama, tiny_tokenizer
         return tiny_llama(), tiny_tokenizer()
-    from .models import load_model
+    from .eval.models import load_model
     if model_arg.lower() != "smollm2" and not Path(model_arg).expanduser().exists():
         raise FileNotFoundError(f"model not found: {model_arg!r} is neither 'smollm2', 'tiny' nor an existing directory")
     return load_model(model_arg)
@@ -106,20 +106,20 @@ def _texts(args):
     """(calibration text or None, eval text or None): None means the Wikipedia split."""
     if not getattr(args, "text", None):
         return None, None
-    from .text import load_text
+    from .eval.text import load_text
     t = load_text(args.text)
     half = len(t) // 2
     return t[:half], t[half:]
 
 
 def _calibration(tokenizer, args):
-    from .text import calibration_batches
+    from .eval.text import calibration_batches
     cal_text, _ = _texts(args)
     return calibration_batches(tokenizer, args.calib_sequences, args.seq_len, text=cal_text)
 
 
 def _eval_ids(tokenizer, args):
-    from .text import eval_tokens
+    from .eval.text import eval_tokens
     _, ev_text = _texts(args)
     return eval_tokens(tokenizer, args.eval_tokens, text=ev_text)
 
@@ -267,13 +267,13 @@ def cmd_eval(args) -> int:
         _config(args, b)
     _check_writable_file(args.json, "--json")
     _check_writable_file(args.plot, "--plot")
-    from .experiments import Bench
+    from .eval.experiments import Bench
     rows = []
     if _is_checkpoint(args.model):
         from transformers import AutoTokenizer
         from .checkpoint import load_quantized
         from .quantize import quantization_report
-        from .experiments import dense_copy
+        from .eval.experiments import dense_copy
         qmodel = load_quantized(args.model)
         try:
             tok = AutoTokenizer.from_pretrained(args.model)
@@ -297,7 +297,7 @@ def cmd_eval(args) -> int:
         if ref is not None:
             rows.insert(0, {"series": "fp32", "label": "fp32", "bpw": 32.0, "weight_bits": 32.0, "ppl": fp32, "kl": 0.0})
     else:
-        from .experiments import load_bench
+        from .eval.experiments import load_bench
         model, tok = _load(args.model)
         cal = _calibration(tok, args)
         ids = _eval_ids(tok, args)
@@ -338,7 +338,7 @@ def cmd_eval(args) -> int:
 
 
 def _ppl(model, bench) -> float:
-    from .evaluation import perplexity
+    from .eval.metrics import perplexity
     return perplexity(model, bench.eval_ids, bench.context)
 
 
@@ -453,8 +453,8 @@ def cmd_demo(args) -> int:
     import copy
     import torch
     _threads(args.threads)
-    from .evaluation import greedy_continuation
-    from .text import wiki_split
+    from .eval.metrics import greedy_continuation
+    from .eval.text import wiki_split
     t_start = time.perf_counter()
     model, tok = _load(args.model)
     ref = copy.deepcopy(model)
@@ -463,7 +463,7 @@ def cmd_demo(args) -> int:
         cal_articles, _ = wiki_split(8)
         # A few paragraphs are enough for activation salience (forward only).
         cal_text = "\n\n".join(t for _, t in cal_articles)
-    from .text import calibration_batches, eval_tokens
+    from .eval.text import calibration_batches, eval_tokens
     cal = calibration_batches(tok, args.calib_sequences, args.seq_len, text=cal_text)
     ids = eval_tokens(tok, args.eval_tokens, text=ev_text)
     print(f"model {args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params; calibration "
@@ -520,7 +520,7 @@ def _demo_scores(ref, qmodel, ids, context: int) -> tuple[float, float, float]:
     """(PPL quantized, PPL fp32, output SQNR dB of the quantized logits vs fp32) in one pass."""
     import torch
     import torch.nn.functional as F
-    from .evaluation import _db
+    from .eval.metrics import _db
     nll_q = nll_f = 0.0
     n = 0
     signal = noise = 0.0

@@ -8,7 +8,7 @@ from torch import nn
 from sfmp_compile import SFMPLinear, plan, quantization_report, quantize
 from sfmp_compile.blocks import BlockGrid
 from sfmp_compile.config import QuantConfig, SFMPConfigError
-from sfmp_compile.models import tiny_llama
+from sfmp_compile.eval.models import tiny_llama
 
 
 class MLP(nn.Module):

@@ -4,8 +4,8 @@ import time
 import pytest
 import torch
 
-from sfmp_compile import models
-from sfmp_compile.models import atomic_write_dir, load_model, tiny_gpt2, tiny_llama, tiny_tokenizer
+from sfmp_compile.eval import models
+from sfmp_compile.eval.models import atomic_write_dir, load_model, tiny_gpt2, tiny_llama, tiny_tokenizer
 
 
 def test_tiny_llama_shapes_and_determinism():
@@ -90,8 +90,8 @@ def test_atomic_write_dir_leaves_nothing_on_failure(tmp_path):
 
 @pytest.mark.slow
 def test_real_smollm2_shapes_perplexity_and_generation():
-    from sfmp_compile.evaluation import greedy_continuation, perplexity
-    from sfmp_compile.text import eval_tokens
+    from sfmp_compile.eval.metrics import greedy_continuation, perplexity
+    from sfmp_compile.eval.text import eval_tokens
 
     start = time.perf_counter()
     model, tok = load_model("smollm2")  # default cache: converts once, then reloads in well under 1 s

@@ -20,18 +20,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from .baselines import code_bits_for_bpw, layerwise_plan, plan_bpw, uniform_plan
-from .config import QuantConfig
-from .linear import SFMPLinear
-from .plan import Plan, default_regroup, find_linears, make_plan
-from .quantize import quantization_report, quantize
-from .salience import fisher_salience, input_second_moments, linear_weight
+from ..config import QuantConfig
+from ..linear import SFMPLinear
+from ..plan import Plan, default_regroup, find_linears, make_plan
+from ..quantize import quantization_report, quantize
+from ..salience import fisher_salience, input_second_moments, linear_weight
 
 
 def dense_copy(model: nn.Module) -> nn.Module:
     """Swap every SFMPLinear for an nn.Linear holding its dequantized weight (in place; returns model).
 
     The same function x·Ŵᵀ + b (fp32), computed without unpacking the codes on every call: used to
-    evaluate many quantized variants quickly. The checked equivalence lives in tests/test_baselines.py.
+    evaluate many quantized variants quickly. The checked equivalence lives in tests/eval/test_baselines.py.
     """
     for name, m in list(model.named_modules()):
         if isinstance(m, SFMPLinear):

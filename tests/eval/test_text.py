@@ -3,8 +3,8 @@ import importlib.util
 import pytest
 import torch
 
-from sfmp_compile import text
-from sfmp_compile.text import (calibration_batches, eval_tokens, load_text, strip_wiki_markup,
+from sfmp_compile.eval import text
+from sfmp_compile.eval.text import (calibration_batches, eval_tokens, load_text, strip_wiki_markup,
                                wiki_articles, wiki_split)
 
 MARKUP = ("[[", "]]", "{{", "}}", "{|", "|}", "<ref", "</ref", "<!--", "'''", "==")

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sfmp_compile.evaluation import (greedy_continuation, kl_divergence, output_sqnr, perplexity,
+from sfmp_compile.eval.metrics import (greedy_continuation, kl_divergence, output_sqnr, perplexity,
                                      sqnr_db)
-from sfmp_compile.models import tiny_gpt2, tiny_llama, tiny_tokenizer
+from sfmp_compile.eval.models import tiny_gpt2, tiny_llama, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
