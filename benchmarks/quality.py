@@ -95,13 +95,14 @@ def reorder_study(model_name: str = "smollm2", group_size: int = 64, bits: int =
     from sfmp_compile.eval.experiments import load_bench
     from sfmp_compile.quantizers.gptq import collect_hessians
     from sfmp_compile.quantizers.minmax import dequantize_groups, minmax_quantize
+    from sfmp_compile.salience import salience_from_moments
     bench = load_bench(model_name, group_size=group_size, n_eval_tokens=2, context=2, verbose=False)
     H = collect_hessians(bench.model, bench.layers, bench.calibration)
     out: dict = {}
     for n, w in bench.weights.items():
         h = H.pop(n).double()
         ex2 = torch.diagonal(h).float() / 2
-        co = torch.argsort((w.pow(2) * ex2[None]).sum(0).double(), descending=True, stable=True)
+        co = torch.argsort(salience_from_moments(w, ex2).sum(0).double(), descending=True, stable=True)
         N, K = w.shape
         G = -(-K // group_size)
         top = co[:group_size]

@@ -111,3 +111,12 @@ def test_real_smollm2_shapes_perplexity_and_generation():
     assert 1.0 < ppl < 60.0, ppl
     assert "Paris" in greedy_continuation(model, tok, "The capital of France is", max_new_tokens=8)
     print(f"SmolLM2 fp32 ppl@2048 = {ppl:.2f} in {time.perf_counter() - start:.1f} s")
+
+
+def test_load_named_tiny_and_missing_paths(tmp_path):
+    from sfmp_compile.eval.models import load_named
+    model, tok = load_named("tiny")
+    assert type(model).__name__ == "LlamaForCausalLM" and tok("ab")["input_ids"] == [tok.convert_tokens_to_ids("a"),
+                                                                                     tok.convert_tokens_to_ids("b")]
+    with pytest.raises(FileNotFoundError, match="model not found"):
+        load_named(str(tmp_path / "nothing"))
