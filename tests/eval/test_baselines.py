@@ -1,6 +1,5 @@
 """Baselines (uniform, layer-wise knapsack), exact BPW accounting, regrouping inside widths."""
 import itertools
-import math
 
 import pytest
 import torch
