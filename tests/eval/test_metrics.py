@@ -104,11 +104,19 @@ def test_greedy_continuation_returns_only_new_text(llama):
 
 def test_score_is_every_metric_in_one_pass_and_takes_cached_reference_logits(llama, tokens):
     noisy = perturbed(llama)
+    # perplexity / kl_divergence / output_sqnr are score's fields, checked against independent
+    # computations above; here: the reference's PPL, and a cached reference equals a live one.
     s = score(noisy, tokens, context=32, reference=llama)
-    assert s["ppl"] == pytest.approx(perplexity(noisy, tokens, context=32), rel=1e-9)
-    assert s["ref_ppl"] == pytest.approx(perplexity(llama, tokens, context=32), rel=1e-9)
-    assert s["kl"] == pytest.approx(kl_divergence(llama, noisy, tokens, context=32), rel=1e-9)
-    assert s["sqnr_db"] == pytest.approx(output_sqnr(llama, noisy, tokens, context=32), rel=1e-9)
+    assert s["kl"] > 0 and math.isfinite(s["sqnr_db"])
+
+    def own_ppl(model):  # HF's loss averages within a window; weight each by its predicted tokens
+        with torch.no_grad():
+            nll = sum(model(tokens[:, i:i + 32], labels=tokens[:, i:i + 32]).loss.item() * (min(32, 100 - i) - 1)
+                      for i in range(0, 100, 32))
+        return math.exp(nll / 96)
+
+    assert s["ppl"] == pytest.approx(own_ppl(noisy), rel=1e-5)
+    assert s["ref_ppl"] == pytest.approx(own_ppl(llama), rel=1e-5)
     cached = window_logits(llama, tokens, context=32)
     assert [c.shape[1] for c in cached] == [32, 32, 32, 4]
     assert score(noisy, tokens, context=32, reference=cached) == pytest.approx(s, rel=1e-9)
