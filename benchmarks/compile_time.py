@@ -69,7 +69,7 @@ def worker(model_name: str, config: str, seq: int, threads: int | None) -> dict:
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from sfmp_compile import sfmp_backend
-    from sfmp_compile.models import load_model, tiny_llama
+    from sfmp_compile.eval.models import load_model, tiny_llama
     from sfmp_compile.passes.release import storage_bytes
 
     if model_name == "tiny":

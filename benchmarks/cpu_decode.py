@@ -84,7 +84,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     from sfmp_compile import sfmp_backend
-    from sfmp_compile.models import load_model
+    from sfmp_compile.eval.models import load_model
     model, tok = load_model("smollm2")
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (1, a.context + 1), generator=g)

@@ -38,7 +38,7 @@ def main(argv=None) -> None:
     from sfmp_compile import plan
     from sfmp_compile.codegen import generate
     from sfmp_compile.codegen.generate import KernelKey
-    from sfmp_compile.models import load_model
+    from sfmp_compile.eval.models import load_model
 
     torch.set_num_threads(1)
     model, _ = load_model("smollm2")

@@ -6,7 +6,7 @@
   python benchmarks/quality.py --merge /tmp/q0.json /tmp/q1.json  # -> quality.json, RESULTS.md, PNG
   python benchmarks/quality.py --report              # rewrite RESULTS.md section + PNG from the JSON
 
-Setup (sfmp_compile.experiments.load_bench): group 64 (SmolLM2's source weights are Q4_1 g32, so g32
+Setup (sfmp_compile.eval.experiments.load_bench): group 64 (SmolLM2's source weights are Q4_1 g32, so g32
 4-bit would land on the old grid), 16 x 512 calibration tokens from the first wiki articles, 8,192
 held-out tokens from the last ones, context 512. BPW counts everything stored. Runs are keyed; an
 output JSON that already holds a key is not rerun (delete it to redo).
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import sys
@@ -92,16 +91,17 @@ def reorder_study(model_name: str = "smollm2", group_size: int = 64, bits: int =
     without clip search; plus where the error sits (the 64 top-salience columns = the first group
     after sorting) and the quantization step those columns get."""
     import torch
-    from sfmp_compile.experiments import load_bench
+    from sfmp_compile.eval.experiments import load_bench
     from sfmp_compile.quantizers.gptq import collect_hessians
     from sfmp_compile.quantizers.minmax import dequantize_groups, minmax_quantize
+    from sfmp_compile.salience import salience_from_moments
     bench = load_bench(model_name, group_size=group_size, n_eval_tokens=2, context=2, verbose=False)
     H = collect_hessians(bench.model, bench.layers, bench.calibration)
     out: dict = {}
     for n, w in bench.weights.items():
         h = H.pop(n).double()
         ex2 = torch.diagonal(h).float() / 2
-        co = torch.argsort((w.pow(2) * ex2[None]).sum(0).double(), descending=True, stable=True)
+        co = torch.argsort(salience_from_moments(w, ex2).sum(0).double(), descending=True, stable=True)
         N, K = w.shape
         G = -(-K // group_size)
         top = co[:group_size]
@@ -149,7 +149,7 @@ def machine() -> dict:
 def run(args) -> None:
     import torch
     torch.set_num_threads(args.threads)
-    from sfmp_compile.experiments import load_bench
+    from sfmp_compile.eval.experiments import load_bench
     out = Path(args.out)
     data = json.loads(out.read_text()) if out.exists() else {"runs": {}}
     specs = run_specs()
@@ -185,7 +185,7 @@ def run(args) -> None:
 # --------------------------------------------------------------------------------------------------
 
 def _interp(points, x):
-    from sfmp_compile.experiments import interpolate
+    from sfmp_compile.eval.experiments import interpolate
     return interpolate(points, x, log=True)
 
 

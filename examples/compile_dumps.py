@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from sfmp_compile import sfmp_backend  # noqa: E402
-from sfmp_compile.models import load_model, tiny_llama  # noqa: E402
+from sfmp_compile.eval.models import load_model, tiny_llama  # noqa: E402
 
 MAX_LINE = 300
 TAIL = 40

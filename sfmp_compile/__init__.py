@@ -1,7 +1,8 @@
 """sfmp_compile: search-free mixed-precision (SFMP) weight quantization for PyTorch LLMs.
 
 Data flows top-down through the package: salience -> reordering -> allocation -> quantizers ->
-format -> ops / codegen -> linear -> plan / quantize -> checkpoint -> passes -> backend -> cli.
+format -> ops / codegen -> linear -> plan / quantize -> checkpoint -> passes -> backend -> eval/
+(models, text, metrics, baselines, experiments, reports) -> cli.
 """
 from .config import QuantConfig, SFMPConfigError  # noqa: F401
 from .format import FORMAT_VERSION, PackedWeight, pack  # noqa: F401

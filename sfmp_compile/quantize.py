@@ -6,12 +6,13 @@ before any module is swapped, so an error leaves the user's model untouched.
 from __future__ import annotations
 
 import time
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
 
 from .blocks import BlockGrid
+from .config import MAX_BITS, MIN_BITS
 from .format import PackedWeight, pack
 from .linear import SFMPLinear
 from .plan import LayerPlan, Plan, check_weight, find_linears, plan as make_model_plan
@@ -47,22 +48,34 @@ def quantize_weight(weight: torch.Tensor, layer_plan: LayerPlan, config, hessian
     return pack(codes, layer_plan.bits, scales, zeros, ro, co, config.block_rows, config.group_size)
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, leaf = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, leaf, new)
+def default_bit_choices(bits: float) -> tuple[int, int, int]:
+    """The three widths of the 3-level scheme when none are given, for a code-bit target ``bits``.
+
+    The paper's (2, 3, 4) whenever 2 <= bits <= 4; otherwise the three consecutive integers around
+    ``round(bits)``, kept within [MIN_BITS, MAX_BITS] (1.8 -> (1, 2, 3), 4.5 -> (3, 4, 5), 7.9 -> (6, 7, 8)).
+    Why this rule: it keeps the paper's set where the paper uses it, and every target in
+    (MIN_BITS, MAX_BITS] stays reachable (QuantConfig needs choices[0] <= bits <= choices[-1]); a
+    fixed (2, 3, 4) would cap a target above 4 bits at 4. Used by ``sfmp --levels 3`` and by the
+    experiments' BPW-targeted 3-level runs alike.
+    """
+    if 2 <= bits <= 4:
+        return (2, 3, 4)
+    c = min(max(round(bits), MIN_BITS + 1), MAX_BITS - 1)
+    return (c - 1, c, c + 1)
 
 
 def quantize(model: nn.Module, bits: float = 3.0, *, calibration: Iterable | None = None,
              salience: str | Mapping[str, torch.Tensor] | None = None, plan: Plan | None = None,
-             **options) -> nn.Module:
+             progress: Callable[[str], None] | None = None, **options) -> nn.Module:
     """Quantize every linear layer of ``model`` in place with SFMP and return the model.
 
     bits: target average code bits (e.g. 2.75). calibration: iterable of model inputs (token-id
     tensors [B, T] or kwargs dicts) for activation/fisher salience, clipping and GPTQ.
     salience: "weight" | "activation" | "fisher" | dict name -> fp32 [N, K]. plan: a precomputed
-    Plan (bits/salience/options are then taken from it). options: QuantConfig fields, e.g.
-    bit_choices=(2, 3, 4), block_rows=512, group_size=128, quantizer="gptq", skip=("lm_head",).
+    Plan (bits/salience/options are then taken from it). progress: called as ``progress(name)``
+    once per layer, right after that layer is quantized and packed (before any module is swapped),
+    e.g. to tick a progress bar. options: QuantConfig fields, e.g. bit_choices=(2, 3, 4),
+    block_rows=512, group_size=128, quantizer="gptq", skip=("lm_head",).
     """
     t0 = time.perf_counter()
     if calibration is not None and not isinstance(calibration, (list, tuple)):
@@ -86,6 +99,8 @@ def quantize(model: nn.Module, bits: float = 3.0, *, calibration: Iterable | Non
             m = layers[name]
             check_weight(name, m.weight)
             pw = quantize_weight(linear_weight(m), plan.layers[name], config, hessian)
+            if progress is not None:
+                progress(name)
             return pw, pw.dequantize(torch.float32).to(m.weight.device)
 
         # Decoder layer by decoder layer (memory bounded by one layer's Hessians); model weights
@@ -98,8 +113,10 @@ def quantize(model: nn.Module, bits: float = 3.0, *, calibration: Iterable | Non
         m = layers[name]
         check_weight(name, m.weight)
         packed[name] = (quantize_weight(linear_weight(m), lp, config), m.bias)
+        if progress is not None:
+            progress(name)
     for name, (p, bias) in packed.items():
-        _set_module(model, name, SFMPLinear(p.to(layers[name].weight.device), bias))
+        model.set_submodule(name, SFMPLinear(p.to(layers[name].weight.device), bias))
     plan.timings["quantize_s"] = time.perf_counter() - t1
     plan.timings["total_s"] = time.perf_counter() - t0
     model.sfmp_plan = plan  # kept for reports and save_quantized; plain attribute, not a submodule

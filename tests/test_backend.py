@@ -15,7 +15,7 @@ import torch
 import sfmp_compile
 from sfmp_compile import SFMPConfigError, quantize
 from sfmp_compile.backend import SFMPBackend, sfmp_backend
-from sfmp_compile.models import tiny_gpt2, tiny_llama
+from sfmp_compile.eval.models import tiny_gpt2, tiny_llama
 from sfmp_compile.passes.release import is_released, storage_bytes
 from sfmp_compile.passes.tie_orders import make_tied_plan
 
@@ -335,7 +335,7 @@ def test_cpu_layout_layers_keep_their_op_and_their_permutations_fold():
 def test_default_cpu_kernel_is_int4_and_close_to_reference():
     """On CPU the default rewrite runs codegen's int4 kernel: only int4 tensors in the graph, and the
     output within bf16-activation error of the exact reference compile."""
-    from sfmp_compile.evaluation import sqnr_db
+    from sfmp_compile.eval.metrics import sqnr_db
     torch._dynamo.reset()
     model = tiny_llama()
     ref_be = _backend(bits=3.0)

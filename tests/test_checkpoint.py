@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from sfmp_compile import CheckpointError, load_quantized, quantize, save_quantized
-from sfmp_compile.models import tiny_llama
+from sfmp_compile.eval.models import tiny_llama
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import torch
 
 from sfmp_compile import load_quantized, quantize, save_quantized
 from sfmp_compile.cli import main
-from sfmp_compile.evaluation import perplexity
-from sfmp_compile.models import tiny_llama, tiny_tokenizer
+from sfmp_compile.eval.metrics import perplexity
+from sfmp_compile.eval.models import tiny_llama, tiny_tokenizer
 
 PROSE = ("The river rises in the northern hills and flows south through farmland before it reaches the sea. "
          "In the nineteenth century a canal was cut beside it, and mills were built along its banks. "
@@ -60,7 +60,7 @@ def test_eval_checkpoint_reports_its_perplexity(ckpt, tmp_path, capsys):
     rows = json.loads(js.read_text())["rows"]
     assert rows[0]["series"] == "checkpoint"
     # The same number as loading the checkpoint by hand.
-    from sfmp_compile.text import eval_tokens, load_text
+    from sfmp_compile.eval.text import eval_tokens, load_text
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(str(ckpt))
     text = load_text(DATA[-1])

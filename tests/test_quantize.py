@@ -7,8 +7,8 @@ from torch import nn
 
 from sfmp_compile import SFMPLinear, plan, quantization_report, quantize
 from sfmp_compile.blocks import BlockGrid
-from sfmp_compile.config import SFMPConfigError
-from sfmp_compile.models import tiny_llama
+from sfmp_compile.config import QuantConfig, SFMPConfigError
+from sfmp_compile.eval.models import tiny_llama
 
 
 class MLP(nn.Module):
@@ -117,3 +117,29 @@ def test_partial_failure_leaves_model_untouched():
     with pytest.raises(ValueError, match="down"):
         quantize(m, bits=3.0, group_size=32)
     assert isinstance(m.up, nn.Linear) and isinstance(m.down, nn.Linear)
+
+
+@pytest.mark.parametrize("quantizer", ["rtn", "gptq"])
+def test_progress_is_called_once_per_layer_before_the_swap(quantizer):
+    model = tiny_llama()
+    calib = [torch.randint(0, 256, (1, 16)) for _ in range(2)]
+    seen = []
+
+    def progress(name):
+        # Still the float layer: every layer is packed before any module is swapped in.
+        assert isinstance(model.get_submodule(name), nn.Linear)
+        seen.append(name)
+
+    quantize(model, 3.0, calibration=calib, group_size=32, block_rows=32, quantizer=quantizer, progress=progress)
+    assert sorted(seen) == sorted(model.sfmp_plan.layers) and len(seen) == len(set(seen))
+
+
+def test_default_bit_choices_keep_the_papers_set_and_reach_every_target():
+    from sfmp_compile.quantize import default_bit_choices
+    for bits in (2.0, 2.5, 3.0, 3.75, 4.0):
+        assert default_bit_choices(bits) == (2, 3, 4)
+    assert default_bit_choices(1.8) == (1, 2, 3) and default_bit_choices(4.5) == (3, 4, 5)
+    for bits in [1.01 + i * 0.07 for i in range(100)] + [8.0]:
+        ch = default_bit_choices(bits)
+        assert ch[0] <= bits <= ch[-1] and list(ch) == list(range(ch[0], ch[0] + 3)), (bits, ch)
+        QuantConfig(bits=bits, bit_choices=ch)  # accepted as a 3-level config

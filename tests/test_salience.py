@@ -3,7 +3,7 @@ from torch import nn
 
 from sfmp_compile.salience import activation_salience, fisher_salience, load_salience, save_salience, weight_salience
 from sfmp_compile.plan import find_linears
-from sfmp_compile.models import tiny_llama
+from sfmp_compile.eval.models import tiny_llama
 
 
 def test_activation_salience_is_w2_times_input_moment():

@@ -4,7 +4,7 @@ import torch.fx as fx
 from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from sfmp_compile.models import tiny_gpt2, tiny_llama
+from sfmp_compile.eval.models import tiny_gpt2, tiny_llama
 from sfmp_compile.passes.find_linears import find_linear_sites
 from sfmp_compile.passes.names import NameResolver, dotted_name, module_path_name
 from sfmp_compile.plan import find_linears

@@ -2,7 +2,7 @@ import torch
 from torch import nn
 
 from sfmp_compile.backend import sfmp_backend
-from sfmp_compile.models import tiny_llama
+from sfmp_compile.eval.models import tiny_llama
 from sfmp_compile.passes.release import can_release, is_released, release, storage_bytes
 
 from ._helpers import SMALL

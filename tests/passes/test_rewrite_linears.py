@@ -8,7 +8,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from sfmp_compile import quantize
 from sfmp_compile.config import QuantConfig
-from sfmp_compile.models import tiny_llama
+from sfmp_compile.eval.models import tiny_llama
 from sfmp_compile.passes.find_linears import find_linear_sites
 from sfmp_compile.passes.fold_permutations import count_gathers, gather_counts
 from sfmp_compile.passes.fx_utils import ROLE_GEMM, sfmp_role

@@ -2,7 +2,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from sfmp_compile.config import QuantConfig
-from sfmp_compile.models import tiny_llama
+from sfmp_compile.eval.models import tiny_llama
 from sfmp_compile.passes.tie_orders import canonical, make_tied_plan
 from sfmp_compile.plan import LayerPlan, find_linears, make_plan
 from sfmp_compile.quantize import quantize_weight

@@ -4,7 +4,7 @@ import torch
 
 from sfmp_compile import quantize, quantization_report
 from sfmp_compile.blocks import BlockGrid
-from sfmp_compile.models import tiny_gpt2, tiny_llama
+from sfmp_compile.eval.models import tiny_gpt2, tiny_llama
 from sfmp_compile.quantizers.gptq import collect_hessians, gptq_model, gptq_quantize
 from sfmp_compile.quantizers.minmax import dequantize_groups, minmax_quantize
 

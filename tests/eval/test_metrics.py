@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sfmp_compile.evaluation import (greedy_continuation, kl_divergence, output_sqnr, perplexity,
-                                     sqnr_db)
-from sfmp_compile.models import tiny_gpt2, tiny_llama, tiny_tokenizer
+from sfmp_compile.eval.metrics import (greedy_continuation, kl_divergence, output_sqnr, perplexity, score,
+                                       sqnr_db, window_logits)
+from sfmp_compile.eval.models import tiny_gpt2, tiny_llama, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +100,27 @@ def test_greedy_continuation_returns_only_new_text(llama):
         manual = llama.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False,
                                 pad_token_id=tok.pad_token_id)
     assert out == tok.decode(manual[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_score_is_every_metric_in_one_pass_and_takes_cached_reference_logits(llama, tokens):
+    noisy = perturbed(llama)
+    # perplexity / kl_divergence / output_sqnr are score's fields, checked against independent
+    # computations above; here: the reference's PPL, and a cached reference equals a live one.
+    s = score(noisy, tokens, context=32, reference=llama)
+    assert s["kl"] > 0 and math.isfinite(s["sqnr_db"])
+
+    def own_ppl(model):  # HF's loss averages within a window; weight each by its predicted tokens
+        with torch.no_grad():
+            nll = sum(model(tokens[:, i:i + 32], labels=tokens[:, i:i + 32]).loss.item() * (min(32, 100 - i) - 1)
+                      for i in range(0, 100, 32))
+        return math.exp(nll / 96)
+
+    assert s["ppl"] == pytest.approx(own_ppl(noisy), rel=1e-5)
+    assert s["ref_ppl"] == pytest.approx(own_ppl(llama), rel=1e-5)
+    cached = window_logits(llama, tokens, context=32)
+    assert [c.shape[1] for c in cached] == [32, 32, 32, 4]
+    assert score(noisy, tokens, context=32, reference=cached) == pytest.approx(s, rel=1e-9)
+    assert score(cached, tokens, context=32)["ppl"] == pytest.approx(s["ref_ppl"], rel=1e-9)
+    assert score(noisy, tokens, context=32) == {"ppl": s["ppl"], "ref_ppl": None, "kl": None, "sqnr_db": None}
+    with pytest.raises(ValueError, match="cached logits"):
+        score(noisy, tokens, context=64, reference=cached)  # other windows

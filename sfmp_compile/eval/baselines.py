@@ -19,10 +19,10 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from .blocks import BlockGrid
-from .config import QuantConfig
-from .plan import LayerPlan, Plan
-from .quantizers.minmax import dequantize_groups, minmax_quantize
+from ..blocks import BlockGrid
+from ..config import QuantConfig
+from ..plan import LayerPlan, Plan
+from ..quantizers.minmax import dequantize_groups, minmax_quantize
 
 
 # --------------------------------------------------------------------------------------------------

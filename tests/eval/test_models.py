@@ -4,8 +4,8 @@ import time
 import pytest
 import torch
 
-from sfmp_compile import models
-from sfmp_compile.models import atomic_write_dir, load_model, tiny_gpt2, tiny_llama, tiny_tokenizer
+from sfmp_compile.eval import models
+from sfmp_compile.eval.models import atomic_write_dir, load_model, tiny_gpt2, tiny_llama, tiny_tokenizer
 
 
 def test_tiny_llama_shapes_and_determinism():
@@ -90,8 +90,8 @@ def test_atomic_write_dir_leaves_nothing_on_failure(tmp_path):
 
 @pytest.mark.slow
 def test_real_smollm2_shapes_perplexity_and_generation():
-    from sfmp_compile.evaluation import greedy_continuation, perplexity
-    from sfmp_compile.text import eval_tokens
+    from sfmp_compile.eval.metrics import greedy_continuation, perplexity
+    from sfmp_compile.eval.text import eval_tokens
 
     start = time.perf_counter()
     model, tok = load_model("smollm2")  # default cache: converts once, then reloads in well under 1 s
@@ -111,3 +111,12 @@ def test_real_smollm2_shapes_perplexity_and_generation():
     assert 1.0 < ppl < 60.0, ppl
     assert "Paris" in greedy_continuation(model, tok, "The capital of France is", max_new_tokens=8)
     print(f"SmolLM2 fp32 ppl@2048 = {ppl:.2f} in {time.perf_counter() - start:.1f} s")
+
+
+def test_load_named_tiny_and_missing_paths(tmp_path):
+    from sfmp_compile.eval.models import load_named
+    model, tok = load_named("tiny")
+    assert type(model).__name__ == "LlamaForCausalLM" and tok("ab")["input_ids"] == [tok.convert_tokens_to_ids("a"),
+                                                                                     tok.convert_tokens_to_ids("b")]
+    with pytest.raises(FileNotFoundError, match="model not found"):
+        load_named(str(tmp_path / "nothing"))

@@ -190,6 +190,16 @@ def load_text(path: str | Path) -> str:
     return text
 
 
+def text_halves(path: str | Path | None) -> tuple[str | None, str | None]:
+    """(calibration text, evaluation text): the first and second halves of the file at ``path``, so
+    the two never share text; ``(None, None)`` without a path (``wiki_split``'s articles then)."""
+    if not path:
+        return None, None
+    text = load_text(path)
+    half = len(text) // 2
+    return text[:half], text[half:]
+
+
 def _token_ids(tokenizer, texts, limit: int | None = None) -> torch.Tensor:
     """Token ids of ``texts`` run together as one 1-D long tensor, stopping once ``limit`` are reached.
 

@@ -67,39 +67,90 @@ def _scoring(*models):
             m.train(was_training)
 
 
+def window_logits(model, tokens: torch.Tensor, context: int = 512, batch_size: int = 1) -> list[torch.Tensor]:
+    """fp32 logits ``[B, L, V]`` of ``model`` on each window of ``tokens`` (``LongTensor [1, T]``), in order.
+
+    Kept in memory as a reference that ``score`` can judge many models against without running the
+    reference again; pass the same ``tokens``, ``context`` and ``batch_size`` to ``score``.
+    """
+    with _scoring(model):
+        return [_logits(model, ids) for ids in _windows(tokens, context, batch_size)]
+
+
+def _logits_of(source, windows: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """Per-window logits of a model, or the windows' cached logits when ``source`` is a list of them."""
+    if isinstance(source, (list, tuple)):
+        if len(source) != len(windows) or any(lg.shape[:2] != w.shape for lg, w in zip(source, windows)):
+            raise ValueError("cached logits do not match these tokens' windows (same context and batch_size?)")
+        yield from source
+    else:
+        for ids in windows:
+            yield _logits(source, ids)
+
+
+def _nll(logits: torch.Tensor, ids: torch.Tensor) -> float:
+    """Summed next-token NLL of a window: logits ``[B, L, V]`` predict ``ids [B, L]`` shifted by one."""
+    targets = ids[:, 1:].to(logits.device)
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                           reduction="sum").double().item()
+
+
+def score(model, tokens: torch.Tensor, context: int = 512, batch_size: int = 1, reference=None) -> dict:
+    """Perplexity of ``model`` and, given a ``reference``, how far its outputs are from it, in one pass.
+
+    tokens: ``LongTensor [1, T]`` (or ``[T]``), cut into non-overlapping windows of ``context`` tokens
+    (the last may be shorter), ``batch_size`` windows per forward. ``model`` and ``reference`` are
+    each a model mapping ``input_ids [B, L]`` to logits ``[B, L, V]``, or ``window_logits`` of one.
+    Returns floats:
+
+      ppl      exp(mean NLL) over every token except each window's first (it has no context)
+      ref_ppl  the same for the reference
+      kl       mean over all positions of KL(p_reference || p_model), nats, fp32 softmaxes
+      sqnr_db  10·log10(‖ref logits‖² / ‖ref logits − logits‖²) over all windows together, fp64
+
+    ``ref_ppl``, ``kl`` and ``sqnr_db`` are None without a reference.
+    """
+    windows = list(_windows(tokens, context, batch_size))
+    refs = _logits_of(reference, windows) if reference is not None else iter([None] * len(windows))
+    nll = ref_nll = kl = signal = noise = 0.0
+    n_pred = n_pos = 0
+    with _scoring(model, reference):
+        for ids, logits, ref in zip(windows, _logits_of(model, windows), refs):
+            nll += _nll(logits, ids)
+            n_pred += ids.shape[0] * (ids.shape[1] - 1)
+            if ref is None:
+                continue
+            approx = logits.to(ref.device)
+            ref_nll += _nll(ref, ids)
+            kl += F.kl_div(F.log_softmax(approx, -1), F.log_softmax(ref, -1), log_target=True,
+                           reduction="sum").double().item()
+            n_pos += ids.numel()
+            signal += ref.double().pow(2).sum().item()
+            noise += (ref.double() - approx.double()).pow(2).sum().item()
+    out = {"ppl": math.exp(nll / n_pred), "ref_ppl": None, "kl": None, "sqnr_db": None}
+    if reference is not None:
+        out.update(ref_ppl=math.exp(ref_nll / n_pred), kl=kl / n_pos, sqnr_db=_db(signal, noise))
+    return out
+
+
 def perplexity(model, tokens: torch.Tensor, context: int = 512, batch_size: int = 1) -> float:
-    """exp(mean next-token NLL) of ``model`` over ``tokens`` (``LongTensor [1, T]``).
+    """exp(mean next-token NLL) of ``model`` over ``tokens`` (``LongTensor [1, T]``): ``score``'s ppl.
 
     The text is cut into non-overlapping windows of ``context`` tokens (the last may be shorter);
     every token except each window's first is predicted, and the NLL is averaged over all of them.
     ``batch_size`` windows go through the model at once.
     """
-    nll, count = 0.0, 0
-    with _scoring(model):
-        for ids in _windows(tokens, context, batch_size):
-            logits = _logits(model, ids)[:, :-1]
-            targets = ids[:, 1:].to(logits.device)
-            nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                   reduction="sum").double().item()
-            count += targets.numel()
-    return math.exp(nll / count)
+    return score(model, tokens, context, batch_size)["ppl"]
 
 
 def kl_divergence(reference_model, model, tokens: torch.Tensor, context: int = 512,
                   batch_size: int = 1) -> float:
-    """Mean over token positions of KL(p_reference || p_model) in nats, next-token distributions.
+    """Mean over token positions of KL(p_reference || p_model) in nats: ``score``'s kl.
 
     Same windows as ``perplexity``; every position of every window counts (each one defines a
     next-token distribution). Softmaxes are taken in fp32 whatever the models' dtypes.
     """
-    total, count = 0.0, 0
-    with _scoring(reference_model, model):
-        for ids in _windows(tokens, context, batch_size):
-            ref = F.log_softmax(_logits(reference_model, ids), dim=-1)
-            approx = F.log_softmax(_logits(model, ids).to(ref.device), dim=-1)
-            total += F.kl_div(approx, ref, log_target=True, reduction="sum").double().item()
-            count += ids.numel()
-    return total / count
+    return score(model, tokens, context, batch_size, reference=reference_model)["kl"]
 
 
 def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
@@ -122,18 +173,9 @@ def _db(signal: float, noise: float) -> float:
 
 def output_sqnr(reference_model, model, tokens: torch.Tensor, context: int = 512,
                 batch_size: int = 1) -> float:
-    """SQNR in dB of ``model``'s final logits against ``reference_model``'s, over all windows together.
-
-    Equals ``sqnr_db`` of the two models' concatenated logits ``[T, V]``, without materialising them.
-    """
-    signal, noise = 0.0, 0.0
-    with _scoring(reference_model, model):
-        for ids in _windows(tokens, context, batch_size):
-            ref = _logits(reference_model, ids).double()
-            approx = _logits(model, ids).double().to(ref.device)
-            signal += ref.pow(2).sum().item()
-            noise += (ref - approx).pow(2).sum().item()
-    return _db(signal, noise)
+    """SQNR in dB of ``model``'s final logits against ``reference_model``'s, over all windows together:
+    ``score``'s sqnr_db, which equals ``sqnr_db`` of the two models' concatenated logits ``[T, V]``."""
+    return score(model, tokens, context, batch_size, reference=reference_model)["sqnr_db"]
 
 
 def greedy_continuation(model, tokenizer, prompt: str, max_new_tokens: int = 24) -> str:

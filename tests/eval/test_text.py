@@ -3,8 +3,8 @@ import importlib.util
 import pytest
 import torch
 
-from sfmp_compile import text
-from sfmp_compile.text import (calibration_batches, eval_tokens, load_text, strip_wiki_markup,
+from sfmp_compile.eval import text
+from sfmp_compile.eval.text import (calibration_batches, eval_tokens, load_text, strip_wiki_markup,
                                wiki_articles, wiki_split)
 
 MARKUP = ("[[", "]]", "{{", "}}", "{|", "|}", "<ref", "</ref", "<!--", "'''", "==")
@@ -113,3 +113,13 @@ def test_load_text_errors(tmp_path):
     empty.write_text("  \n")
     with pytest.raises(ValueError, match="empty"):
         load_text(empty)
+
+
+def test_text_halves_split_a_file_and_default_to_the_wiki(tmp_path):
+    from sfmp_compile.eval.text import text_halves
+    path = tmp_path / "t.txt"
+    path.write_text("abcdefgh")
+    assert text_halves(str(path)) == ("abcd", "efgh")
+    assert text_halves(None) == (None, None)
+    with pytest.raises(FileNotFoundError):
+        text_halves(str(tmp_path / "missing.txt"))

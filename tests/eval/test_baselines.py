@@ -1,16 +1,15 @@
 """Baselines (uniform, layer-wise knapsack), exact BPW accounting, regrouping inside widths."""
 import itertools
-import math
 
 import pytest
 import torch
 
 from sfmp_compile import QuantConfig, quantization_report, quantize
-from sfmp_compile.baselines import (code_bits_for_bpw, knapsack_bits, layer_errors, layerwise_plan, plan_bpw,
+from sfmp_compile.eval.baselines import (code_bits_for_bpw, knapsack_bits, layer_errors, layerwise_plan, plan_bpw,
                                     uniform_plan)
 from sfmp_compile.blocks import BlockGrid
-from sfmp_compile.experiments import dense_copy, interpolate
-from sfmp_compile.models import tiny_llama
+from sfmp_compile.eval.experiments import dense_copy, interpolate
+from sfmp_compile.eval.models import tiny_llama
 from sfmp_compile.plan import find_linears, make_plan, regroup_orders
 from sfmp_compile.salience import fisher_salience, linear_weight
 
