@@ -16,6 +16,7 @@ INTERPRETER config is used (multi-config autotuning does not work there).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -163,15 +164,18 @@ def save_tuned(device, key: str, cfg: Config, ms: float) -> None:
 
 def candidate_configs(family: str, M: int, N: int, K: int, group_size: int, block_rows: int,
                       has_col_perm: bool) -> list[Config]:
-    """The pruned config space for one (bucket family, M bucket, N, K): every serving family's."""
+    """The pruned config space for one (bucket family, M bucket, N, K): every serving family's,
+    interleaved."""
     groups = -(-K // group_size)
     R = -(-N // block_rows)
 
     def n_tiles_for(bn: int) -> int:
         return R * -(-min(block_rows, N) // min(bn, pow2_at_least(block_rows)))
 
-    return [c for fam in serving(family)
-            for c in fam.config_space(M, n_tiles_for, groups, block_rows, group_size, has_col_perm)]
+    spaces = [fam.config_space(M, n_tiles_for, groups, block_rows, group_size, has_col_perm)
+              for fam in serving(family)]
+    # Interleaved, each family's most promising configs first: a time-boxed tune reaches them all.
+    return [c for batch in itertools.zip_longest(*spaces) for c in batch if c is not None]
 
 
 def _gpu_timer(fn, rep_ms: int = 25) -> float:

@@ -120,7 +120,7 @@ def test_gemvu_is_chosen_by_configuration(tmp_path, monkeypatch):
     assert autotune.get_config("gemv", 1, 4096, 4096, (2, 3), 128, 512, torch.float16, dev) == mine
     space = autotune.candidate_configs("gemv", 1, 4096, 14336, 128, 512, True)
     fams = [c.family for c in space]
-    assert "" in fams and "gemvu" in fams and fams.index("gemvu") > fams.index("")
+    assert fams[:2] == ["", "gemvu"]  # interleaved: a time-boxed tune tries both families early
     assert all(c.BLOCK_N >= 32 * gemvu.launch_params(c.BLOCK_N, c.num_warps, c.U)[0]
                for c in space if c.family == "gemvu")
     autotune._tuned.clear()
