@@ -38,13 +38,13 @@ from .ops.cpu_int4 import register_inductor_decompositions
 from .ops.dispatch import preferred_layout
 from .plan import LayerPlan, Plan, skipped
 from .quantize import quantize_weight
-from .salience import is_linear, salience_from_moments
+from .salience import salience_from_moments
 from .passes.calibrate import graph_input_moments
 from .passes.find_linears import LinearSite, find_linear_sites
 from .passes.fold_permutations import FoldReport, count_gathers, fold_permutations, gather_counts
-from .passes.fx_utils import copy_graph_module, get_constant
+from .passes.fx_utils import copy_graph_module, graph_constants
 from .passes.names import NameResolver, is_relative
-from .passes.release import can_release, release
+from .passes.release import params_of_non_linears, release_linear_weights
 from .passes.rewrite_linears import rewrite_linears
 from .passes.tie_orders import make_tied_plan, tie_groups
 
@@ -131,7 +131,7 @@ class SFMPBackend:
         self.cpu_kernel = cpu_kernel
         self.tie = bool(tie)
         self.resolver = NameResolver(model)
-        self._keep_float = self._non_linear_param_ids(model) if model is not None else set()
+        self._keep_float = params_of_non_linears(model) if model is not None else set()
         self._cache: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self._names: dict[str, int] = {}  # layer name -> id of the parameter that holds it
         self.plan = Plan(self.config, {})
@@ -143,16 +143,6 @@ class SFMPBackend:
         self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ helpers
-    @staticmethod
-    def _non_linear_param_ids(model: nn.Module) -> set[int]:
-        """Parameters some non-linear module also holds (tied embeddings): never free them."""
-        keep = set()
-        for m in model.modules():
-            if is_linear(m):
-                continue
-            keep.update(id(p) for p in m.parameters(recurse=False))
-        return keep
-
     def _warn_once(self, key: str, msg: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
@@ -182,28 +172,6 @@ class SFMPBackend:
             i += 1
         self._names[f"{name}#{i}"] = id(p)
         return f"{name}#{i}"
-
-    def _constant(self, gm: fx.GraphModule, example_inputs):
-        """node -> real tensor for parameters / buffers / get_attr (constants the passes may permute)."""
-        phs = {n: e for n, e in zip([n for n in gm.graph.nodes if n.op == "placeholder"], example_inputs)}
-
-        def constant(node: fx.Node):
-            if node.op == "get_attr":
-                try:
-                    return get_constant(gm, node)
-                except AttributeError:
-                    return None
-            if node.op == "placeholder":
-                e = phs.get(node)
-                ga = node.meta.get("grapharg")
-                src = str(getattr(getattr(ga, "source", None), "name", "")) if ga is not None else ""
-                if isinstance(e, nn.Parameter) or (isinstance(e, torch.Tensor) and "_buffers[" in src):
-                    if e.untyped_storage().nbytes() == 0:
-                        return None  # released: its values are gone
-                    return e
-            return None
-
-        return constant
 
     # ------------------------------------------------------------------ planning
     def _saliences(self, gm, example_inputs, sites: list[LinearSite], weights: dict[str, torch.Tensor], report):
@@ -244,7 +212,7 @@ class SFMPBackend:
         weights = {n: s.linear_weight() for n, s in new.items()}
         sal, cws = self._saliences(gm, example_inputs, list(new.values()), weights, report)
         t0 = self._tick(report, "salience", t0)
-        rows, cols = tie_groups(new.values(), self._constant(gm, example_inputs)) if self.tie else ([], [])
+        rows, cols = tie_groups(new.values(), graph_constants(gm, example_inputs)) if self.tie else ([], [])
         plan = make_tied_plan(weights, sal, self.config, cws, rows, cols)
         self._tick(report, "allocation", t0)
         return plan.layers
@@ -322,7 +290,7 @@ class SFMPBackend:
         records = rewrite_linears(gm, work)
         fold = FoldReport()
         if self.fold:
-            fold = fold_permutations(gm, self._constant(gm, example_inputs))
+            fold = fold_permutations(gm, graph_constants(gm, example_inputs))
         else:
             fold.gathers_before = fold.gathers_after = count_gathers(gm)
         report.regions, report.not_folded = fold.regions, list(fold.not_folded)
@@ -346,22 +314,9 @@ class SFMPBackend:
         return compiled
 
     def _release(self, gm, sites, report) -> None:
-        """Free float weights whose only uses in this graph were the rewritten linears."""
-        params = {}
-        for s in sites:
-            if s.weight is None or s.form == "sfmp" or s.weight_node is None or not s.quantizable:
-                continue
-            if s.weight_node.users:
-                report.notes.append(f"{s.name}: float weight kept (still used elsewhere in the graph)")
-            elif id(s.weight) in self._keep_float:
-                report.notes.append(f"{s.name}: float weight kept (tied to a non-linear module)")
-            elif (why := can_release(s.weight)) is not None:
-                if why != "already released":
-                    report.notes.append(f"{s.name}: float weight kept ({why})")
-            else:
-                params[id(s.weight)] = s.weight
-        freed = release(params.values())
+        freed, notes = release_linear_weights(sites, self._keep_float)
         self.released_bytes += freed
+        report.notes += notes
         report.notes.append(f"released {freed} bytes of float weights")
 
     def _compile_inner(self, gm: fx.GraphModule, example_inputs, report) -> tuple[Callable, list[str]]:

@@ -4,11 +4,9 @@ from __future__ import annotations
 import weakref
 from typing import Callable
 
-import torch
 import torch.fx as fx
-from torch import nn
 
-from .passes.fx_utils import copy_graph_module
+from .passes.fx_utils import copy_graph_module, is_state_input
 
 
 class GraphVariants:
@@ -29,7 +27,7 @@ class GraphVariants:
         self.example_inputs = example_inputs
         self.index = index
         phs = [n for n in pristine.graph.nodes if n.op == "placeholder"]
-        self.positions = [i for i, (n, e) in enumerate(zip(phs, example_inputs)) if _is_state(n, e)]
+        self.positions = [i for i, (n, e) in enumerate(zip(phs, example_inputs)) if is_state_input(n, e)]
         self.variants: dict[tuple, tuple[list, Callable]] = {}
         self._add([example_inputs[i] for i in self.positions], compiled)
 
@@ -48,12 +46,3 @@ class GraphVariants:
             self._add(state, compiled)
             hit = self.variants[tuple(id(t) for t in state)]
         return hit[1](*args)  # Dynamo's convention for a backend's result: unboxed positional args
-
-
-def _is_state(node: fx.Node, e) -> bool:
-    """Parameters and buffers (what a compiled graph may have baked in: weights, permutations)."""
-    if isinstance(e, nn.Parameter):
-        return True
-    ga = node.meta.get("grapharg")
-    src = str(getattr(getattr(ga, "source", None), "name", "")) if ga is not None else ""
-    return isinstance(e, torch.Tensor) and "._buffers[" in src

@@ -211,3 +211,32 @@ def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
     new = fx.GraphModule(gm, graph)
     new.meta = dict(getattr(gm, "meta", {}))
     return new
+
+
+def is_state_input(node: fx.Node, value) -> bool:
+    """Whether a Dynamo placeholder carries a parameter or a buffer (from its source name)."""
+    if isinstance(value, torch.nn.Parameter):
+        return True
+    ga = node.meta.get("grapharg")
+    src = str(getattr(getattr(ga, "source", None), "name", "")) if ga is not None else ""
+    return isinstance(value, torch.Tensor) and "_buffers[" in src
+
+
+def graph_constants(gm: fx.GraphModule, example_inputs):
+    """``constant(node)``: the real tensor behind a parameter / buffer placeholder or a get_attr
+    (the constants a pass may read or permute), or None (activations, released weights)."""
+    phs = {n: e for n, e in zip([n for n in gm.graph.nodes if n.op == "placeholder"], example_inputs)}
+
+    def constant(node: fx.Node):
+        if node.op == "get_attr":
+            try:
+                return get_constant(gm, node)
+            except AttributeError:
+                return None
+        if node.op == "placeholder":
+            e = phs.get(node)
+            if e is not None and is_state_input(node, e):
+                return None if e.untyped_storage().nbytes() == 0 else e  # released: values gone
+        return None
+
+    return constant

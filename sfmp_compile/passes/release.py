@@ -11,6 +11,9 @@ from __future__ import annotations
 from typing import Iterable
 
 import torch
+from torch import nn
+
+from ..salience import is_linear
 
 
 def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
@@ -60,3 +63,28 @@ def release(params: Iterable[torch.Tensor]) -> int:
 
 def is_released(p: torch.Tensor) -> bool:
     return p.untyped_storage().nbytes() == 0 and p.numel() > 0
+
+
+def release_linear_weights(sites, keep_ids: set[int]) -> tuple[int, list[str]]:
+    """Free the float weights of rewritten linear sites (``find_linears.LinearSite``) whose weight
+    node has no users left in the graph and whose id is not in ``keep_ids`` (tied to a non-linear
+    module). Returns (bytes freed, one note per weight kept and why)."""
+    params, notes = {}, []
+    for s in sites:
+        if s.weight is None or s.form == "sfmp" or s.weight_node is None or not s.quantizable:
+            continue
+        if s.weight_node.users:
+            notes.append(f"{s.name}: float weight kept (still used elsewhere in the graph)")
+        elif id(s.weight) in keep_ids:
+            notes.append(f"{s.name}: float weight kept (tied to a non-linear module)")
+        elif (why := can_release(s.weight)) is not None:
+            if why != "already released":
+                notes.append(f"{s.name}: float weight kept ({why})")
+        else:
+            params[id(s.weight)] = s.weight
+    return release(params.values()), notes
+
+
+def params_of_non_linears(model: nn.Module) -> set[int]:
+    """ids of parameters some non-linear module also holds (tied embeddings): never free them."""
+    return {id(p) for m in model.modules() if not is_linear(m) for p in m.parameters(recurse=False)}
