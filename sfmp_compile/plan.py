@@ -20,7 +20,7 @@ from .allocation import allocate
 from .blocks import BlockGrid
 from .config import QuantConfig
 from .reordering import reorder, salience_orders
-from .salience import compute_salience, input_second_moments, is_linear, linear_weight
+from .salience import compute_salience, input_second_moments, is_linear, linear_weight, salience_from_moments
 
 
 @dataclass
@@ -212,7 +212,7 @@ def plan(model: nn.Module, bits: float = 3.0, *, calibration: Iterable | None = 
         col_weights = input_second_moments(model, layers, calibration) if calibration is not None else None
         if col_weights is None:
             compute_salience(kind, model, layers, None)  # raises the clear "needs calibration" error
-        sal = {n: w.float().pow(2) * col_weights[n][None, :].to(w.device) for n, w in weights.items()}
+        sal = {n: salience_from_moments(w, col_weights[n]) for n, w in weights.items()}
     elif kind is None:
         sal = dict(salience)
     else:

@@ -46,7 +46,7 @@ def salience_from_moments(weight: torch.Tensor, moments: torch.Tensor | None = N
 
 def weight_salience(layers: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
     """Data-free salience W², fp32 [out, in] per layer."""
-    return {name: linear_weight(m).detach().float().pow(2) for name, m in layers.items()}
+    return {name: salience_from_moments(linear_weight(m)) for name, m in layers.items()}
 
 
 def run_model(model: nn.Module, batch) -> object:
@@ -95,7 +95,7 @@ def input_second_moments(model: nn.Module, layers: Mapping[str, nn.Module], cali
 def activation_salience(model: nn.Module, layers: Mapping[str, nn.Module], calibration: Iterable) -> dict[str, torch.Tensor]:
     """S = W² ⊙ E[x²] (broadcast over rows), fp32 [out, in] per layer."""
     moments = input_second_moments(model, layers, calibration)
-    return {n: linear_weight(m).detach().float().pow(2) * moments[n][None, :].to(m.weight.device) for n, m in layers.items()}
+    return {n: salience_from_moments(linear_weight(m), moments[n]) for n, m in layers.items()}
 
 
 def _split_sequences(batch):
@@ -164,7 +164,7 @@ def fisher_salience(model: nn.Module, layers: Mapping[str, nn.Module], calibrati
         raise ValueError("fisher salience needs calibration data, but the calibration iterable was empty")
     out = {}
     for n, m in layers.items():
-        out[n] = acc[n].t().contiguous() if type(m).__name__ == "Conv1D" else acc[n]
+        out[n] = acc[n].t().contiguous() if is_conv1d(m) else acc[n]
     return out
 
 
