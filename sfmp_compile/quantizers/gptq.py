@@ -14,7 +14,6 @@ the calibration hidden states.
 """
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from typing import Callable, Iterable, Mapping
 
@@ -37,7 +36,7 @@ def _inverse_hessian_factor(h: torch.Tensor, damp: float) -> tuple[torch.Tensor,
     matrix is still not positive definite (fp32 round-off on a near-singular H), λ is raised tenfold
     until the factorisation succeeds.
     """
-    h = h.double().clone()  # fp64: Cholesky of a badly conditioned 1536×1536 matrix is fragile in fp32
+    h = h.double().clone()  # fp64: Cholesky of a large, badly conditioned Hessian is fragile in fp32
     K = h.shape[0]
     diag = torch.diagonal(h)
     dead = diag == 0
