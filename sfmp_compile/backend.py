@@ -34,7 +34,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from .config import QuantConfig, SFMPConfigError
 from .dump import GraphReport, LayerRow, kernel_sources, write_graph_dump
 from .format import PackedWeight
-from .plan import LayerPlan, Plan, skipped
+from .plan import LayerPlan, Plan, make_plan, skipped
 from .quantize import quantize_weight
 from .passes.calibrate import graph_input_moments
 from .passes.find_linears import LinearSite, find_linear_sites
@@ -43,7 +43,7 @@ from .passes.fx_utils import ROLE_IN, ROLE_OUT, copy_graph_module, get_constant,
 from .passes.names import NameResolver, is_relative
 from .passes.release import can_release, release
 from .passes.rewrite_linears import LayerRewrite, int4_form, rewrite_linears
-from .passes.tie_orders import make_tied_plan, tie_groups
+from .passes.tie_orders import tie_groups
 
 INNER = ("inductor", "aot_eager", "eager")
 _QUANT_OPTIONS = {"bit_choices", "block_rows", "group_size", "salience", "quantizer", "clip_search", "reorder_rows",
@@ -249,7 +249,7 @@ class SFMPBackend:
         sal, cws = self._saliences(gm, example_inputs, list(new.values()), weights, report)
         t0 = self._tick(report, "salience", t0)
         rows, cols = tie_groups(new.values(), self._constant(gm, example_inputs)) if self.tie else ([], [])
-        plan = make_tied_plan(weights, sal, self.config, cws, rows, cols)
+        plan = make_plan(weights, sal, self.config, cws, rows, cols)
         self._tick(report, "allocation", t0)
         return plan.layers
 
