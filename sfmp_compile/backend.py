@@ -36,7 +36,7 @@ from .graph_variants import GraphVariants
 from .layouts import SFMPWeight
 from .ops.cpu_int4 import register_inductor_decompositions
 from .ops.dispatch import preferred_layout
-from .plan import LayerPlan, Plan, skipped
+from .plan import LayerPlan, Plan, make_plan, skipped
 from .quantize import quantize_weight
 from .salience import salience_from_moments
 from .passes.calibrate import graph_input_moments
@@ -46,7 +46,7 @@ from .passes.fx_utils import copy_graph_module, graph_constants
 from .passes.names import NameResolver, is_relative
 from .passes.release import params_of_non_linears, release_linear_weights
 from .passes.rewrite_linears import rewrite_linears
-from .passes.tie_orders import make_tied_plan, tie_groups
+from .passes.tie_orders import tie_groups
 
 INNER = ("inductor", "aot_eager", "eager")
 _QUANT_OPTIONS = {"bit_choices", "block_rows", "group_size", "salience", "quantizer", "clip_search", "reorder_rows",
@@ -213,7 +213,7 @@ class SFMPBackend:
         sal, cws = self._saliences(gm, example_inputs, list(new.values()), weights, report)
         t0 = self._tick(report, "salience", t0)
         rows, cols = tie_groups(new.values(), graph_constants(gm, example_inputs)) if self.tie else ([], [])
-        plan = make_tied_plan(weights, sal, self.config, cws, rows, cols)
+        plan = make_plan(weights, sal, self.config, cws, rows, cols)
         self._tick(report, "allocation", t0)
         return plan.layers
 

@@ -55,15 +55,31 @@ class BlockGrid:
         cols = torch.tensor([self.cols_in(j) for j in range(self.n_groups)], dtype=torch.int64)
         return rows[:, None] * cols[None, :]
 
-    def block_sums(self, x: torch.Tensor) -> torch.Tensor:
-        """Sum of an [N, K] tensor over each block, float64 [R, G] (fp64 so tiny saliences survive)."""
+    def block_sums(self, x: torch.Tensor, row_order: torch.Tensor | None = None,
+                   col_order: torch.Tensor | None = None) -> torch.Tensor:
+        """Sum over each block of x[row_order][:, col_order], float64 [R, G] (fp64 so tiny saliences survive).
+
+        x: float [N, K]; row_order int64 [N], col_order int64 [K], None for the identity. Sums each
+        column group first (one gather of the columns, one contiguous fp64 reduction), then the
+        row-blocks of the small [N, G] result, so the reordered matrix is never materialised.
+        """
         if tuple(x.shape) != (self.out_features, self.in_features):
             raise ValueError(f"expected a tensor of shape {(self.out_features, self.in_features)}, got {tuple(x.shape)}")
         R, G = self.shape
-        pad_r = R * self.block_rows - self.out_features
-        pad_c = G * self.group_size - self.in_features
-        x = torch.nn.functional.pad(x.double(), (0, pad_c, 0, pad_r))
-        return x.view(R, self.block_rows, G, self.group_size).sum(dim=(1, 3))
+        gs, br = self.group_size, self.block_rows
+        if col_order is not None:
+            x = x.index_select(1, col_order.to(x.device))
+        full = (self.in_features // gs) * gs
+        parts = [x[:, :full].reshape(-1, full // gs, gs).sum(-1, dtype=torch.float64)] if full else []
+        if full < self.in_features:
+            parts.append(x[:, full:].sum(-1, keepdim=True, dtype=torch.float64))
+        per_row = torch.cat(parts, dim=1).cpu()  # [N, G]
+        if row_order is not None:
+            per_row = per_row.index_select(0, row_order.cpu())
+        pad = R * br - self.out_features
+        if pad:
+            per_row = torch.nn.functional.pad(per_row, (0, 0, 0, pad))
+        return per_row.view(R, br, G).sum(1)
 
     def expand_rows(self, per_block: torch.Tensor) -> torch.Tensor:
         """[R, G] per-block values -> [N, G] per (row, group) values."""

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from .format import FORMAT_VERSION, PackedWeight, validate
 from .linear import SFMPLinear
+from .salience import is_linear, linear_weight
 
 MARKER = "sfmp.json"
 WEIGHTS = "model.safetensors"
@@ -120,12 +121,6 @@ def _skeleton_from_config(ckpt_dir: str) -> nn.Module:
         return AutoModelForCausalLM.from_config(config)
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, leaf = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, leaf, new)
-
-
 def load_quantized(ckpt_dir: str, model: nn.Module | None = None, device: str | torch.device = "cpu") -> nn.Module:
     """Load a checkpoint written by save_quantized.
 
@@ -157,9 +152,10 @@ def load_quantized(ckpt_dir: str, model: nn.Module | None = None, device: str | 
             raise CheckpointError(f"{ckpt_dir}: layer {name} lacks geometry field {e}") from None
         except ValueError as e:
             raise CheckpointError(str(e)) from None
-        want = (getattr(target, "out_features", None), getattr(target, "in_features", None))
-        if type(target).__name__ == "Conv1D":
-            want = (target.weight.shape[1], target.weight.shape[0])
+        if is_linear(target):
+            want = tuple(linear_weight(target).shape)
+        else:
+            want = (getattr(target, "out_features", None), getattr(target, "in_features", None))
         if want != (p.out_features, p.in_features):
             raise CheckpointError(f"layer {name}: checkpoint shape {(p.out_features, p.in_features)} does not match the model's {want}")
         bias = tensors.pop(f"{name}.bias", None)
@@ -167,7 +163,7 @@ def load_quantized(ckpt_dir: str, model: nn.Module | None = None, device: str | 
             raise CheckpointError(f"{ckpt_dir}: tensor {name}.bias is missing")
         new_modules[name] = SFMPLinear(p, bias)
     for name, m in new_modules.items():
-        _set_module(model, name, m)
+        model.set_submodule(name, m)
     for alias, canon in (meta.get("tied") or {}).items():
         if canon in tensors:
             tensors[alias] = tensors[canon]

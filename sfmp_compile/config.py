@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, asdict
-from typing import Sequence
+from dataclasses import dataclass, asdict
 
-SALIENCE_KINDS = ("weight", "activation", "fisher")
+# The salience names: the keys of salience.SALIENCES, which fills this list when it is imported (the
+# package __init__ imports it before any user code runs). config is above salience in data-flow
+# order, so it holds the names and not the table.
+SALIENCE_KINDS: list[str] = []
 QUANTIZERS = ("rtn", "gptq")
 MIN_BITS, MAX_BITS = 1, 8
 
@@ -63,7 +65,7 @@ class QuantConfig:
         if self.group_size % 32:
             raise SFMPConfigError(f"group_size must be a multiple of 32 (packed int32 words), got {self.group_size}")
         if self.salience not in SALIENCE_KINDS:
-            raise SFMPConfigError(f"salience must be one of {SALIENCE_KINDS}, got {self.salience!r}")
+            raise SFMPConfigError(f"salience must be one of {tuple(SALIENCE_KINDS)}, got {self.salience!r}")
         if self.quantizer not in QUANTIZERS:
             raise SFMPConfigError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
         if isinstance(self.skip, str):

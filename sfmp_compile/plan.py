@@ -7,20 +7,18 @@ the budget stays global.
 from __future__ import annotations
 
 import fnmatch
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 import torch
 from torch import nn
-from safetensors.torch import load_file, save_file
 
-from .allocation import allocate
+from .allocation import allocate, average_bits
 from .blocks import BlockGrid
 from .config import QuantConfig
-from .reordering import reorder, salience_orders
-from .salience import compute_salience, input_second_moments, is_linear, linear_weight
+from .reordering import canonical as canonical_order, salience_orders
+from .salience import SALIENCES, compute_salience, input_second_moments, is_linear, linear_weight
 
 
 @dataclass
@@ -40,42 +38,17 @@ class LayerPlan:
 
 @dataclass
 class Plan:
+    """The whole-model plan: the config it was made with, one LayerPlan per layer name, and the
+    seconds each planning step took (``timings``)."""
+
     config: QuantConfig
     layers: dict[str, LayerPlan]
     timings: dict[str, float] = field(default_factory=dict)
 
-    def save(self, path: str) -> None:
-        """One safetensors file; the config rides in its metadata."""
-        tensors = {}
-        for name, lp in self.layers.items():
-            tensors[f"{name}::row_order"] = lp.row_order.to(torch.int32).contiguous()
-            tensors[f"{name}::col_order"] = lp.col_order.to(torch.int32).contiguous()
-            tensors[f"{name}::bits"] = lp.bits.contiguous()
-            if lp.col_weight is not None:
-                tensors[f"{name}::col_weight"] = lp.col_weight.float().contiguous()
-        save_file(tensors, path, metadata={"sfmp_plan": json.dumps({"config": self.config.to_dict(), "layers": list(self.layers)})})
-
-    @classmethod
-    def load(cls, path: str) -> "Plan":
-        from safetensors import safe_open
-        with safe_open(path, "pt") as f:
-            meta = (f.metadata() or {}).get("sfmp_plan")
-        if meta is None:
-            raise ValueError(f"{path} is not an SFMP plan file (no 'sfmp_plan' metadata)")
-        meta = json.loads(meta)
-        t = load_file(path)
-        layers = {n: LayerPlan(t[f"{n}::row_order"].long(), t[f"{n}::col_order"].long(), t[f"{n}::bits"],
-                               t.get(f"{n}::col_weight")) for n in meta["layers"]}
-        return cls(QuantConfig.from_dict(meta["config"]), layers)
-
     def average_bits(self) -> float:
-        num = den = 0.0
-        for lp in self.layers.values():
-            N, K = lp.shape
-            c = BlockGrid(N, K, self.config.block_rows, self.config.group_size).weight_counts()
-            num += float((lp.bits.to(torch.int64) * c).sum())
-            den += float(c.sum())
-        return num / den
+        """Mean code width over all quantized weights (``allocation.average_bits`` of the bit maps)."""
+        grids = {n: BlockGrid(*lp.shape, self.config.block_rows, self.config.group_size) for n, lp in self.layers.items()}
+        return average_bits({n: lp.bits for n, lp in self.layers.items()}, {n: g.weight_counts() for n, g in grids.items()})
 
 
 def skipped(name: str, patterns: Iterable[str]) -> bool:
@@ -130,57 +103,84 @@ def regroup_slots(order: torch.Tensor, slot_sizes: list[int], patterns: list[tup
     return out
 
 
+def _slot_patterns(bit_maps: list[torch.Tensor], grid: BlockGrid, axis: int) -> tuple[list[int], list[tuple]]:
+    """Sizes of the row-blocks (axis 0) or column groups (axis 1), and per slot its bit pattern: the
+    slot's row (column) of every bit map in ``bit_maps`` (uint8 [R, G] each), concatenated."""
+    b = [m.to(torch.int64).cpu() for m in bit_maps]
+    if axis == 0:
+        return [grid.rows_in(r) for r in range(grid.n_row_blocks)], [tuple(x for m in b for x in m[r, :].tolist()) for r in range(grid.n_row_blocks)]
+    return [grid.cols_in(j) for j in range(grid.n_groups)], [tuple(x for m in b for x in m[:, j].tolist()) for j in range(grid.n_groups)]
+
+
 def regroup_orders(row_order: torch.Tensor, col_order: torch.Tensor, bits: torch.Tensor,
                    grid: BlockGrid) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep WHICH columns (rows) get which bit widths, but not the salience sort inside a width.
 
     Columns of all groups with the same bit column bits[:, j] (rows of row-blocks with the same
-    bits[r, :]) are put back in their original relative order. Measured on SmolLM2 (3 bits, g64):
-    salience-sorted groups bundle the high-E[x²] columns into shared scale groups, which lowers the
-    plain weight MSE but raises the output error ‖X(W - Ŵ)ᵀ‖² by 5-26 % per layer type; groups of
-    columns in original order mix them with ordinary columns. Rows only share the bit map, never a
-    scale, so their order inside a pattern changes no error, and a uniform layer ends up with
-    identity orders (no permutation stored or gathered). int64 [N], int64 [K] in, same out.
+    bits[r, :]) are put back in their original relative order. Salience-sorted groups bundle the
+    high-E[x²] columns into shared scale groups, which lowers the plain weight MSE but raises the
+    output error ‖X(W - Ŵ)ᵀ‖² (docs/ARCHITECTURE.md, "Regroup inside a width"); groups of columns in
+    original order mix them with ordinary columns. Rows only share the bit map, never a scale, so
+    their order inside a pattern changes no error, and a uniform layer ends up with identity orders
+    (no permutation stored or gathered). int64 [N], int64 [K], uint8 [R, G] in; int64 [N], [K] out.
     """
-    R, G = grid.shape
-    b = bits.to(torch.int64).cpu()
-    col_order = regroup_slots(col_order, [grid.cols_in(j) for j in range(G)], [tuple(b[:, j].tolist()) for j in range(G)])
-    row_order = regroup_slots(row_order, [grid.rows_in(r) for r in range(R)], [tuple(b[r, :].tolist()) for r in range(R)])
+    row_order = regroup_slots(row_order, *_slot_patterns([bits], grid, 0))
+    col_order = regroup_slots(col_order, *_slot_patterns([bits], grid, 1))
     return row_order, col_order
 
 
 def default_regroup(config: QuantConfig) -> bool:
     """Whether to regroup inside widths for this config: yes for RTN; no for GPTQ, which sweeps the
-    columns in storage order, so the salience sort is its act-order (measured on SmolLM2, 3-bit g64
-    GPTQ: PPL 28.4 with the Fisher column sort vs 34.6 in original order)."""
+    columns in storage order, so the salience sort is its act-order (docs/ARCHITECTURE.md, "GPTQ
+    keeps the salience sort")."""
     return config.quantizer != "gptq"
 
 
-def make_plan(layers: Mapping[str, torch.Tensor], saliences: Mapping[str, torch.Tensor], config: QuantConfig,
-              col_weights: Mapping[str, torch.Tensor] | None = None, regroup: bool = True) -> Plan:
-    """Reorder and allocate from given saliences. layers: name -> weight [N, K] (original order).
+def _tied(groups: Iterable[Iterable[str]], layers: Mapping) -> list[list[str]]:
+    """The groups that still tie anything: members present in ``layers``, at least two of them."""
+    kept = [[n for n in g if n in layers] for g in groups]
+    return [g for g in kept if len(g) > 1]
 
-    regroup: after allocation, restore original order inside each bit width (``regroup_orders``);
-    False keeps the plain salience sort. Right for RTN, where column order only decides which
-    columns share a scale (sorted groups measured worse); ``plan()`` turns it off for GPTQ (see
-    ``default_regroup``)."""
+
+def make_plan(layers: Mapping[str, torch.Tensor], saliences: Mapping[str, torch.Tensor], config: QuantConfig,
+              col_weights: Mapping[str, torch.Tensor] | None = None, row_groups: Iterable[Iterable[str]] = (),
+              col_groups: Iterable[Iterable[str]] = (), *, regroup: bool = True, canonical: bool = False) -> Plan:
+    """Reorder and allocate from given saliences: steps 2-3 of SFMP for a set of layers.
+
+    layers: name -> weight [N, K] (original order); saliences: name -> float [N, K]; col_weights:
+    name -> fp32 [K] E[x²] (stored in the LayerPlans for output-MSE clipping) or None.
+    row_groups / col_groups: lists of layer names whose row (column) orders are tied: each group
+    gets one order, ranked by the members' summed salience (``reordering.salience_orders``); the
+    compile backend finds them in the graph (``passes.tie_orders.tie_groups``) so that the folding
+    pass can drop the gathers between tied layers.
+    regroup: after allocation, restore original order inside each bit pattern (``regroup_orders``;
+    a tied group's pattern is all its members' patterns, so a shared order stays shared). Right for
+    RTN, where column order only decides which columns share a scale; ``plan()`` turns it off for
+    GPTQ (``default_regroup``). canonical: with regroup=False and the min-max quantizer ("rtn"),
+    sort inside each row-block / column group (``reordering.canonical``): the same quantized
+    weights with fewer or cheaper gathers. Ignored for GPTQ, whose column order is its sweep order.
+    """
     t0 = time.perf_counter()
-    blocks, orders = {}, {}
-    for name, w in layers.items():
-        s = checked_salience(saliences, name, w).float()
-        row_order, col_order = salience_orders(s, config.reorder_rows, config.reorder_cols)
-        grid = BlockGrid(w.shape[0], w.shape[1], config.block_rows, config.group_size)
-        blocks[name] = (grid.block_sums(reorder(s, row_order, col_order)), grid.weight_counts())
-        orders[name] = (row_order, col_order)
+    row_groups, col_groups = _tied(row_groups, layers), _tied(col_groups, layers)
+    sal = {n: checked_salience(saliences, n, w) for n, w in layers.items()}
+    orders = salience_orders(sal, row_groups, col_groups, config.reorder_rows, config.reorder_cols)
+    grids = {n: BlockGrid(w.shape[0], w.shape[1], config.block_rows, config.group_size) for n, w in layers.items()}
+    if canonical and not regroup and config.quantizer == "rtn":
+        orders = {n: (canonical_order(ro, config.block_rows), canonical_order(co, config.group_size))
+                  for n, (ro, co) in orders.items()}
+    blocks = {n: (grids[n].block_sums(sal[n], *orders[n]), grids[n].weight_counts()) for n in layers}
     t1 = time.perf_counter()
     bit_maps = allocate(blocks, config.bits, config.bit_choices)
     t2 = time.perf_counter()
-    cws = col_weights or {}
     if regroup:
-        for n, w in layers.items():
-            grid = BlockGrid(w.shape[0], w.shape[1], config.block_rows, config.group_size)
-            orders[n] = regroup_orders(orders[n][0], orders[n][1], bit_maps[n], grid)
+        for axis, groups in ((0, row_groups), (1, col_groups)):
+            grouped = {n for g in groups for n in g}
+            for g in groups + [[n] for n in layers if n not in grouped]:
+                new = regroup_slots(orders[g[0]][axis], *_slot_patterns([bit_maps[n] for n in g], grids[g[0]], axis))
+                for n in g:
+                    orders[n] = (new, orders[n][1]) if axis == 0 else (orders[n][0], new)
     t3 = time.perf_counter()
+    cws = col_weights or {}
     layer_plans = {n: LayerPlan(orders[n][0], orders[n][1], bit_maps[n], cws.get(n)) for n in layers}
     return Plan(config, layer_plans, {"reorder_s": t1 - t0 + t3 - t2, "allocate_s": t2 - t1})
 
@@ -189,8 +189,10 @@ def plan(model: nn.Module, bits: float = 3.0, *, calibration: Iterable | None = 
          salience: str | Mapping[str, torch.Tensor] | None = None, **options) -> Plan:
     """Decide every layer's orders and block bit widths for a whole model, without quantizing.
 
-    salience: "weight" | "activation" | "fisher", or a precomputed dict name -> fp32 [N, K];
-    default "activation" when calibration is given, else "weight". options: QuantConfig fields.
+    salience: a name in ``salience.SALIENCES`` ("weight", "activation", "fisher"), or a precomputed
+    dict name -> fp32 [N, K]; default "activation" when calibration is given, else "weight".
+    options: QuantConfig fields. With calibration, E[x²] per layer is measured once, for an
+    estimator that reads it and/or clip_search, and kept as the LayerPlans' col_weight.
     """
     kind = salience if isinstance(salience, str) else None
     if salience is None:
@@ -207,16 +209,9 @@ def plan(model: nn.Module, bits: float = 3.0, *, calibration: Iterable | None = 
         calibration = list(calibration)  # iterated more than once below
     t0 = time.perf_counter()
     col_weights = None
-    if kind == "activation":
-        # One calibration pass serves both the salience and the clip-search column weights.
-        col_weights = input_second_moments(model, layers, calibration) if calibration is not None else None
-        if col_weights is None:
-            compute_salience(kind, model, layers, None)  # raises the clear "needs calibration" error
-        sal = {n: w.float().pow(2) * col_weights[n][None, :].to(w.device) for n, w in weights.items()}
-    elif kind is None:
-        sal = dict(salience)
-    else:
-        sal = compute_salience(kind, model, layers, calibration)
+    if kind is not None and SALIENCES[kind].uses_moments and calibration is not None:
+        col_weights = input_second_moments(model, layers, calibration)  # one pass: salience and clip weights
+    sal = dict(salience) if kind is None else compute_salience(kind, model, layers, calibration, col_weights)
     t1 = time.perf_counter()
     if col_weights is None and calibration is not None and config.clip_search:
         col_weights = input_second_moments(model, layers, calibration)

@@ -1,31 +1,55 @@
 """Row-column reordering (step 2): gather salient weights into the top-left blocks."""
 from __future__ import annotations
 
+from typing import Iterable, Mapping
+
 import torch
 
 
-def salience_orders(salience: torch.Tensor, rows: bool = True, cols: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Column order then row order from salience sums, both descending.
+def ranked(scores: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Positions by descending sum of ``scores`` (each float [n], summed in the order given), ties in
+    index order: the paper's rule, applied to the sum over layers that share one order. int64 [n], CPU."""
+    total = torch.stack(list(scores)).sum(0)
+    return torch.argsort(total, descending=True, stable=True).cpu()
 
-    salience: fp32 [N, K]. Returns (row_order int64 [N], col_order int64 [K]) with
-    W' = W[row_order][:, col_order]. A disabled axis gets the identity. Columns are ordered first and
-    rows are ranked on the column-reordered salience, as the paper does (row sums don't depend on
-    the column order, so the result equals ordering each axis independently).
+
+def salience_orders(saliences: Mapping[str, torch.Tensor], row_groups: Iterable[Iterable[str]] = (),
+                col_groups: Iterable[Iterable[str]] = (), rows: bool = True,
+                cols: bool = True) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(row_order int64 [N], col_order int64 [K]) per layer, from saliences fp32 [N, K] per layer.
+
+    The paper orders columns by descending salience sums, then rows on the column-reordered salience
+    (row sums do not depend on the column order, so each axis is ranked on its own). A layer in no
+    group is ranked by its own fp64 row (column) sums; the members of a row (column)
+    group share one order, ranked by the sum of their sums (the group's layers must agree in N (K)).
+    Group members missing from ``saliences`` are ignored. A disabled axis gets the identity.
     """
-    N, K = salience.shape
-    s = salience.double()
-    col_order = torch.argsort(s.sum(0), descending=True, stable=True) if cols else torch.arange(K)
-    row_order = torch.argsort(s.sum(1), descending=True, stable=True) if rows else torch.arange(N)
-    return row_order.cpu(), col_order.cpu()
+    row_sum = {n: s.sum(1, dtype=torch.float64).cpu() for n, s in saliences.items()}
+    col_sum = {n: s.sum(0, dtype=torch.float64).cpu() for n, s in saliences.items()}
+    row_order = {n: ranked([v]) if rows else torch.arange(v.numel()) for n, v in row_sum.items()}
+    col_order = {n: ranked([v]) if cols else torch.arange(v.numel()) for n, v in col_sum.items()}
+    for groups, sums, order, on in ((row_groups, row_sum, row_order, rows), (col_groups, col_sum, col_order, cols)):
+        for group in groups if on else ():
+            group = [g for g in group if g in saliences]
+            if len(group) > 1:
+                o = ranked([sums[g] for g in group])
+                order.update({g: o for g in group})
+    return {n: (row_order[n], col_order[n]) for n in saliences}
+
+
+def canonical(order: torch.Tensor, chunk: int) -> torch.Tensor:
+    """``order`` (int64 [n]) with each consecutive chunk of ``chunk`` entries sorted ascending.
+
+    A row-block (or column group) is quantized as a set: min-max codes are per (row, group), block
+    bits per (row-block, group), so any order that puts the same rows in each row-block (the same
+    columns in each group) yields the same quantized weights. Sorting inside chunks picks the order
+    closest to the original one: the identity whenever the layer has a single row-block (k/v
+    projections with N <= block_rows), which removes their output gather outright.
+    """
+    parts = [torch.sort(c).values for c in order.split(chunk)]
+    return torch.cat(parts) if parts else order
 
 
 def reorder(t: torch.Tensor, row_order: torch.Tensor, col_order: torch.Tensor) -> torch.Tensor:
     """t[row_order][:, col_order] for an [N, K] tensor."""
     return t.index_select(0, row_order.to(t.device)).index_select(1, col_order.to(t.device))
-
-
-def inverse(order: torch.Tensor) -> torch.Tensor:
-    """The permutation that undoes ``order``: inverse(o)[o[i]] = i."""
-    inv = torch.empty_like(order)
-    inv[order] = torch.arange(order.numel(), dtype=order.dtype, device=order.device)
-    return inv

@@ -6,15 +6,21 @@ Three estimators, all returning fp32 tensors shaped like each weight [out, in]:
   fisher      S = Σ_n (∂L_n/∂W)²             the paper's diagonal empirical Fisher, one
                                              backward per calibration sequence, fp32 accumulation
 Raw values are compared across layers (no per-layer normalisation), as the paper does.
+
+``SALIENCES`` is the one table of estimators: every name a user may pass as ``salience=`` is a key
+there, and ``compute_salience`` dispatches through it. Adding a salience = one estimator plus one
+table entry here, and its test.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
-from safetensors.torch import load_file, save_file
+
+from .config import SALIENCE_KINDS
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -44,9 +50,10 @@ def salience_from_moments(weight: torch.Tensor, moments: torch.Tensor | None = N
     return s if moments is None else s * moments.to(s.device)[None, :]
 
 
-def weight_salience(layers: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
-    """Data-free salience W², fp32 [out, in] per layer."""
-    return {name: linear_weight(m).detach().float().pow(2) for name, m in layers.items()}
+def weight_salience(model: nn.Module | None, layers: Mapping[str, nn.Module], calibration: Iterable | None = None,
+                    moments: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Data-free salience W², fp32 [out, in] per layer (model, calibration and moments unused)."""
+    return {name: salience_from_moments(linear_weight(m)) for name, m in layers.items()}
 
 
 def run_model(model: nn.Module, batch) -> object:
@@ -92,10 +99,15 @@ def input_second_moments(model: nn.Module, layers: Mapping[str, nn.Module], cali
     return {n: sums[n] / counts[n] for n in layers}
 
 
-def activation_salience(model: nn.Module, layers: Mapping[str, nn.Module], calibration: Iterable) -> dict[str, torch.Tensor]:
-    """S = W² ⊙ E[x²] (broadcast over rows), fp32 [out, in] per layer."""
-    moments = input_second_moments(model, layers, calibration)
-    return {n: linear_weight(m).detach().float().pow(2) * moments[n][None, :].to(m.weight.device) for n, m in layers.items()}
+def activation_salience(model: nn.Module, layers: Mapping[str, nn.Module], calibration: Iterable,
+                        moments: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """S = W² ⊙ E[x²] (broadcast over rows), fp32 [out, in] per layer.
+
+    moments: E[x²] per layer (fp32 [in]) already measured on ``calibration``, or None to measure it.
+    """
+    if moments is None:
+        moments = input_second_moments(model, layers, calibration)
+    return {n: salience_from_moments(linear_weight(m), moments[n]) for n, m in layers.items()}
 
 
 def _split_sequences(batch):
@@ -113,8 +125,10 @@ def _split_sequences(batch):
         raise TypeError("fisher salience needs token-id tensors or dicts with 'input_ids'")
 
 
-def fisher_salience(model: nn.Module, layers: Mapping[str, nn.Module], calibration: Iterable) -> dict[str, torch.Tensor]:
-    """Diagonal empirical Fisher Σ_n (∂L_n/∂W)², L_n = mean next-token cross-entropy of sequence n.
+def fisher_salience(model: nn.Module, layers: Mapping[str, nn.Module], calibration: Iterable,
+                    moments: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Diagonal empirical Fisher Σ_n (∂L_n/∂W)², L_n = mean next-token cross-entropy of sequence n;
+    fp32 [out, in] per layer (``moments`` unused).
 
     Needs a causal LM that returns ``.loss`` when given ``labels``. Gradients flow only into the
     linear weights (everything else frozen for the duration) and are squared into fp32 sums.
@@ -164,29 +178,50 @@ def fisher_salience(model: nn.Module, layers: Mapping[str, nn.Module], calibrati
         raise ValueError("fisher salience needs calibration data, but the calibration iterable was empty")
     out = {}
     for n, m in layers.items():
-        out[n] = acc[n].t().contiguous() if type(m).__name__ == "Conv1D" else acc[n]
+        out[n] = acc[n].t().contiguous() if is_conv1d(m) else acc[n]
     return out
 
 
-def compute_salience(kind: str, model: nn.Module, layers: Mapping[str, nn.Module], calibration: Iterable | None) -> dict[str, torch.Tensor]:
-    """Dispatch on ``kind`` in ("weight", "activation", "fisher")."""
-    if kind == "weight":
-        return weight_salience(layers)
-    if calibration is None:
+Estimator = Callable[[nn.Module, Mapping[str, nn.Module], Iterable | None, Mapping[str, torch.Tensor] | None],
+                     dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Salience:
+    """One registered salience estimator.
+
+    estimate(model, layers, calibration, moments) -> name -> fp32 [out, in]. layers: name -> nn.Linear
+    / Conv1D; calibration: iterable of model inputs or None; moments: E[x²] per layer (fp32 [in])
+    measured on that calibration, or None. needs_calibration: refuses calibration=None.
+    uses_moments: reads ``moments`` (so a planner that needs E[x²] anyway measures it once and
+    passes it in; a compile backend, which sees graph inputs only, can serve it).
+    """
+
+    estimate: Estimator
+    needs_calibration: bool
+    uses_moments: bool
+
+
+SALIENCES: dict[str, Salience] = {
+    "weight": Salience(weight_salience, needs_calibration=False, uses_moments=False),
+    "activation": Salience(activation_salience, needs_calibration=True, uses_moments=True),
+    "fisher": Salience(fisher_salience, needs_calibration=True, uses_moments=False),
+}
+# config sits above this module and cannot import it; it validates names against this list.
+SALIENCE_KINDS[:] = SALIENCES
+
+
+def compute_salience(kind: str, model: nn.Module, layers: Mapping[str, nn.Module], calibration: Iterable | None,
+                     moments: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Saliences fp32 [out, in] per layer from the estimator ``SALIENCES[kind]``.
+
+    moments: E[x²] per layer (fp32 [in]) measured on ``calibration``, passed to estimators that use it
+    (which then need no ``calibration`` of their own).
+    """
+    entry = SALIENCES.get(kind)
+    if entry is None:
+        raise ValueError(f"unknown salience kind {kind!r}; known: {tuple(SALIENCES)}")
+    if entry.needs_calibration and calibration is None and not (entry.uses_moments and moments is not None):
         raise ValueError(f"salience='{kind}' needs calibration= data (an iterable of token-id tensors or input dicts); "
                          "use salience='weight' for a data-free run")
-    if kind == "activation":
-        return activation_salience(model, layers, calibration)
-    if kind == "fisher":
-        return fisher_salience(model, layers, calibration)
-    raise ValueError(f"unknown salience kind {kind!r}")
-
-
-def save_salience(saliences: Mapping[str, torch.Tensor], path: str) -> None:
-    """Write saliences (fp32) to a safetensors file, one tensor per layer name."""
-    save_file({k: v.detach().float().contiguous().cpu() for k, v in saliences.items()}, path)
-
-
-def load_salience(path: str) -> dict[str, torch.Tensor]:
-    """Read saliences written by save_salience."""
-    return load_file(path)
+    return entry.estimate(model, layers, calibration, moments)

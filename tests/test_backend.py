@@ -17,7 +17,7 @@ from sfmp_compile import SFMPConfigError, quantize
 from sfmp_compile.backend import SFMPBackend, sfmp_backend
 from sfmp_compile.eval.models import tiny_gpt2, tiny_llama
 from sfmp_compile.passes.release import is_released, storage_bytes
-from sfmp_compile.passes.tie_orders import make_tied_plan
+from sfmp_compile.plan import make_plan
 
 from .passes._helpers import (SMALL, BiasMLP, BrokenModel, ComputedWeight, LoopBreakModel, assert_close_rel,
                               dequantized_twin, quantized_twin)
@@ -89,7 +89,7 @@ def test_gpt2_conv1d():
     # With the paper's plain salience orders (no regrouping) every layer has both permutations, and
     # c_fc -> GELU (through views) -> c_proj folds: c_fc's output gather goes, its bias is permuted offline.
     weights = {n: orig.get_submodule(n).weight.detach().t() for n in names}
-    salience_plan = make_tied_plan(weights, {n: w ** 2 for n, w in weights.items()}, be.config, regroup_orders=False)
+    salience_plan = make_plan(weights, {n: w ** 2 for n, w in weights.items()}, be.config, regroup=False, canonical=True)
     be2 = sfmp_backend(plan=salience_plan, inner="aot_eager", cpu_kernel="reference")
     with torch.no_grad():
         out2 = torch.compile(copy.deepcopy(orig), backend=be2)(_ids()).logits

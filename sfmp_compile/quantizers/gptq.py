@@ -14,13 +14,13 @@ the calibration hidden states.
 """
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from typing import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
 
+from ..salience import is_conv1d
 from .minmax import minmax_quantize
 
 
@@ -36,7 +36,7 @@ def _inverse_hessian_factor(h: torch.Tensor, damp: float) -> tuple[torch.Tensor,
     matrix is still not positive definite (fp32 round-off on a near-singular H), λ is raised tenfold
     until the factorisation succeeds.
     """
-    h = h.double().clone()  # fp64: Cholesky of a badly conditioned 1536×1536 matrix is fragile in fp32
+    h = h.double().clone()  # fp64: Cholesky of a large, badly conditioned Hessian is fragile in fp32
     K = h.shape[0]
     diag = torch.diagonal(h)
     dead = diag == 0
@@ -124,12 +124,6 @@ def gptq_quantize(w: torch.Tensor, group_bits: torch.Tensor, group_size: int, he
 # --------------------------------------------------------------------------------------------------
 # Hessians
 # --------------------------------------------------------------------------------------------------
-
-def _linear_input_dim(module: nn.Module) -> int:
-    if type(module).__name__ == "Conv1D":
-        return module.weight.shape[0]
-    return module.in_features
-
 
 class _HessianAccumulator:
     """Running H = 2/n Σ x xᵀ, fp32 [K, K], for the inputs of a set of linear layers."""
@@ -228,7 +222,7 @@ def _swapped_weights(modules: Mapping[nn.Module, torch.Tensor]):
     try:
         for m, w in modules.items():
             saved[m] = m.weight.data
-            m.weight.data = (w.t() if type(m).__name__ == "Conv1D" else w).to(m.weight.dtype).contiguous()
+            m.weight.data = (w.t() if is_conv1d(m) else w).to(m.weight.dtype).contiguous()
         yield
     finally:
         for m, w in saved.items():

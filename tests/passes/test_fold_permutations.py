@@ -15,8 +15,8 @@ from sfmp_compile.passes.fx_utils import (ROLE_IN, ROLE_OUT, copy_graph_module, 
                                           inverse_perm)
 from sfmp_compile.passes.regions import Region, RegionContext, find_region
 from sfmp_compile.passes.rewrite_linears import rewrite_linears
-from sfmp_compile.passes.tie_orders import make_tied_plan, tie_groups
-from sfmp_compile.plan import LayerPlan
+from sfmp_compile.passes.tie_orders import tie_groups
+from sfmp_compile.plan import LayerPlan, make_plan
 from sfmp_compile.quantize import quantize_weight
 
 from ._helpers import SMALL, BiasMLP, dequantized_twin
@@ -129,8 +129,8 @@ def test_tied_plan_folds_the_llama_mlp_to_one_gather():
     rows, cols = tie_groups(sites, constant_of(gm))
     assert [sorted(g) for g in rows] == [["gate", "up"]] and [sorted(g) for g in cols] == [["gate", "up"]]
     weights = {s.name: s.linear_weight() for s in sites}
-    plan = make_tied_plan(weights, {n: w ** 2 for n, w in weights.items()}, CFG, None, rows, cols,
-                          regroup_orders=False)
+    plan = make_plan(weights, {n: w ** 2 for n, w in weights.items()}, CFG, None, rows, cols,
+                     regroup=False, canonical=True)
     assert torch.equal(plan.layers["gate"].row_order, plan.layers["up"].row_order)
     assert torch.equal(plan.layers["gate"].col_order, plan.layers["up"].col_order)
     packed = {s.name: quantize_weight(weights[s.name], plan.layers[s.name], CFG) for s in sites}

@@ -13,7 +13,7 @@ from sfmp_compile.passes.find_linears import find_linear_sites
 from sfmp_compile.passes.fold_permutations import count_gathers, gather_counts
 from sfmp_compile.passes.fx_utils import ROLE_GEMM, sfmp_role
 from sfmp_compile.passes.rewrite_linears import rewrite_linears
-from sfmp_compile.passes.tie_orders import make_tied_plan
+from sfmp_compile.plan import make_plan
 from sfmp_compile.quantize import quantize_weight
 
 from ._helpers import SMALL, BiasMLP, capture, dequantized_twin
@@ -23,7 +23,7 @@ CFG = QuantConfig(bits=2.5, salience="weight", **SMALL)
 
 def _plan_and_pack(sites, config=CFG, regroup=False):
     weights = {s.name: s.linear_weight() for s in sites if s.quantizable}
-    plan = make_tied_plan(weights, {n: w.float() ** 2 for n, w in weights.items()}, config, regroup_orders=regroup)
+    plan = make_plan(weights, {n: w.float() ** 2 for n, w in weights.items()}, config, regroup=regroup, canonical=True)
     packed = {n: quantize_weight(w, plan.layers[n], config) for n, w in weights.items()}
     return plan, packed
 
