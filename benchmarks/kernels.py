@@ -199,16 +199,7 @@ def tune_one_family(run_cfg, family: str, M: int, N: int, K: int, widths, dtype,
     space = [c for c in autotune.candidate_configs("gemv", M, N, K, GROUP, BLOCK_ROWS, True)
              if (c.family or "gemv") == family]
     first = FAMILIES[family].FALLBACK
-    best, best_ms, t0 = None, float("inf"), time.time()
-    for cfg in [first] + [c for c in space if c != first]:
-        if time.time() - t0 > budget_s and best is not None:
-            break
-        try:
-            ms = time_gpu(lambda cfg=cfg: run_cfg(cfg))
-        except Exception:  # noqa: BLE001 - a config that fails to compile (smem, regs) is skipped
-            continue
-        if ms < best_ms:
-            best, best_ms = cfg, ms
+    best, best_ms = autotune.search(run_cfg, [first] + [c for c in space if c != first], budget_s, time_gpu)
     return best or first, best_ms
 
 

@@ -4,9 +4,8 @@ Per graph Dynamo hands over, the backend:
   1. finds every linear (passes.find_linears) and names its weight by qualified name;
   2. plans the weights it has not seen before — salience, tied orders, one global allocation over
      all of them (passes.tie_orders) — or looks them up in a whole-model ``plan=``;
-  3. quantizes each weight once, caching the result by parameter identity (a recompile for a new
-     sequence length reuses it; a CPU layer on the int4 kernel is cached only in that form, and all
-     graphs share the cached tensors);
+  3. quantizes each weight once, caching its SFMPWeight by parameter identity in the layout its
+     device runs (a recompile for a new sequence length reuses it; all graphs share its tensors);
   4. rewrites linears into gather -> SFMP GEMM -> gather (passes.rewrite_linears) and folds the
      gathers that can be folded exactly (passes.fold_permutations);
   5. optionally frees the float weights (passes.release) and writes graph dumps (dump);
@@ -22,6 +21,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
@@ -38,7 +38,7 @@ from .ops.cpu_int4 import register_inductor_decompositions
 from .ops.dispatch import preferred_layout
 from .plan import LayerPlan, Plan, make_plan, skipped
 from .quantize import quantize_weight
-from .salience import salience_from_moments
+from .salience import SALIENCES
 from .passes.calibrate import graph_input_moments
 from .passes.find_linears import LinearSite, find_linear_sites
 from .passes.fold_permutations import FoldReport, count_gathers, fold_permutations, gather_counts
@@ -49,8 +49,7 @@ from .passes.rewrite_linears import rewrite_linears
 from .passes.tie_orders import tie_groups
 
 INNER = ("inductor", "aot_eager", "eager")
-_QUANT_OPTIONS = {"bit_choices", "block_rows", "group_size", "salience", "quantizer", "clip_search", "reorder_rows",
-                  "reorder_cols", "skip", "gptq_damp"}
+_QUANT_OPTIONS = set(QuantConfig.__dataclass_fields__) - {"bits"}
 
 
 @dataclass
@@ -106,15 +105,17 @@ class SFMPBackend:
             elif isinstance(sal, Mapping):
                 kind, self.saliences = "weight", sal
             else:
-                raise SFMPConfigError(f"salience must be 'weight', 'activation', 'fisher' or a dict name -> tensor, got {type(sal).__name__}")
+                raise SFMPConfigError(f"salience must be one of {list(SALIENCES)} or a dict name -> tensor, "
+                                      f"got {type(sal).__name__}")
             self.config = QuantConfig(bits=3.0 if bits is None else bits, salience=kind, **options)
-            if kind == "fisher":
+            entry = SALIENCES[kind]
+            if entry.needs_calibration and not entry.uses_moments:
                 raise SFMPConfigError(
-                    "salience='fisher' needs gradients of the model's loss, which a backend (seeing one graph, "
-                    "without labels) cannot take. Plan first and pass the plan: "
-                    "sfmp_backend(plan=sfmp_compile.plan(model, bits, salience='fisher', calibration=data))")
-            if kind == "activation" and calibration is None:
-                raise SFMPConfigError("salience='activation' needs calibration= (model inputs such as token-id "
+                    f"salience={kind!r} needs more of the model than a graph's inputs (e.g. gradients of its loss), "
+                    "which a backend (seeing one graph, without labels) cannot take. Plan first and pass the plan: "
+                    f"sfmp_backend(plan=sfmp_compile.plan(model, bits, salience={kind!r}, calibration=data))")
+            if entry.uses_moments and calibration is None:
+                raise SFMPConfigError(f"salience={kind!r} needs calibration= (model inputs such as token-id "
                                       "tensors); use salience='weight' for a data-free run")
             self.user_plan = None
         if self.config.quantizer == "gptq":
@@ -124,8 +125,7 @@ class SFMPBackend:
         self.calibration = list(calibration) if calibration is not None else None
         self.inner = inner
         self.dump_dir = dump_dir if dump_dir is not None else os.environ.get("SFMP_DUMP_DIR") or None
-        self.release_weights = bool(release_weights)
-        self.fold = bool(fold)
+        self.release_weights, self.fold = bool(release_weights), bool(fold)
         if cpu_kernel not in ("int4", "reference"):
             raise SFMPConfigError(f"cpu_kernel must be 'int4' or 'reference', got {cpu_kernel!r}")
         self.cpu_kernel = cpu_kernel
@@ -194,8 +194,9 @@ class SFMPBackend:
                     raise ValueError(f"salience= has no entry for layer {name}")
                 sal[name] = self.saliences[key].float()
         else:
-            use = moments if kind == "activation" else None
-            sal = {n: salience_from_moments(w, use[n] if use is not None else None) for n, w in weights.items()}
+            entry = SALIENCES[kind] if moments is not None or not SALIENCES[kind].uses_moments else SALIENCES["weight"]
+            views = {n: SimpleNamespace(weight=w) for n, w in weights.items()}  # estimators read linear_weight(m)
+            sal = entry.estimate(None, views, None, moments)
         cws = {n: moments[n] for n in weights} if moments is not None else None
         return sal, cws
 

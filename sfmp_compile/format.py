@@ -8,7 +8,7 @@ kernel walks one segment per width with the width as a compile-time constant.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
@@ -236,7 +236,6 @@ def unpack_codes(p: PackedWeight) -> torch.Tensor:
     gs = p.group_size
     dev = p.qweight.device
     out = torch.zeros(p.out_features, G * gs, dtype=torch.uint8, device=dev)
-    bits = p.bits.to("cpu", torch.int64)
     order = p.group_order.to("cpu", torch.int64)
     seg = p.segment_ptr.to("cpu", torch.int64)
     offs = p.block_offset.to("cpu", torch.int64)

@@ -32,7 +32,7 @@ def test_pack_unpack_roundtrip_any_bits(N, K, block_rows, group_size, seed):
 
 @given(seed=st.integers(0, 10_000), permute=st.booleans())
 def test_dequantize_undoes_permutations(seed, permute):
-    p, codes = random_packed(45, 100, 16, 32, permute=permute, seed=seed)
+    p, codes = random_packed(45, 100, 16, 32, permute=permute, seed=seed, with_codes=True)
     w_reordered = dequantize_groups(codes, p.scales.float().t(), p.zeros.float().t(), 32)
     w = p.dequantize()
     rp = p.row_perm.long() if p.row_perm.numel() else torch.arange(45)
@@ -43,7 +43,7 @@ def test_dequantize_undoes_permutations(seed, permute):
 
 
 def test_segments_walk_groups_by_width():
-    p, _ = random_packed(64, 256, 32, 32, bit_choices=(2, 3, 4, 8), seed=3)
+    p = random_packed(64, 256, 32, 32, widths=(2, 3, 4, 8), seed=3)
     for r in range(p.bits.shape[0]):
         for b in range(1, 9):
             lo, hi = int(p.segment_ptr[r, b]), int(p.segment_ptr[r, b + 1])
@@ -54,7 +54,7 @@ def test_segments_walk_groups_by_width():
 
 
 def test_identity_permutations_are_not_stored():
-    p, _ = random_packed(32, 64, 16, 32, permute=False)
+    p = random_packed(32, 64, 16, 32, permute=False)
     assert p.row_perm.numel() == 0 and p.col_perm.numel() == 0
 
 
@@ -70,7 +70,7 @@ def _fields(p):
     (lambda f: f.update(row_perm=torch.zeros(f["out_features"], dtype=torch.int32)), "not a permutation"),
 ])
 def test_validate_says_what_is_wrong(mutate, message):
-    p, _ = random_packed(40, 96, 16, 32)
+    p = random_packed(40, 96, 16, 32)
     f = _fields(p)
     mutate(f)
     with pytest.raises(ValueError, match=message):

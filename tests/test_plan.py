@@ -5,7 +5,7 @@ from hypothesis import given, settings, strategies as st
 from sfmp_compile.allocation import allocate
 from sfmp_compile.blocks import BlockGrid
 from sfmp_compile.config import QuantConfig
-from sfmp_compile.models import tiny_llama
+from sfmp_compile.eval.models import tiny_llama
 from sfmp_compile.plan import find_linears, make_plan, plan, regroup_orders
 from sfmp_compile.salience import SALIENCES
 

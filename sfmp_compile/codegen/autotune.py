@@ -191,6 +191,24 @@ def _gpu_timer(fn, rep_ms: int = 25) -> float:
         return float(triton.testing.do_bench(fn, rep=rep_ms))
 
 
+def search(run, configs: list[Config], budget_s: float, timer=None) -> tuple[Config | None, float]:
+    """Time ``run(cfg)`` for each config in order with ``timer(fn) -> ms`` (default: CUDA-graph
+    timing); no new config is started once ``budget_s`` is spent. Configs that fail to compile
+    (shared memory, registers) are skipped. Returns (fastest or None, its ms)."""
+    timer = timer or _gpu_timer
+    best, best_ms, t0 = None, float("inf"), time.time()
+    for cfg in configs:
+        if time.time() - t0 > budget_s and best is not None:
+            break
+        try:
+            ms = timer(lambda cfg=cfg: run(cfg))
+        except Exception:  # noqa: BLE001 - a config that fails to compile is skipped
+            continue
+        if ms < best_ms:
+            best, best_ms = cfg, ms
+    return best, best_ms
+
+
 def tune(run, family: str, M: int, N: int, K: int, widths, group_size: int, block_rows: int, dtype,
          device, has_col_perm: bool, budget_s: float = 60.0, timer=None) -> Config:
     """Benchmark the pruned config space and store the fastest under the exact key.
@@ -199,20 +217,10 @@ def tune(run, family: str, M: int, N: int, K: int, widths, group_size: int, bloc
     CUDA-graph timing. The current choice (get_config) is tried first; no new config is started once
     ``budget_s`` is spent (the best so far wins). Configs that fail to compile are skipped.
     """
-    timer = timer or _gpu_timer
     key = config_key(family, M, N, K, widths, group_size, block_rows, dtype)
-    best, best_ms, t0 = None, float("inf"), time.time()
     first = get_config(family, M, N, K, widths, group_size, block_rows, dtype, device)
     space = candidate_configs(family, M, N, K, group_size, block_rows, has_col_perm)
-    for cfg in [first] + [c for c in space if c != first]:
-        if time.time() - t0 > budget_s and best is not None:
-            break
-        try:
-            ms = timer(lambda cfg=cfg: run(cfg))
-        except Exception:  # noqa: BLE001 - a config that fails to compile (smem, regs) is skipped
-            continue
-        if ms < best_ms:
-            best, best_ms = cfg, ms
+    best, best_ms = search(run, [first] + [c for c in space if c != first], budget_s, timer)
     if best is None:
         best, best_ms = FAMILIES[family].FALLBACK, float("nan")
     save_tuned(device, key, best, best_ms)

@@ -15,7 +15,7 @@ is walked with a register double buffer (gemv_segment_pipelined).
 from __future__ import annotations
 
 from ..format import plane_widths
-from .templates import STORE, TILE_SETUP, chunks, field_products, group_head, join_lines, split_tree, words, xscale
+from .templates import STORE, TILE_SETUP, chunks, col_source, field_products, group_head, join_lines, split_tree, words, xscale
 from .tiles import Config, pow2_at_least
 
 FAMILY = "gemv"
@@ -37,10 +37,7 @@ def gemv_segment(bits: int) -> str:
         out = [
             f"{ind}kk = c0 + offs_k",
             f"{ind}mask_k = kk < cols",
-            f"{ind}if HAS_COL_PERM:",
-            f"{ind}    src = tl.load(cperm_ptr + col0 + kk, mask=mask_k, other=0)",
-            f"{ind}else:",
-            f"{ind}    src = col0 + kk",
+            *col_source(ind),
             f"{ind}xt = tl.load(x_row + src, mask=mask_k, other=0.0).to(tl.float32)",
             f"{ind}xs += xt",
         ]
@@ -81,10 +78,7 @@ def _gemv_prefetch(bits: int, sfx: str, j: str, base: str, ok: str, ind: str) ->
         f"{ind}sv{sfx} = tl.load(s_ptr + {j} * N + offs_n, mask=mask_n & {ok}, other=0.0)",
         f"{ind}zv{sfx} = tl.load(z_ptr + {j} * N + offs_n, mask=mask_n & {ok}, other=0.0)",
         f"{ind}mk{sfx} = (offs_k < cols{sfx}) & {ok}",
-        f"{ind}if HAS_COL_PERM:",
-        f"{ind}    src{sfx} = tl.load(cperm_ptr + col0{sfx} + offs_k, mask=mk{sfx}, other=0)",
-        f"{ind}else:",
-        f"{ind}    src{sfx} = col0{sfx} + offs_k",
+        *col_source(ind, f"col0{sfx} + offs_k", f"mk{sfx}", f"src{sfx}"),
     ]
     prefix = 0
     for w in plane_widths(bits):

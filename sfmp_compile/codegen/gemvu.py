@@ -16,7 +16,7 @@ import torch
 
 from ..format import plane_widths
 from .gemv import PROLOGUE, gemv_segment
-from .templates import TILE_SETUP, field_products, join_lines, split_tree
+from .templates import TILE_SETUP, col_source, field_products, join_lines, split_tree
 from .tiles import Config, pow2_at_least
 
 FAMILY = "gemvu"
@@ -107,10 +107,8 @@ def _v4_chunk_loads(bits: int, t: int, sfx: str, ok: str, ind: str) -> list[str]
     body = [
         f"{i2}kk = {32 * t} + tl.arange(0, 32)",
         f"{i2}mk = (kk[None, :] < cols{sfx}[:, None]) & {ok}[:, None]",
-        f"{i2}if HAS_COL_PERM:  # inside the prefetch under PIPE: the dependent load overlaps a multiply",
-        f"{i2}    src = tl.load(cperm_ptr + col0{sfx}[:, None] + kk[None, :], mask=mk, other=0)",
-        f"{i2}else:",
-        f"{i2}    src = col0{sfx}[:, None] + kk[None, :]",
+        *col_source(i2, f"col0{sfx}[:, None] + kk[None, :]", "mk",
+                    note="  # inside the prefetch under PIPE: the dependent load overlaps a multiply"),
         f"{i2}x{t}{sfx} = tl.load(x_row + src, mask=mk, other=0.0)",
         f"{i2}mw = ({ok} & (sc{sfx} > {32 * t}))[:, None, None] & mask_n[None, None, :]",
     ]

@@ -138,6 +138,13 @@ def chunks(body_fn, ind2: str = " " * 8) -> list[str]:
             + [f"{ind2}else:", f"{i3}for c0 in range(0, sc, BLOCK_K):"] + body_fn(i4))
 
 
+def col_source(ind: str, start: str = "col0 + kk", mask: str = "mask_k", dst: str = "src", note: str = "") -> list[str]:
+    """``dst`` = the x columns ``start`` (an index expression into the reordered columns) read from:
+    gathered through col_perm when the layer has one and x was not pre-gathered."""
+    return [f"{ind}if HAS_COL_PERM:{note}", f"{ind}    {dst} = tl.load(cperm_ptr + {start}, mask={mask}, other=0)",
+            f"{ind}else:", f"{ind}    {dst} = {start}"]
+
+
 def x_tile(ind: str) -> list[str]:
     """Activation tile [BLOCK_M, BLOCK_K] of chunk c0, gathered through col_perm inside the load.
 
@@ -146,10 +153,7 @@ def x_tile(ind: str) -> list[str]:
     return [
         f"{ind}kk = c0 + offs_k",
         f"{ind}mask_k = kk < cols",
-        f"{ind}if HAS_COL_PERM:",
-        f"{ind}    src = tl.load(cperm_ptr + col0 + kk, mask=mask_k, other=0)",
-        f"{ind}else:",
-        f"{ind}    src = col0 + kk",
+        *col_source(ind),
         f"{ind}xt = tl.load(x_ptr + offs_m[:, None] * stride_xm + src[None, :],",
         f"{ind}             mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)",
     ]

@@ -24,7 +24,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from ..format import PackedWeight
 from ..layouts import SFMPWeight, cpu_int4
 from . import cpu_int4 as cpu_op
-from . import reference, triton  # noqa: F401  (register the ops)
+from . import reference, triton  # noqa: F401  (importing them registers the ops)
 
 
 def _packed_args(w: SFMPWeight) -> tuple:
