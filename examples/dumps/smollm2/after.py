@@ -53,50 +53,35 @@ class GraphModule(torch.nn.Module):
         hidden_states_2: "f32[1, 13, 576]" = l_self_modules_model_modules_layers_modules_0_modules_input_layernorm_parameters_weight_ * to_4;  l_self_modules_model_modules_layers_modules_0_modules_input_layernorm_parameters_weight_ = to_4 = None
 
         # No stacktrace found for following nodes
-        sfmp_model_layers_0_self_attn_q_proj_qweight: "i32[26880]" = self.sfmp_model_layers_0_self_attn_q_proj_qweight
-        sfmp_model_layers_0_self_attn_q_proj_bits: "u8[2, 5]" = self.sfmp_model_layers_0_self_attn_q_proj_bits
-        sfmp_model_layers_0_self_attn_q_proj_block_offset: "i32[2, 5]" = self.sfmp_model_layers_0_self_attn_q_proj_block_offset
-        sfmp_model_layers_0_self_attn_q_proj_group_order: "i32[2, 5]" = self.sfmp_model_layers_0_self_attn_q_proj_group_order
-        sfmp_model_layers_0_self_attn_q_proj_segment_ptr: "i32[2, 10]" = self.sfmp_model_layers_0_self_attn_q_proj_segment_ptr
-        sfmp_model_layers_0_self_attn_q_proj_scales: "f16[5, 576]" = self.sfmp_model_layers_0_self_attn_q_proj_scales
-        sfmp_model_layers_0_self_attn_q_proj_zeros: "f16[5, 576]" = self.sfmp_model_layers_0_self_attn_q_proj_zeros
         sfmp_empty_perm_cpu: "i32[0]" = self.sfmp_empty_perm_cpu
+        sfmp_model_layers_0_self_attn_q_proj_w4: "u8[576, 288]" = self.sfmp_model_layers_0_self_attn_q_proj_w4
+        sfmp_model_layers_0_self_attn_q_proj_sz: "bf16[9, 576, 2]" = self.sfmp_model_layers_0_self_attn_q_proj_sz
         sfmp_model_layers_0_self_attn_q_proj_col_perm: "i64[576]" = self.sfmp_model_layers_0_self_attn_q_proj_col_perm
         index_select: "f32[1, 13, 576]" = torch.index_select(hidden_states_2, -1, sfmp_model_layers_0_self_attn_q_proj_col_perm);  hidden_states_2 = sfmp_model_layers_0_self_attn_q_proj_col_perm = None
-        linear_ref_default: "f32[1, 13, 576]" = torch.ops.sfmp.linear_ref.default(index_select, sfmp_model_layers_0_self_attn_q_proj_qweight, sfmp_model_layers_0_self_attn_q_proj_bits, sfmp_model_layers_0_self_attn_q_proj_block_offset, sfmp_model_layers_0_self_attn_q_proj_group_order, sfmp_model_lay …[529 more chars]
+        linear_cpu_int4_default: "f32[1, 13, 576]" = torch.ops.sfmp.linear_cpu_int4.default(index_select, sfmp_model_layers_0_self_attn_q_proj_w4, sfmp_model_layers_0_self_attn_q_proj_sz, sfmp_empty_perm_cpu, sfmp_empty_perm_cpu, 576, 576, 64);  sfmp_model_layers_0_self_attn_q_proj_w4 = sfmp_model_l …[34 more chars]
         sfmp_model_layers_0_self_attn_q_proj_row_perm_inv: "i64[576]" = self.sfmp_model_layers_0_self_attn_q_proj_row_perm_inv
-        index_select_1: "f32[1, 13, 576]" = torch.index_select(linear_ref_default, -1, sfmp_model_layers_0_self_attn_q_proj_row_perm_inv);  linear_ref_default = sfmp_model_layers_0_self_attn_q_proj_row_perm_inv = None
+        index_select_1: "f32[1, 13, 576]" = torch.index_select(linear_cpu_int4_default, -1, sfmp_model_layers_0_self_attn_q_proj_row_perm_inv);  linear_cpu_int4_default = sfmp_model_layers_0_self_attn_q_proj_row_perm_inv = None
 
         # File: transformers/models/llama/modeling_llama.py:243 in forward, code: query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         view: "f32[1, 13, 9, 64]" = index_select_1.view((1, 13, -1, 64));  index_select_1 = None
         query_states: "f32[1, 9, 13, 64]" = view.transpose(1, 2);  view = None
 
         # No stacktrace found for following nodes
-        sfmp_model_layers_0_self_attn_k_proj_qweight: "i32[9216]" = self.sfmp_model_layers_0_self_attn_k_proj_qweight
-        sfmp_model_layers_0_self_attn_k_proj_bits: "u8[1, 5]" = self.sfmp_model_layers_0_self_attn_k_proj_bits
-        sfmp_model_layers_0_self_attn_k_proj_block_offset: "i32[1, 5]" = self.sfmp_model_layers_0_self_attn_k_proj_block_offset
-        sfmp_model_layers_0_self_attn_k_proj_group_order: "i32[1, 5]" = self.sfmp_model_layers_0_self_attn_k_proj_group_order
-        sfmp_model_layers_0_self_attn_k_proj_segment_ptr: "i32[1, 10]" = self.sfmp_model_layers_0_self_attn_k_proj_segment_ptr
-        sfmp_model_layers_0_self_attn_k_proj_scales: "f16[5, 192]" = self.sfmp_model_layers_0_self_attn_k_proj_scales
-        sfmp_model_layers_0_self_attn_k_proj_zeros: "f16[5, 192]" = self.sfmp_model_layers_0_self_attn_k_proj_zeros
-        linear_ref_default_1: "f32[1, 13, 192]" = torch.ops.sfmp.linear_ref.default(index_select, sfmp_model_layers_0_self_attn_k_proj_qweight, sfmp_model_layers_0_self_attn_k_proj_bits, sfmp_model_layers_0_self_attn_k_proj_block_offset, sfmp_model_layers_0_self_attn_k_proj_group_order, sfmp_model_l …[531 more chars]
+        sfmp_model_layers_0_self_attn_k_proj_w4: "u8[192, 288]" = self.sfmp_model_layers_0_self_attn_k_proj_w4
+        sfmp_model_layers_0_self_attn_k_proj_sz: "bf16[9, 192, 2]" = self.sfmp_model_layers_0_self_attn_k_proj_sz
+        linear_cpu_int4_default_1: "f32[1, 13, 192]" = torch.ops.sfmp.linear_cpu_int4.default(index_select, sfmp_model_layers_0_self_attn_k_proj_w4, sfmp_model_layers_0_self_attn_k_proj_sz, sfmp_empty_perm_cpu, sfmp_empty_perm_cpu, 192, 576, 64);  sfmp_model_layers_0_self_attn_k_proj_w4 = sfmp_model …[36 more chars]
 
         # File: transformers/models/llama/modeling_llama.py:244 in forward, code: key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-        view_1: "f32[1, 13, 3, 64]" = linear_ref_default_1.view((1, 13, -1, 64));  linear_ref_default_1 = None
+        view_1: "f32[1, 13, 3, 64]" = linear_cpu_int4_default_1.view((1, 13, -1, 64));  linear_cpu_int4_default_1 = None
         key_states: "f32[1, 3, 13, 64]" = view_1.transpose(1, 2);  view_1 = None
 
         # No stacktrace found for following nodes
-        sfmp_model_layers_0_self_attn_v_proj_qweight: "i32[6912]" = self.sfmp_model_layers_0_self_attn_v_proj_qweight
-        sfmp_model_layers_0_self_attn_v_proj_bits: "u8[1, 5]" = self.sfmp_model_layers_0_self_attn_v_proj_bits
-        sfmp_model_layers_0_self_attn_v_proj_block_offset: "i32[1, 5]" = self.sfmp_model_layers_0_self_attn_v_proj_block_offset
-        sfmp_model_layers_0_self_attn_v_proj_group_order: "i32[1, 5]" = self.sfmp_model_layers_0_self_attn_v_proj_group_order
-        sfmp_model_layers_0_self_attn_v_proj_segment_ptr: "i32[1, 10]" = self.sfmp_model_layers_0_self_attn_v_proj_segment_ptr
-        sfmp_model_layers_0_self_attn_v_proj_scales: "f16[5, 192]" = self.sfmp_model_layers_0_self_attn_v_proj_scales
-        sfmp_model_layers_0_self_attn_v_proj_zeros: "f16[5, 192]" = self.sfmp_model_layers_0_self_attn_v_proj_zeros
-        linear_ref_default_2: "f32[1, 13, 192]" = torch.ops.sfmp.linear_ref.default(index_select, sfmp_model_layers_0_self_attn_v_proj_qweight, sfmp_model_layers_0_self_attn_v_proj_bits, sfmp_model_layers_0_self_attn_v_proj_block_offset, sfmp_model_layers_0_self_attn_v_proj_group_order, sfmp_model_l …[546 more chars]
+        sfmp_model_layers_0_self_attn_v_proj_w4: "u8[192, 288]" = self.sfmp_model_layers_0_self_attn_v_proj_w4
+        sfmp_model_layers_0_self_attn_v_proj_sz: "bf16[9, 192, 2]" = self.sfmp_model_layers_0_self_attn_v_proj_sz
+        linear_cpu_int4_default_2: "f32[1, 13, 192]" = torch.ops.sfmp.linear_cpu_int4.default(index_select, sfmp_model_layers_0_self_attn_v_proj_w4, sfmp_model_layers_0_self_attn_v_proj_sz, sfmp_empty_perm_cpu, sfmp_empty_perm_cpu, 192, 576, 64);  index_select = sfmp_model_layers_0_self_attn_v_proj_ …[51 more chars]
 
         # File: transformers/models/llama/modeling_llama.py:245 in forward, code: value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-        view_2: "f32[1, 13, 3, 64]" = linear_ref_default_2.view((1, 13, -1, 64));  linear_ref_default_2 = None
+        view_2: "f32[1, 13, 3, 64]" = linear_cpu_int4_default_2.view((1, 13, -1, 64));  linear_cpu_int4_default_2 = None
         value_states: "f32[1, 3, 13, 64]" = view_2.transpose(1, 2);  view_2 = None
 
         # File: transformers/models/llama/modeling_llama.py:145 in apply_rotary_pos_emb, code: cos = cos.unsqueeze(unsqueeze_dim)
@@ -166,17 +151,12 @@ class GraphModule(torch.nn.Module):
         attn_output_3: "f32[1, 13, 576]" = reshape_1.contiguous();  reshape_1 = None
 
         # No stacktrace found for following nodes
-        sfmp_model_layers_0_self_attn_o_proj_qweight: "i32[20736]" = self.sfmp_model_layers_0_self_attn_o_proj_qweight
-        sfmp_model_layers_0_self_attn_o_proj_bits: "u8[2, 5]" = self.sfmp_model_layers_0_self_attn_o_proj_bits
-        sfmp_model_layers_0_self_attn_o_proj_block_offset: "i32[2, 5]" = self.sfmp_model_layers_0_self_attn_o_proj_block_offset
-        sfmp_model_layers_0_self_attn_o_proj_group_order: "i32[2, 5]" = self.sfmp_model_layers_0_self_attn_o_proj_group_order
-        sfmp_model_layers_0_self_attn_o_proj_segment_ptr: "i32[2, 10]" = self.sfmp_model_layers_0_self_attn_o_proj_segment_ptr
-        sfmp_model_layers_0_self_attn_o_proj_scales: "f16[5, 576]" = self.sfmp_model_layers_0_self_attn_o_proj_scales
-        sfmp_model_layers_0_self_attn_o_proj_zeros: "f16[5, 576]" = self.sfmp_model_layers_0_self_attn_o_proj_zeros
-        linear_ref_default_3: "f32[1, 13, 576]" = torch.ops.sfmp.linear_ref.default(attn_output_3, sfmp_model_layers_0_self_attn_o_proj_qweight, sfmp_model_layers_0_self_attn_o_proj_bits, sfmp_model_layers_0_self_attn_o_proj_block_offset, sfmp_model_layers_0_self_attn_o_proj_group_order, sfmp_model_ …[548 more chars]
+        sfmp_model_layers_0_self_attn_o_proj_w4: "u8[576, 288]" = self.sfmp_model_layers_0_self_attn_o_proj_w4
+        sfmp_model_layers_0_self_attn_o_proj_sz: "bf16[9, 576, 2]" = self.sfmp_model_layers_0_self_attn_o_proj_sz
+        linear_cpu_int4_default_3: "f32[1, 13, 576]" = torch.ops.sfmp.linear_cpu_int4.default(attn_output_3, sfmp_model_layers_0_self_attn_o_proj_w4, sfmp_model_layers_0_self_attn_o_proj_sz, sfmp_empty_perm_cpu, sfmp_empty_perm_cpu, 576, 576, 64);  attn_output_3 = sfmp_model_layers_0_self_attn_o_pro …[53 more chars]
 
         # File: transformers/models/llama/modeling_llama.py:306 in forward, code: hidden_states = residual + hidden_states
-        hidden_states_3: "f32[1, 13, 576]" = inputs_embeds + linear_ref_default_3;  inputs_embeds = linear_ref_default_3 = None
+        hidden_states_3: "f32[1, 13, 576]" = inputs_embeds + linear_cpu_int4_default_3;  inputs_embeds = linear_cpu_int4_default_3 = None
 
         # File: transformers/models/llama/modeling_llama.py:63 in forward, code: hidden_states = hidden_states.to(torch.float32)
         hidden_states_4: "f32[1, 13, 576]" = hidden_states_3.to(torch.float32)
@@ -195,44 +175,29 @@ class GraphModule(torch.nn.Module):
         hidden_states_6: "f32[1, 13, 576]" = l_self_modules_model_modules_layers_modules_0_modules_post_attention_layernorm_parameters_weight_ * to_6;  l_self_modules_model_modules_layers_modules_0_modules_post_attention_layernorm_parameters_weight_ = to_6 = None
 
         # No stacktrace found for following nodes
-        sfmp_model_layers_0_mlp_gate_proj_qweight: "i32[79872]" = self.sfmp_model_layers_0_mlp_gate_proj_qweight
-        sfmp_model_layers_0_mlp_gate_proj_bits: "u8[3, 5]" = self.sfmp_model_layers_0_mlp_gate_proj_bits
-        sfmp_model_layers_0_mlp_gate_proj_block_offset: "i32[3, 5]" = self.sfmp_model_layers_0_mlp_gate_proj_block_offset
-        sfmp_model_layers_0_mlp_gate_proj_group_order: "i32[3, 5]" = self.sfmp_model_layers_0_mlp_gate_proj_group_order
-        sfmp_model_layers_0_mlp_gate_proj_segment_ptr: "i32[3, 10]" = self.sfmp_model_layers_0_mlp_gate_proj_segment_ptr
-        sfmp_model_layers_0_mlp_gate_proj_scales: "f16[5, 1536]" = self.sfmp_model_layers_0_mlp_gate_proj_scales
-        sfmp_model_layers_0_mlp_gate_proj_zeros: "f16[5, 1536]" = self.sfmp_model_layers_0_mlp_gate_proj_zeros
+        sfmp_model_layers_0_mlp_gate_proj_w4: "u8[1536, 288]" = self.sfmp_model_layers_0_mlp_gate_proj_w4
+        sfmp_model_layers_0_mlp_gate_proj_sz: "bf16[9, 1536, 2]" = self.sfmp_model_layers_0_mlp_gate_proj_sz
         sfmp_model_layers_0_mlp_gate_proj_col_perm: "i64[576]" = self.sfmp_model_layers_0_mlp_gate_proj_col_perm
         index_select_4: "f32[1, 13, 576]" = torch.index_select(hidden_states_6, -1, sfmp_model_layers_0_mlp_gate_proj_col_perm);  hidden_states_6 = sfmp_model_layers_0_mlp_gate_proj_col_perm = None
-        linear_ref_default_4: "f32[1, 13, 1536]" = torch.ops.sfmp.linear_ref.default(index_select_4, sfmp_model_layers_0_mlp_gate_proj_qweight, sfmp_model_layers_0_mlp_gate_proj_bits, sfmp_model_layers_0_mlp_gate_proj_block_offset, sfmp_model_layers_0_mlp_gate_proj_group_order, sfmp_model_layers_0_m …[493 more chars]
+        linear_cpu_int4_default_4: "f32[1, 13, 1536]" = torch.ops.sfmp.linear_cpu_int4.default(index_select_4, sfmp_model_layers_0_mlp_gate_proj_w4, sfmp_model_layers_0_mlp_gate_proj_sz, sfmp_empty_perm_cpu, sfmp_empty_perm_cpu, 1536, 576, 64);  sfmp_model_layers_0_mlp_gate_proj_w4 = sfmp_model_laye …[28 more chars]
 
         # File: transformers/activations.py:103 in forward, code: return nn.functional.silu(input)
-        silu: "f32[1, 13, 1536]" = torch.nn.functional.silu(linear_ref_default_4);  linear_ref_default_4 = None
+        silu: "f32[1, 13, 1536]" = torch.nn.functional.silu(linear_cpu_int4_default_4);  linear_cpu_int4_default_4 = None
 
         # No stacktrace found for following nodes
-        sfmp_model_layers_0_mlp_up_proj_qweight: "i32[79872]" = self.sfmp_model_layers_0_mlp_up_proj_qweight
-        sfmp_model_layers_0_mlp_up_proj_bits: "u8[3, 5]" = self.sfmp_model_layers_0_mlp_up_proj_bits
-        sfmp_model_layers_0_mlp_up_proj_block_offset: "i32[3, 5]" = self.sfmp_model_layers_0_mlp_up_proj_block_offset
-        sfmp_model_layers_0_mlp_up_proj_group_order: "i32[3, 5]" = self.sfmp_model_layers_0_mlp_up_proj_group_order
-        sfmp_model_layers_0_mlp_up_proj_segment_ptr: "i32[3, 10]" = self.sfmp_model_layers_0_mlp_up_proj_segment_ptr
-        sfmp_model_layers_0_mlp_up_proj_scales: "f16[5, 1536]" = self.sfmp_model_layers_0_mlp_up_proj_scales
-        sfmp_model_layers_0_mlp_up_proj_zeros: "f16[5, 1536]" = self.sfmp_model_layers_0_mlp_up_proj_zeros
-        linear_ref_default_5: "f32[1, 13, 1536]" = torch.ops.sfmp.linear_ref.default(index_select_4, sfmp_model_layers_0_mlp_up_proj_qweight, sfmp_model_layers_0_mlp_up_proj_bits, sfmp_model_layers_0_mlp_up_proj_block_offset, sfmp_model_layers_0_mlp_up_proj_group_order, sfmp_model_layers_0_mlp_up_pr …[482 more chars]
+        sfmp_model_layers_0_mlp_up_proj_w4: "u8[1536, 288]" = self.sfmp_model_layers_0_mlp_up_proj_w4
+        sfmp_model_layers_0_mlp_up_proj_sz: "bf16[9, 1536, 2]" = self.sfmp_model_layers_0_mlp_up_proj_sz
+        linear_cpu_int4_default_5: "f32[1, 13, 1536]" = torch.ops.sfmp.linear_cpu_int4.default(index_select_4, sfmp_model_layers_0_mlp_up_proj_w4, sfmp_model_layers_0_mlp_up_proj_sz, sfmp_empty_perm_cpu, sfmp_empty_perm_cpu, 1536, 576, 64);  index_select_4 = sfmp_model_layers_0_mlp_up_proj_w4 = sfmp …[37 more chars]
 
         # File: transformers/models/llama/modeling_llama.py:164 in forward, code: down_proj = self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
-        mul_11: "f32[1, 13, 1536]" = silu * linear_ref_default_5;  silu = linear_ref_default_5 = None
+        mul_11: "f32[1, 13, 1536]" = silu * linear_cpu_int4_default_5;  silu = linear_cpu_int4_default_5 = None
 
         # No stacktrace found for following nodes
-        sfmp_model_layers_0_mlp_down_proj_qweight: "i32[79872]" = self.sfmp_model_layers_0_mlp_down_proj_qweight
-        sfmp_model_layers_0_mlp_down_proj_bits: "u8[2, 12]" = self.sfmp_model_layers_0_mlp_down_proj_bits
-        sfmp_model_layers_0_mlp_down_proj_block_offset: "i32[2, 12]" = self.sfmp_model_layers_0_mlp_down_proj_block_offset
-        sfmp_model_layers_0_mlp_down_proj_group_order: "i32[2, 12]" = self.sfmp_model_layers_0_mlp_down_proj_group_order
-        sfmp_model_layers_0_mlp_down_proj_segment_ptr: "i32[2, 10]" = self.sfmp_model_layers_0_mlp_down_proj_segment_ptr
-        sfmp_model_layers_0_mlp_down_proj_scales: "f16[12, 576]" = self.sfmp_model_layers_0_mlp_down_proj_scales
-        sfmp_model_layers_0_mlp_down_proj_zeros: "f16[12, 576]" = self.sfmp_model_layers_0_mlp_down_proj_zeros
-        linear_ref_default_6: "f32[1, 13, 576]" = torch.ops.sfmp.linear_ref.default(mul_11, sfmp_model_layers_0_mlp_down_proj_qweight, sfmp_model_layers_0_mlp_down_proj_bits, sfmp_model_layers_0_mlp_down_proj_block_offset, sfmp_model_layers_0_mlp_down_proj_group_order, sfmp_model_layers_0_mlp_down_p …[493 more chars]
+        sfmp_model_layers_0_mlp_down_proj_w4: "u8[576, 768]" = self.sfmp_model_layers_0_mlp_down_proj_w4
+        sfmp_model_layers_0_mlp_down_proj_sz: "bf16[12, 576, 2]" = self.sfmp_model_layers_0_mlp_down_proj_sz
+        linear_cpu_int4_default_6: "f32[1, 13, 576]" = torch.ops.sfmp.linear_cpu_int4.default(mul_11, sfmp_model_layers_0_mlp_down_proj_w4, sfmp_model_layers_0_mlp_down_proj_sz, sfmp_empty_perm_cpu, sfmp_empty_perm_cpu, 576, 1536, 128);  mul_11 = sfmp_model_layers_0_mlp_down_proj_w4 = sfmp_model_lay …[29 more chars]
         sfmp_model_layers_0_mlp_down_proj_row_perm_inv: "i64[576]" = self.sfmp_model_layers_0_mlp_down_proj_row_perm_inv
-        index_select_6: "f32[1, 13, 576]" = torch.index_select(linear_ref_default_6, -1, sfmp_model_layers_0_mlp_down_proj_row_perm_inv);  linear_ref_default_6 = sfmp_model_layers_0_mlp_down_proj_row_perm_inv = None
+        index_select_6: "f32[1, 13, 576]" = torch.index_select(linear_cpu_int4_default_6, -1, sfmp_model_layers_0_mlp_down_proj_row_perm_inv);  linear_cpu_int4_default_6 = sfmp_model_layers_0_mlp_down_proj_row_perm_inv = None
 
         # File: transformers/models/llama/modeling_llama.py:312 in forward, code: hidden_states = residual + hidden_states
         hidden_states_7: "f32[1, 13, 576]" = hidden_states_3 + index_select_6;  hidden_states_3 = index_select_6 = None
@@ -252,22 +217,22 @@ class GraphModule(torch.nn.Module):
         # File: transformers/models/llama/modeling_llama.py:66 in forward, code: return self.weight * hidden_states.to(input_dtype)
         to_8: "f32[1, 13, 576]" = hidden_states_9.to(torch.float32);  hidden_states_9 = None
 
-# ... 5914 lines omitted (later layers repeat the pattern above; run examples/compile_dumps.py --full DIR for everything) ...
+# ... 4899 lines omitted (later layers repeat the pattern above; run examples/compile_dumps.py --full DIR for everything) ...
 
+        sfmp_model_layers_29_mlp_up_proj_sz: "bf16[9, 1536, 2]" = self.sfmp_model_layers_29_mlp_up_proj_sz
+        linear_cpu_int4_default_208: "f32[1, 13, 1536]" = torch.ops.sfmp.linear_cpu_int4.default(index_select_302, sfmp_model_layers_29_mlp_up_proj_w4, sfmp_model_layers_29_mlp_up_proj_sz, sfmp_empty_perm_cpu, sfmp_empty_perm_cpu, 1536, 576, 64);  index_select_302 = sfmp_model_layers_29_mlp_up_proj_ …[47 more chars]
+
+        # File: transformers/models/llama/modeling_llama.py:164 in forward, code: down_proj = self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        mul_272: "f32[1, 13, 1536]" = silu_29 * linear_cpu_int4_default_208;  silu_29 = linear_cpu_int4_default_208 = None
 
         # No stacktrace found for following nodes
-        sfmp_model_layers_29_mlp_down_proj_qweight: "i32[75776]" = self.sfmp_model_layers_29_mlp_down_proj_qweight
-        sfmp_model_layers_29_mlp_down_proj_bits: "u8[2, 12]" = self.sfmp_model_layers_29_mlp_down_proj_bits
-        sfmp_model_layers_29_mlp_down_proj_block_offset: "i32[2, 12]" = self.sfmp_model_layers_29_mlp_down_proj_block_offset
-        sfmp_model_layers_29_mlp_down_proj_group_order: "i32[2, 12]" = self.sfmp_model_layers_29_mlp_down_proj_group_order
-        sfmp_model_layers_29_mlp_down_proj_segment_ptr: "i32[2, 10]" = self.sfmp_model_layers_29_mlp_down_proj_segment_ptr
-        sfmp_model_layers_29_mlp_down_proj_scales: "f16[12, 576]" = self.sfmp_model_layers_29_mlp_down_proj_scales
-        sfmp_model_layers_29_mlp_down_proj_zeros: "f16[12, 576]" = self.sfmp_model_layers_29_mlp_down_proj_zeros
+        sfmp_model_layers_29_mlp_down_proj_w4: "u8[576, 768]" = self.sfmp_model_layers_29_mlp_down_proj_w4
+        sfmp_model_layers_29_mlp_down_proj_sz: "bf16[12, 576, 2]" = self.sfmp_model_layers_29_mlp_down_proj_sz
         sfmp_model_layers_29_mlp_down_proj_composed: "i64[1536]" = self.sfmp_model_layers_29_mlp_down_proj_composed
         index_select_306: "f32[1, 13, 1536]" = torch.index_select(mul_272, -1, sfmp_model_layers_29_mlp_down_proj_composed);  mul_272 = sfmp_model_layers_29_mlp_down_proj_composed = None
-        linear_ref_default_209: "f32[1, 13, 576]" = torch.ops.sfmp.linear_ref.default(index_select_306, sfmp_model_layers_29_mlp_down_proj_qweight, sfmp_model_layers_29_mlp_down_proj_bits, sfmp_model_layers_29_mlp_down_proj_block_offset, sfmp_model_layers_29_mlp_down_proj_group_order, sfmp_model_lay …[551 more chars]
+        linear_cpu_int4_default_209: "f32[1, 13, 576]" = torch.ops.sfmp.linear_cpu_int4.default(index_select_306, sfmp_model_layers_29_mlp_down_proj_w4, sfmp_model_layers_29_mlp_down_proj_sz, sfmp_empty_perm_cpu, sfmp_empty_perm_cpu, 576, 1536, 128);  index_select_306 = sfmp_model_layers_29_mlp_down …[77 more chars]
         sfmp_model_layers_29_mlp_down_proj_row_perm_inv: "i64[576]" = self.sfmp_model_layers_29_mlp_down_proj_row_perm_inv
-        index_select_307: "f32[1, 13, 576]" = torch.index_select(linear_ref_default_209, -1, sfmp_model_layers_29_mlp_down_proj_row_perm_inv);  linear_ref_default_209 = sfmp_model_layers_29_mlp_down_proj_row_perm_inv = None
+        index_select_307: "f32[1, 13, 576]" = torch.index_select(linear_cpu_int4_default_209, -1, sfmp_model_layers_29_mlp_down_proj_row_perm_inv);  linear_cpu_int4_default_209 = sfmp_model_layers_29_mlp_down_proj_row_perm_inv = None
 
         # File: transformers/models/llama/modeling_llama.py:312 in forward, code: hidden_states = residual + hidden_states
         hidden_states_239: "f32[1, 13, 576]" = hidden_states_235 + index_select_307;  hidden_states_235 = index_select_307 = None

@@ -53,50 +53,35 @@ class GraphModule(torch.nn.Module):
         hidden_states_2: "f32[1, 8, 64]" = l_self_modules_model_modules_layers_modules_0_modules_input_layernorm_parameters_weight_ * to_4;  l_self_modules_model_modules_layers_modules_0_modules_input_layernorm_parameters_weight_ = to_4 = None
 
         # No stacktrace found for following nodes
-        sfmp_model_layers_0_self_attn_q_proj_qweight: "i32[320]" = self.sfmp_model_layers_0_self_attn_q_proj_qweight
-        sfmp_model_layers_0_self_attn_q_proj_bits: "u8[2, 2]" = self.sfmp_model_layers_0_self_attn_q_proj_bits
-        sfmp_model_layers_0_self_attn_q_proj_block_offset: "i32[2, 2]" = self.sfmp_model_layers_0_self_attn_q_proj_block_offset
-        sfmp_model_layers_0_self_attn_q_proj_group_order: "i32[2, 2]" = self.sfmp_model_layers_0_self_attn_q_proj_group_order
-        sfmp_model_layers_0_self_attn_q_proj_segment_ptr: "i32[2, 10]" = self.sfmp_model_layers_0_self_attn_q_proj_segment_ptr
-        sfmp_model_layers_0_self_attn_q_proj_scales: "f16[2, 64]" = self.sfmp_model_layers_0_self_attn_q_proj_scales
-        sfmp_model_layers_0_self_attn_q_proj_zeros: "f16[2, 64]" = self.sfmp_model_layers_0_self_attn_q_proj_zeros
         sfmp_empty_perm_cpu: "i32[0]" = self.sfmp_empty_perm_cpu
+        sfmp_model_layers_0_self_attn_q_proj_w4: "u8[64, 32]" = self.sfmp_model_layers_0_self_attn_q_proj_w4
+        sfmp_model_layers_0_self_attn_q_proj_sz: "bf16[2, 64, 2]" = self.sfmp_model_layers_0_self_attn_q_proj_sz
         sfmp_model_layers_0_self_attn_q_proj_col_perm: "i64[64]" = self.sfmp_model_layers_0_self_attn_q_proj_col_perm
         index_select: "f32[1, 8, 64]" = torch.index_select(hidden_states_2, -1, sfmp_model_layers_0_self_attn_q_proj_col_perm);  hidden_states_2 = sfmp_model_layers_0_self_attn_q_proj_col_perm = None
-        linear_ref_default: "f32[1, 8, 64]" = torch.ops.sfmp.linear_ref.default(index_select, sfmp_model_layers_0_self_attn_q_proj_qweight, sfmp_model_layers_0_self_attn_q_proj_bits, sfmp_model_layers_0_self_attn_q_proj_block_offset, sfmp_model_layers_0_self_attn_q_proj_group_order, sfmp_model_layer …[523 more chars]
+        linear_cpu_int4_default: "f32[1, 8, 64]" = torch.ops.sfmp.linear_cpu_int4.default(index_select, sfmp_model_layers_0_self_attn_q_proj_w4, sfmp_model_layers_0_self_attn_q_proj_sz, sfmp_empty_perm_cpu, sfmp_empty_perm_cpu, 64, 64, 32);  sfmp_model_layers_0_self_attn_q_proj_w4 = sfmp_model_layer …[30 more chars]
         sfmp_model_layers_0_self_attn_q_proj_row_perm_inv: "i64[64]" = self.sfmp_model_layers_0_self_attn_q_proj_row_perm_inv
-        index_select_1: "f32[1, 8, 64]" = torch.index_select(linear_ref_default, -1, sfmp_model_layers_0_self_attn_q_proj_row_perm_inv);  linear_ref_default = sfmp_model_layers_0_self_attn_q_proj_row_perm_inv = None
+        index_select_1: "f32[1, 8, 64]" = torch.index_select(linear_cpu_int4_default, -1, sfmp_model_layers_0_self_attn_q_proj_row_perm_inv);  linear_cpu_int4_default = sfmp_model_layers_0_self_attn_q_proj_row_perm_inv = None
 
         # File: transformers/models/llama/modeling_llama.py:243 in forward, code: query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         view: "f32[1, 8, 4, 16]" = index_select_1.view((1, 8, -1, 16));  index_select_1 = None
         query_states: "f32[1, 4, 8, 16]" = view.transpose(1, 2);  view = None
 
         # No stacktrace found for following nodes
-        sfmp_model_layers_0_self_attn_k_proj_qweight: "i32[160]" = self.sfmp_model_layers_0_self_attn_k_proj_qweight
-        sfmp_model_layers_0_self_attn_k_proj_bits: "u8[1, 2]" = self.sfmp_model_layers_0_self_attn_k_proj_bits
-        sfmp_model_layers_0_self_attn_k_proj_block_offset: "i32[1, 2]" = self.sfmp_model_layers_0_self_attn_k_proj_block_offset
-        sfmp_model_layers_0_self_attn_k_proj_group_order: "i32[1, 2]" = self.sfmp_model_layers_0_self_attn_k_proj_group_order
-        sfmp_model_layers_0_self_attn_k_proj_segment_ptr: "i32[1, 10]" = self.sfmp_model_layers_0_self_attn_k_proj_segment_ptr
-        sfmp_model_layers_0_self_attn_k_proj_scales: "f16[2, 32]" = self.sfmp_model_layers_0_self_attn_k_proj_scales
-        sfmp_model_layers_0_self_attn_k_proj_zeros: "f16[2, 32]" = self.sfmp_model_layers_0_self_attn_k_proj_zeros
-        linear_ref_default_1: "f32[1, 8, 32]" = torch.ops.sfmp.linear_ref.default(index_select, sfmp_model_layers_0_self_attn_k_proj_qweight, sfmp_model_layers_0_self_attn_k_proj_bits, sfmp_model_layers_0_self_attn_k_proj_block_offset, sfmp_model_layers_0_self_attn_k_proj_group_order, sfmp_model_lay …[525 more chars]
+        sfmp_model_layers_0_self_attn_k_proj_w4: "u8[64, 32]" = self.sfmp_model_layers_0_self_attn_k_proj_w4
+        sfmp_model_layers_0_self_attn_k_proj_sz: "bf16[2, 64, 2]" = self.sfmp_model_layers_0_self_attn_k_proj_sz
+        linear_cpu_int4_default_1: "f32[1, 8, 32]" = torch.ops.sfmp.linear_cpu_int4.default(index_select, sfmp_model_layers_0_self_attn_k_proj_w4, sfmp_model_layers_0_self_attn_k_proj_sz, sfmp_empty_perm_cpu, sfmp_empty_perm_cpu, 32, 64, 32);  sfmp_model_layers_0_self_attn_k_proj_w4 = sfmp_model_lay …[32 more chars]
 
         # File: transformers/models/llama/modeling_llama.py:244 in forward, code: key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-        view_1: "f32[1, 8, 2, 16]" = linear_ref_default_1.view((1, 8, -1, 16));  linear_ref_default_1 = None
+        view_1: "f32[1, 8, 2, 16]" = linear_cpu_int4_default_1.view((1, 8, -1, 16));  linear_cpu_int4_default_1 = None
         key_states: "f32[1, 2, 8, 16]" = view_1.transpose(1, 2);  view_1 = None
 
         # No stacktrace found for following nodes
-        sfmp_model_layers_0_self_attn_v_proj_qweight: "i32[160]" = self.sfmp_model_layers_0_self_attn_v_proj_qweight
-        sfmp_model_layers_0_self_attn_v_proj_bits: "u8[1, 2]" = self.sfmp_model_layers_0_self_attn_v_proj_bits
-        sfmp_model_layers_0_self_attn_v_proj_block_offset: "i32[1, 2]" = self.sfmp_model_layers_0_self_attn_v_proj_block_offset
-        sfmp_model_layers_0_self_attn_v_proj_group_order: "i32[1, 2]" = self.sfmp_model_layers_0_self_attn_v_proj_group_order
-        sfmp_model_layers_0_self_attn_v_proj_segment_ptr: "i32[1, 10]" = self.sfmp_model_layers_0_self_attn_v_proj_segment_ptr
-        sfmp_model_layers_0_self_attn_v_proj_scales: "f16[2, 32]" = self.sfmp_model_layers_0_self_attn_v_proj_scales
-        sfmp_model_layers_0_self_attn_v_proj_zeros: "f16[2, 32]" = self.sfmp_model_layers_0_self_attn_v_proj_zeros
-        linear_ref_default_2: "f32[1, 8, 32]" = torch.ops.sfmp.linear_ref.default(index_select, sfmp_model_layers_0_self_attn_v_proj_qweight, sfmp_model_layers_0_self_attn_v_proj_bits, sfmp_model_layers_0_self_attn_v_proj_block_offset, sfmp_model_layers_0_self_attn_v_proj_group_order, sfmp_model_lay …[540 more chars]
+        sfmp_model_layers_0_self_attn_v_proj_w4: "u8[64, 32]" = self.sfmp_model_layers_0_self_attn_v_proj_w4
+        sfmp_model_layers_0_self_attn_v_proj_sz: "bf16[2, 64, 2]" = self.sfmp_model_layers_0_self_attn_v_proj_sz
+        linear_cpu_int4_default_2: "f32[1, 8, 32]" = torch.ops.sfmp.linear_cpu_int4.default(index_select, sfmp_model_layers_0_self_attn_v_proj_w4, sfmp_model_layers_0_self_attn_v_proj_sz, sfmp_empty_perm_cpu, sfmp_empty_perm_cpu, 32, 64, 32);  index_select = sfmp_model_layers_0_self_attn_v_proj_w4 = …[47 more chars]
 
         # File: transformers/models/llama/modeling_llama.py:245 in forward, code: value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-        view_2: "f32[1, 8, 2, 16]" = linear_ref_default_2.view((1, 8, -1, 16));  linear_ref_default_2 = None
+        view_2: "f32[1, 8, 2, 16]" = linear_cpu_int4_default_2.view((1, 8, -1, 16));  linear_cpu_int4_default_2 = None
         value_states: "f32[1, 2, 8, 16]" = view_2.transpose(1, 2);  view_2 = None
 
         # File: transformers/models/llama/modeling_llama.py:145 in apply_rotary_pos_emb, code: cos = cos.unsqueeze(unsqueeze_dim)
@@ -166,19 +151,14 @@ class GraphModule(torch.nn.Module):
         attn_output_3: "f32[1, 8, 64]" = reshape_1.contiguous();  reshape_1 = None
 
         # No stacktrace found for following nodes
-        sfmp_model_layers_0_self_attn_o_proj_qweight: "i32[320]" = self.sfmp_model_layers_0_self_attn_o_proj_qweight
-        sfmp_model_layers_0_self_attn_o_proj_bits: "u8[2, 2]" = self.sfmp_model_layers_0_self_attn_o_proj_bits
-        sfmp_model_layers_0_self_attn_o_proj_block_offset: "i32[2, 2]" = self.sfmp_model_layers_0_self_attn_o_proj_block_offset
-        sfmp_model_layers_0_self_attn_o_proj_group_order: "i32[2, 2]" = self.sfmp_model_layers_0_self_attn_o_proj_group_order
-        sfmp_model_layers_0_self_attn_o_proj_segment_ptr: "i32[2, 10]" = self.sfmp_model_layers_0_self_attn_o_proj_segment_ptr
-        sfmp_model_layers_0_self_attn_o_proj_scales: "f16[2, 64]" = self.sfmp_model_layers_0_self_attn_o_proj_scales
-        sfmp_model_layers_0_self_attn_o_proj_zeros: "f16[2, 64]" = self.sfmp_model_layers_0_self_attn_o_proj_zeros
+        sfmp_model_layers_0_self_attn_o_proj_w4: "u8[64, 32]" = self.sfmp_model_layers_0_self_attn_o_proj_w4
+        sfmp_model_layers_0_self_attn_o_proj_sz: "bf16[2, 64, 2]" = self.sfmp_model_layers_0_self_attn_o_proj_sz
         sfmp_model_layers_0_self_attn_o_proj_col_perm: "i64[64]" = self.sfmp_model_layers_0_self_attn_o_proj_col_perm
         index_select_4: "f32[1, 8, 64]" = torch.index_select(attn_output_3, -1, sfmp_model_layers_0_self_attn_o_proj_col_perm);  attn_output_3 = sfmp_model_layers_0_self_attn_o_proj_col_perm = None
-        linear_ref_default_3: "f32[1, 8, 64]" = torch.ops.sfmp.linear_ref.default(index_select_4, sfmp_model_layers_0_self_attn_o_proj_qweight, sfmp_model_layers_0_self_attn_o_proj_bits, sfmp_model_layers_0_self_attn_o_proj_block_offset, sfmp_model_layers_0_self_attn_o_proj_group_order, sfmp_model_l …[544 more chars]
+        linear_cpu_int4_default_3: "f32[1, 8, 64]" = torch.ops.sfmp.linear_cpu_int4.default(index_select_4, sfmp_model_layers_0_self_attn_o_proj_w4, sfmp_model_layers_0_self_attn_o_proj_sz, sfmp_empty_perm_cpu, sfmp_empty_perm_cpu, 64, 64, 32);  index_select_4 = sfmp_model_layers_0_self_attn_o_proj_ …[51 more chars]
 
         # File: transformers/models/llama/modeling_llama.py:306 in forward, code: hidden_states = residual + hidden_states
-        hidden_states_3: "f32[1, 8, 64]" = inputs_embeds + linear_ref_default_3;  inputs_embeds = linear_ref_default_3 = None
+        hidden_states_3: "f32[1, 8, 64]" = inputs_embeds + linear_cpu_int4_default_3;  inputs_embeds = linear_cpu_int4_default_3 = None
 
         # File: transformers/models/llama/modeling_llama.py:63 in forward, code: hidden_states = hidden_states.to(torch.float32)
         hidden_states_4: "f32[1, 8, 64]" = hidden_states_3.to(torch.float32)
@@ -197,46 +177,31 @@ class GraphModule(torch.nn.Module):
         hidden_states_6: "f32[1, 8, 64]" = l_self_modules_model_modules_layers_modules_0_modules_post_attention_layernorm_parameters_weight_ * to_6;  l_self_modules_model_modules_layers_modules_0_modules_post_attention_layernorm_parameters_weight_ = to_6 = None
 
         # No stacktrace found for following nodes
-        sfmp_model_layers_0_mlp_gate_proj_qweight: "i32[640]" = self.sfmp_model_layers_0_mlp_gate_proj_qweight
-        sfmp_model_layers_0_mlp_gate_proj_bits: "u8[4, 2]" = self.sfmp_model_layers_0_mlp_gate_proj_bits
-        sfmp_model_layers_0_mlp_gate_proj_block_offset: "i32[4, 2]" = self.sfmp_model_layers_0_mlp_gate_proj_block_offset
-        sfmp_model_layers_0_mlp_gate_proj_group_order: "i32[4, 2]" = self.sfmp_model_layers_0_mlp_gate_proj_group_order
-        sfmp_model_layers_0_mlp_gate_proj_segment_ptr: "i32[4, 10]" = self.sfmp_model_layers_0_mlp_gate_proj_segment_ptr
-        sfmp_model_layers_0_mlp_gate_proj_scales: "f16[2, 128]" = self.sfmp_model_layers_0_mlp_gate_proj_scales
-        sfmp_model_layers_0_mlp_gate_proj_zeros: "f16[2, 128]" = self.sfmp_model_layers_0_mlp_gate_proj_zeros
+        sfmp_model_layers_0_mlp_gate_proj_w4: "u8[128, 32]" = self.sfmp_model_layers_0_mlp_gate_proj_w4
+        sfmp_model_layers_0_mlp_gate_proj_sz: "bf16[2, 128, 2]" = self.sfmp_model_layers_0_mlp_gate_proj_sz
         sfmp_model_layers_0_mlp_gate_proj_col_perm: "i64[64]" = self.sfmp_model_layers_0_mlp_gate_proj_col_perm
         index_select_5: "f32[1, 8, 64]" = torch.index_select(hidden_states_6, -1, sfmp_model_layers_0_mlp_gate_proj_col_perm);  hidden_states_6 = sfmp_model_layers_0_mlp_gate_proj_col_perm = None
-        linear_ref_default_4: "f32[1, 8, 128]" = torch.ops.sfmp.linear_ref.default(index_select_5, sfmp_model_layers_0_mlp_gate_proj_qweight, sfmp_model_layers_0_mlp_gate_proj_bits, sfmp_model_layers_0_mlp_gate_proj_block_offset, sfmp_model_layers_0_mlp_gate_proj_group_order, sfmp_model_layers_0_mlp …[487 more chars]
+        linear_cpu_int4_default_4: "f32[1, 8, 128]" = torch.ops.sfmp.linear_cpu_int4.default(index_select_5, sfmp_model_layers_0_mlp_gate_proj_w4, sfmp_model_layers_0_mlp_gate_proj_sz, sfmp_empty_perm_cpu, sfmp_empty_perm_cpu, 128, 64, 32);  sfmp_model_layers_0_mlp_gate_proj_w4 = sfmp_model_layers_0 …[24 more chars]
 
         # File: transformers/activations.py:103 in forward, code: return nn.functional.silu(input)
-        silu: "f32[1, 8, 128]" = torch.nn.functional.silu(linear_ref_default_4);  linear_ref_default_4 = None
+        silu: "f32[1, 8, 128]" = torch.nn.functional.silu(linear_cpu_int4_default_4);  linear_cpu_int4_default_4 = None
 
         # No stacktrace found for following nodes
-        sfmp_model_layers_0_mlp_up_proj_qweight: "i32[640]" = self.sfmp_model_layers_0_mlp_up_proj_qweight
-        sfmp_model_layers_0_mlp_up_proj_bits: "u8[4, 2]" = self.sfmp_model_layers_0_mlp_up_proj_bits
-        sfmp_model_layers_0_mlp_up_proj_block_offset: "i32[4, 2]" = self.sfmp_model_layers_0_mlp_up_proj_block_offset
-        sfmp_model_layers_0_mlp_up_proj_group_order: "i32[4, 2]" = self.sfmp_model_layers_0_mlp_up_proj_group_order
-        sfmp_model_layers_0_mlp_up_proj_segment_ptr: "i32[4, 10]" = self.sfmp_model_layers_0_mlp_up_proj_segment_ptr
-        sfmp_model_layers_0_mlp_up_proj_scales: "f16[2, 128]" = self.sfmp_model_layers_0_mlp_up_proj_scales
-        sfmp_model_layers_0_mlp_up_proj_zeros: "f16[2, 128]" = self.sfmp_model_layers_0_mlp_up_proj_zeros
-        linear_ref_default_5: "f32[1, 8, 128]" = torch.ops.sfmp.linear_ref.default(index_select_5, sfmp_model_layers_0_mlp_up_proj_qweight, sfmp_model_layers_0_mlp_up_proj_bits, sfmp_model_layers_0_mlp_up_proj_block_offset, sfmp_model_layers_0_mlp_up_proj_group_order, sfmp_model_layers_0_mlp_up_proj …[476 more chars]
+        sfmp_model_layers_0_mlp_up_proj_w4: "u8[128, 32]" = self.sfmp_model_layers_0_mlp_up_proj_w4
+        sfmp_model_layers_0_mlp_up_proj_sz: "bf16[2, 128, 2]" = self.sfmp_model_layers_0_mlp_up_proj_sz
+        linear_cpu_int4_default_5: "f32[1, 8, 128]" = torch.ops.sfmp.linear_cpu_int4.default(index_select_5, sfmp_model_layers_0_mlp_up_proj_w4, sfmp_model_layers_0_mlp_up_proj_sz, sfmp_empty_perm_cpu, sfmp_empty_perm_cpu, 128, 64, 32);  index_select_5 = sfmp_model_layers_0_mlp_up_proj_w4 = sfmp_mod …[33 more chars]
 
         # File: transformers/models/llama/modeling_llama.py:164 in forward, code: down_proj = self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
-        mul_11: "f32[1, 8, 128]" = silu * linear_ref_default_5;  silu = linear_ref_default_5 = None
+        mul_11: "f32[1, 8, 128]" = silu * linear_cpu_int4_default_5;  silu = linear_cpu_int4_default_5 = None
 
         # No stacktrace found for following nodes
-        sfmp_model_layers_0_mlp_down_proj_qweight: "i32[640]" = self.sfmp_model_layers_0_mlp_down_proj_qweight
-        sfmp_model_layers_0_mlp_down_proj_bits: "u8[2, 4]" = self.sfmp_model_layers_0_mlp_down_proj_bits
-        sfmp_model_layers_0_mlp_down_proj_block_offset: "i32[2, 4]" = self.sfmp_model_layers_0_mlp_down_proj_block_offset
-        sfmp_model_layers_0_mlp_down_proj_group_order: "i32[2, 4]" = self.sfmp_model_layers_0_mlp_down_proj_group_order
-        sfmp_model_layers_0_mlp_down_proj_segment_ptr: "i32[2, 10]" = self.sfmp_model_layers_0_mlp_down_proj_segment_ptr
-        sfmp_model_layers_0_mlp_down_proj_scales: "f16[4, 64]" = self.sfmp_model_layers_0_mlp_down_proj_scales
-        sfmp_model_layers_0_mlp_down_proj_zeros: "f16[4, 64]" = self.sfmp_model_layers_0_mlp_down_proj_zeros
+        sfmp_model_layers_0_mlp_down_proj_w4: "u8[64, 64]" = self.sfmp_model_layers_0_mlp_down_proj_w4
+        sfmp_model_layers_0_mlp_down_proj_sz: "bf16[4, 64, 2]" = self.sfmp_model_layers_0_mlp_down_proj_sz
         sfmp_model_layers_0_mlp_down_proj_composed: "i64[128]" = self.sfmp_model_layers_0_mlp_down_proj_composed
         index_select_9: "f32[1, 8, 128]" = torch.index_select(mul_11, -1, sfmp_model_layers_0_mlp_down_proj_composed);  mul_11 = sfmp_model_layers_0_mlp_down_proj_composed = None
-        linear_ref_default_6: "f32[1, 8, 64]" = torch.ops.sfmp.linear_ref.default(index_select_9, sfmp_model_layers_0_mlp_down_proj_qweight, sfmp_model_layers_0_mlp_down_proj_bits, sfmp_model_layers_0_mlp_down_proj_block_offset, sfmp_model_layers_0_mlp_down_proj_group_order, sfmp_model_layers_0_mlp_ …[503 more chars]
+        linear_cpu_int4_default_6: "f32[1, 8, 64]" = torch.ops.sfmp.linear_cpu_int4.default(index_select_9, sfmp_model_layers_0_mlp_down_proj_w4, sfmp_model_layers_0_mlp_down_proj_sz, sfmp_empty_perm_cpu, sfmp_empty_perm_cpu, 64, 128, 32);  index_select_9 = sfmp_model_layers_0_mlp_down_proj_w4 = sfm …[40 more chars]
         sfmp_model_layers_0_mlp_down_proj_row_perm_inv: "i64[64]" = self.sfmp_model_layers_0_mlp_down_proj_row_perm_inv
-        index_select_10: "f32[1, 8, 64]" = torch.index_select(linear_ref_default_6, -1, sfmp_model_layers_0_mlp_down_proj_row_perm_inv);  linear_ref_default_6 = sfmp_model_layers_0_mlp_down_proj_row_perm_inv = None
+        index_select_10: "f32[1, 8, 64]" = torch.index_select(linear_cpu_int4_default_6, -1, sfmp_model_layers_0_mlp_down_proj_row_perm_inv);  linear_cpu_int4_default_6 = sfmp_model_layers_0_mlp_down_proj_row_perm_inv = None
 
         # File: transformers/models/llama/modeling_llama.py:312 in forward, code: hidden_states = residual + hidden_states
         hidden_states_7: "f32[1, 8, 64]" = hidden_states_3 + index_select_10;  hidden_states_3 = index_select_10 = None
@@ -256,22 +221,22 @@ class GraphModule(torch.nn.Module):
         # File: transformers/models/llama/modeling_llama.py:66 in forward, code: return self.weight * hidden_states.to(input_dtype)
         to_8: "f32[1, 8, 64]" = hidden_states_9.to(torch.float32);  hidden_states_9 = None
 
-# ... 172 lines omitted (later layers repeat the pattern above; run examples/compile_dumps.py --full DIR for everything) ...
+# ... 137 lines omitted (later layers repeat the pattern above; run examples/compile_dumps.py --full DIR for everything) ...
 
+        sfmp_model_layers_1_mlp_up_proj_sz: "bf16[2, 128, 2]" = self.sfmp_model_layers_1_mlp_up_proj_sz
+        linear_cpu_int4_default_12: "f32[1, 8, 128]" = torch.ops.sfmp.linear_cpu_int4.default(index_select_16, sfmp_model_layers_1_mlp_up_proj_w4, sfmp_model_layers_1_mlp_up_proj_sz, sfmp_empty_perm_cpu, sfmp_empty_perm_cpu, 128, 64, 32);  index_select_16 = sfmp_model_layers_1_mlp_up_proj_w4 = sfmp_ …[36 more chars]
+
+        # File: transformers/models/llama/modeling_llama.py:164 in forward, code: down_proj = self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        mul_20: "f32[1, 8, 128]" = silu_1 * linear_cpu_int4_default_12;  silu_1 = linear_cpu_int4_default_12 = None
 
         # No stacktrace found for following nodes
-        sfmp_model_layers_1_mlp_down_proj_qweight: "i32[672]" = self.sfmp_model_layers_1_mlp_down_proj_qweight
-        sfmp_model_layers_1_mlp_down_proj_bits: "u8[2, 4]" = self.sfmp_model_layers_1_mlp_down_proj_bits
-        sfmp_model_layers_1_mlp_down_proj_block_offset: "i32[2, 4]" = self.sfmp_model_layers_1_mlp_down_proj_block_offset
-        sfmp_model_layers_1_mlp_down_proj_group_order: "i32[2, 4]" = self.sfmp_model_layers_1_mlp_down_proj_group_order
-        sfmp_model_layers_1_mlp_down_proj_segment_ptr: "i32[2, 10]" = self.sfmp_model_layers_1_mlp_down_proj_segment_ptr
-        sfmp_model_layers_1_mlp_down_proj_scales: "f16[4, 64]" = self.sfmp_model_layers_1_mlp_down_proj_scales
-        sfmp_model_layers_1_mlp_down_proj_zeros: "f16[4, 64]" = self.sfmp_model_layers_1_mlp_down_proj_zeros
+        sfmp_model_layers_1_mlp_down_proj_w4: "u8[64, 64]" = self.sfmp_model_layers_1_mlp_down_proj_w4
+        sfmp_model_layers_1_mlp_down_proj_sz: "bf16[4, 64, 2]" = self.sfmp_model_layers_1_mlp_down_proj_sz
         sfmp_model_layers_1_mlp_down_proj_composed: "i64[128]" = self.sfmp_model_layers_1_mlp_down_proj_composed
         index_select_20: "f32[1, 8, 128]" = torch.index_select(mul_20, -1, sfmp_model_layers_1_mlp_down_proj_composed);  mul_20 = sfmp_model_layers_1_mlp_down_proj_composed = None
-        linear_ref_default_13: "f32[1, 8, 64]" = torch.ops.sfmp.linear_ref.default(index_select_20, sfmp_model_layers_1_mlp_down_proj_qweight, sfmp_model_layers_1_mlp_down_proj_bits, sfmp_model_layers_1_mlp_down_proj_block_offset, sfmp_model_layers_1_mlp_down_proj_group_order, sfmp_model_layers_1_ml …[528 more chars]
+        linear_cpu_int4_default_13: "f32[1, 8, 64]" = torch.ops.sfmp.linear_cpu_int4.default(index_select_20, sfmp_model_layers_1_mlp_down_proj_w4, sfmp_model_layers_1_mlp_down_proj_sz, sfmp_empty_perm_cpu, sfmp_empty_perm_cpu, 64, 128, 32);  index_select_20 = sfmp_model_layers_1_mlp_down_proj_w4 =  …[65 more chars]
         sfmp_model_layers_1_mlp_down_proj_row_perm_inv: "i64[64]" = self.sfmp_model_layers_1_mlp_down_proj_row_perm_inv
-        index_select_21: "f32[1, 8, 64]" = torch.index_select(linear_ref_default_13, -1, sfmp_model_layers_1_mlp_down_proj_row_perm_inv);  linear_ref_default_13 = sfmp_model_layers_1_mlp_down_proj_row_perm_inv = None
+        index_select_21: "f32[1, 8, 64]" = torch.index_select(linear_cpu_int4_default_13, -1, sfmp_model_layers_1_mlp_down_proj_row_perm_inv);  linear_cpu_int4_default_13 = sfmp_model_layers_1_mlp_down_proj_row_perm_inv = None
 
         # File: transformers/models/llama/modeling_llama.py:312 in forward, code: hidden_states = residual + hidden_states
         hidden_states_15: "f32[1, 8, 64]" = hidden_states_11 + index_select_21;  hidden_states_11 = index_select_21 = None

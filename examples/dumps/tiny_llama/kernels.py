@@ -29,16 +29,33 @@ reinterpret_tensor = torch._C._dynamo.guards._reinterpret_tensor
 alloc_from_pool = torch.ops.inductor._alloc_from_pool
 async_compile = AsyncCompile()
 empty_strided_p2p = torch._C._distributed_c10d._SymmetricMemory.empty_strided_p2p
+constant0 = None  # device(type='cpu') torch.int64 () () 7f8705a5f340
+constant1 = None  # device(type='cpu') torch.int64 () () 7f8705640aa0
+constant2 = None  # device(type='cpu') torch.int64 () () 7f8705949720
+constant3 = None  # device(type='cpu') torch.int64 () () 7f8705662490
+constant4 = None  # device(type='cpu') torch.int64 () () 7f8705662850
+constant5 = None  # device(type='cpu') torch.int64 () () 7f8705643e30
+constant6 = None  # device(type='cpu') torch.int64 () () 7f87057440f0
+constant7 = None  # device(type='cpu') torch.int64 () () 7f87056983c0
+constant8 = None  # device(type='cpu') torch.int64 () () 7f87056993b0
+constant9 = None  # device(type='cpu') torch.int64 () () 7f8705698c30
+constant10 = None  # device(type='cpu') torch.int64 () () 7f870569b5c0
+constant11 = None  # device(type='cpu') torch.int64 () () 7f870569bd90
+constant12 = None  # device(type='cpu') torch.int64 () () 7f870569b020
+constant13 = None  # device(type='cpu') torch.int64 () () 7f8705698190
 
 
-cpp_fused_add_embedding_index_select_mean_mul_pow_rsqrt_0 = async_compile.cpp_pybinding(['const int64_t*', 'const float*', 'const int64_t*', 'const float*', 'float*', 'float*'], r'''
+cpp_fused_add_embedding_index_select_linear_cpu_int4_mean_mul_pow_rsqrt_0 = async_compile.cpp_pybinding(['const int64_t*', 'const float*', 'const int64_t*', 'const float*', 'float*', 'float*', 'at::BFloat16*', 'at::BFloat16*', 'at::BFloat16*'], r'''
 #include <torch/csrc/inductor/cpp_prefix.h>
 extern "C"  void  kernel(const int64_t* in_ptr0,
                        const float* in_ptr1,
                        const int64_t* in_ptr2,
                        const float* in_ptr3,
                        float* out_ptr0,
-                       float* out_ptr1)
+                       float* out_ptr1,
+                       at::BFloat16* out_ptr2,
+                       at::BFloat16* out_ptr3,
+                       at::BFloat16* out_ptr4)
 {
     std::atomic<int> inductor_cpu_integer_div_error{0};
     inductor_cpu_integer_div_error_flag = &inductor_cpu_integer_div_error;
@@ -49,7 +66,7 @@ extern "C"  void  kernel(const int64_t* in_ptr0,
             {
                 float tmp_acc0 = 0;
                 at::vec::Vectorized<float> tmp_acc0_vec = at::vec::Vectorized<float>(0);
-                for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(64L); x1+=static_cast<int64_t>(16L))
+                for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(64L); x1+=static_cast<int64_t>(8L))
                 {
                     {
                         if(C10_LIKELY(x1 >= static_cast<int64_t>(0) && x1 < static_cast<int64_t>(64L)))
@@ -58,7 +75,7 @@ extern "C"  void  kernel(const int64_t* in_ptr0,
                             auto tmp1 = tmp0;
                             auto tmp2 = c10::convert<int64_t>(tmp1);
                             TORCH_CHECK((0 <= tmp2) & (tmp2 < 256L), "index out of bounds: 0 <= tmp2 < 256L");
-                            auto tmp4 = at::vec::Vectorized<float>::loadu(in_ptr1 + static_cast<int64_t>(x1 + 64L*tmp0), static_cast<int64_t>(16));
+                            auto tmp4 = at::vec::Vectorized<float>::loadu(in_ptr1 + static_cast<int64_t>(x1 + 64L*tmp0), static_cast<int64_t>(8));
                             auto tmp5 = tmp4 * tmp4;
                             tmp_acc0_vec = tmp_acc0_vec + tmp5;
                         }
@@ -67,12 +84,12 @@ extern "C"  void  kernel(const int64_t* in_ptr0,
                 tmp_acc0 = tmp_acc0 + at::vec::vec_reduce_all<float, 1>([](at::vec::Vectorized<float>& x, at::vec::Vectorized<float>& y) { return x + y; }, tmp_acc0_vec);
                 out_ptr0[static_cast<int64_t>(x0)] = static_cast<float>(tmp_acc0);
             }
-            for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(64L); x1+=static_cast<int64_t>(16L))
+            for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(64L); x1+=static_cast<int64_t>(8L))
             {
                 {
                     if(C10_LIKELY(x1 >= static_cast<int64_t>(0) && x1 < static_cast<int64_t>(64L)))
                     {
-                        auto tmp0 = at::vec::VectorizedN<int64_t,2>::loadu(in_ptr2 + static_cast<int64_t>(x1), static_cast<int64_t>(16));
+                        auto tmp0 = at::vec::VectorizedN<int64_t,2>::loadu(in_ptr2 + static_cast<int64_t>(x1), static_cast<int64_t>(8));
                         auto tmp13 = in_ptr0[static_cast<int64_t>(x0)];
                         auto tmp18 = out_ptr0[static_cast<int64_t>(x0)];
                         auto tmp1 = 64L;
@@ -86,8 +103,8 @@ extern "C"  void  kernel(const int64_t* in_ptr0,
                         auto tmp9 =
                         [&]
                         {
-                            __at_align__ std::array<int64_t, 16> tmpbuf;
-                            tmp8.store(tmpbuf.data(), static_cast<int64_t>(16));
+                            __at_align__ std::array<int64_t, 8> tmpbuf;
+                            tmp8.store(tmpbuf.data(), static_cast<int64_t>(8));
                             return tmpbuf;
                         }
                         ()
@@ -95,13 +112,13 @@ extern "C"  void  kernel(const int64_t* in_ptr0,
                         auto tmp10 =
                         [&]
                         {
-                            __at_align__ std::array<int64_t, 16> tmpbuf;
-                            #pragma GCC unroll 16
-                            for (long x1_inner = 0; x1_inner < static_cast<int64_t>(16); x1_inner++)
+                            __at_align__ std::array<int64_t, 8> tmpbuf;
+                            #pragma GCC unroll 8
+                            for (long x1_inner = 0; x1_inner < static_cast<int64_t>(8); x1_inner++)
                             {
                                 tmpbuf[x1_inner] = static_cast<int64_t>(tmp9[x1_inner]);
                             }
-                            return at::vec::VectorizedN<int64_t,2>::loadu(tmpbuf.data(), static_cast<int64_t>(16));
+                            return at::vec::VectorizedN<int64_t,2>::loadu(tmpbuf.data(), static_cast<int64_t>(8));
                         }
                         ()
                         ;
@@ -109,13 +126,13 @@ extern "C"  void  kernel(const int64_t* in_ptr0,
                         auto tmp12 =
                         [&]
                         {
-                            __at_align__ std::array<float, 16> tmpbuf;
-                            #pragma GCC unroll 16
-                            for (long x1_inner = 0; x1_inner < static_cast<int64_t>(16); x1_inner++)
+                            __at_align__ std::array<float, 8> tmpbuf;
+                            #pragma GCC unroll 8
+                            for (long x1_inner = 0; x1_inner < static_cast<int64_t>(8); x1_inner++)
                             {
                                 tmpbuf[x1_inner] = in_ptr3[static_cast<int64_t>(tmp9[x1_inner])];
                             }
-                            return at::vec::Vectorized<float>::loadu(tmpbuf.data(), static_cast<int64_t>(16));
+                            return at::vec::Vectorized<float>::loadu(tmpbuf.data(), static_cast<int64_t>(8));
                         }
                         ()
                         ;
@@ -125,13 +142,13 @@ extern "C"  void  kernel(const int64_t* in_ptr0,
                         auto tmp17 =
                         [&]
                         {
-                            __at_align__ std::array<float, 16> tmpbuf;
-                            #pragma GCC unroll 16
-                            for (long x1_inner = 0; x1_inner < static_cast<int64_t>(16); x1_inner++)
+                            __at_align__ std::array<float, 8> tmpbuf;
+                            #pragma GCC unroll 8
+                            for (long x1_inner = 0; x1_inner < static_cast<int64_t>(8); x1_inner++)
                             {
                                 tmpbuf[x1_inner] = in_ptr1[static_cast<int64_t>(tmp9[x1_inner] + 64L*tmp13)];
                             }
-                            return at::vec::Vectorized<float>::loadu(tmpbuf.data(), static_cast<int64_t>(16));
+                            return at::vec::Vectorized<float>::loadu(tmpbuf.data(), static_cast<int64_t>(8));
                         }
                         ()
                         ;
@@ -149,16 +166,31 @@ extern "C"  void  kernel(const int64_t* in_ptr0,
             }
         }
     }
+    {
+        for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(512L); x0+=static_cast<int64_t>(16L))
+        {
+            {
+                if(C10_LIKELY(x0 >= static_cast<int64_t>(0) && x0 < static_cast<int64_t>(512L)))
+                {
+                    auto tmp0 = at::vec::VectorizedN<float,2>::loadu(out_ptr1 + static_cast<int64_t>(x0), static_cast<int64_t>(16));
+                    auto tmp1 = at::vec::convert<at::BFloat16,1,float,2>(tmp0);
+                    tmp1.store(out_ptr2 + static_cast<int64_t>(x0), static_cast<int64_t>(16));
+                    tmp1.store(out_ptr3 + static_cast<int64_t>(x0), static_cast<int64_t>(16));
+                    tmp1.store(out_ptr4 + static_cast<int64_t>(x0), static_cast<int64_t>(16));
+                }
+            }
+        }
+    }
     inductor_cpu_integer_div_error_flag = nullptr;
     inductor_cpu_throw_if_integer_div_error(inductor_cpu_integer_div_error);
 }
 ''')
 
 
-cpp_fused_cat_index_select_neg_slice_transpose_view_1 = async_compile.cpp_pybinding(['const int64_t*', 'const float*', 'float*', 'float*'], r'''
+cpp_fused_cat_index_select_linear_cpu_int4_neg_slice_transpose_view_1 = async_compile.cpp_pybinding(['const int64_t*', 'const at::BFloat16*', 'float*', 'float*'], r'''
 #include <torch/csrc/inductor/cpp_prefix.h>
 extern "C"  void  kernel(const int64_t* in_ptr0,
-                       const float* in_ptr1,
+                       const at::BFloat16* in_ptr1,
                        float* out_ptr0,
                        float* out_ptr1)
 {
@@ -171,13 +203,13 @@ extern "C"  void  kernel(const int64_t* in_ptr0,
             #pragma GCC ivdep
             for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(8L); x1+=static_cast<int64_t>(1L))
             {
-                for(int64_t x2=static_cast<int64_t>(0L); x2<static_cast<int64_t>(8L); x2+=static_cast<int64_t>(16L))
+                for(int64_t x2=static_cast<int64_t>(0L); x2<static_cast<int64_t>(8L); x2+=static_cast<int64_t>(8L))
                 {
                     {
-                        if(C10_LIKELY(x2 >= static_cast<int64_t>(0L) && x2 < static_cast<int64_t>(8L)))
+                        if(C10_LIKELY(x2 >= static_cast<int64_t>(0) && x2 < static_cast<int64_t>(8L)))
                         {
-                            auto tmp0 = at::vec::VectorizedN<int64_t,2>::loadu(in_ptr0 + static_cast<int64_t>(8L + x2 + 16L*x0), static_cast<int64_t>(8L));
-                            auto tmp14 = at::vec::VectorizedN<int64_t,2>::loadu(in_ptr0 + static_cast<int64_t>(x2 + 16L*x0), static_cast<int64_t>(8L));
+                            auto tmp0 = at::vec::VectorizedN<int64_t,2>::loadu(in_ptr0 + static_cast<int64_t>(8L + x2 + 16L*x0), static_cast<int64_t>(8));
+                            auto tmp15 = at::vec::VectorizedN<int64_t,2>::loadu(in_ptr0 + static_cast<int64_t>(x2 + 16L*x0), static_cast<int64_t>(8));
                             auto tmp1 = 64L;
                             auto tmp2 = c10::convert<int64_t>(tmp1);
                             auto tmp3 = at::vec::VectorizedN<int64_t,2>(tmp2);
@@ -189,8 +221,8 @@ extern "C"  void  kernel(const int64_t* in_ptr0,
                             auto tmp9 =
                             [&]
                             {
-                                __at_align__ std::array<int64_t, 16> tmpbuf;
-                                tmp8.store(tmpbuf.data(), static_cast<int64_t>(8L));
+                                __at_align__ std::array<int64_t, 8> tmpbuf;
+                                tmp8.store(tmpbuf.data(), static_cast<int64_t>(8));
                                 return tmpbuf;
                             }
                             ()
@@ -198,72 +230,74 @@ extern "C"  void  kernel(const int64_t* in_ptr0,
                             auto tmp10 =
                             [&]
                             {
-                                __at_align__ std::array<int64_t, 16> tmpbuf;
-                                #pragma GCC unroll 16
-                                for (long x2_inner = 0; x2_inner < static_cast<int64_t>(8L); x2_inner++)
+                                __at_align__ std::array<int64_t, 8> tmpbuf;
+                                #pragma GCC unroll 8
+                                for (long x2_inner = 0; x2_inner < static_cast<int64_t>(8); x2_inner++)
                                 {
                                     tmpbuf[x2_inner] = static_cast<int64_t>(tmp9[x2_inner]);
                                 }
-                                return at::vec::VectorizedN<int64_t,2>::loadu(tmpbuf.data(), static_cast<int64_t>(8L));
+                                return at::vec::VectorizedN<int64_t,2>::loadu(tmpbuf.data(), static_cast<int64_t>(8));
                             }
                             ()
                             ;
-                            TORCH_CHECK((at::vec::VecMask<int64_t,2>::set(at::vec::VecMask<int64_t,2>::from(1), (at::vec::VecMask<int64_t,2>((at::vec::VectorizedN<int64_t,2>(0) <= tmp10) & (tmp10 < at::vec::VectorizedN<int64_t,2>(64L)))), static_cast<int64_t>(8L))).all_masked(), "index out of bounds …[21 more chars]
+                            TORCH_CHECK((at::vec::VecMask<int64_t,2>((at::vec::VectorizedN<int64_t,2>(0) <= tmp10) & (tmp10 < at::vec::VectorizedN<int64_t,2>(64L)))).all_masked(), "index out of bounds: 0 <= tmp10 < 64L");
                             auto tmp12 =
                             [&]
                             {
-                                __at_align__ std::array<float, 16> tmpbuf;
-                                #pragma GCC unroll 16
-                                for (long x2_inner = 0; x2_inner < static_cast<int64_t>(8L); x2_inner++)
+                                __at_align__ std::array<at::BFloat16, 16> tmpbuf;
+                                #pragma GCC unroll 8
+                                for (long x2_inner = 0; x2_inner < static_cast<int64_t>(8); x2_inner++)
                                 {
                                     tmpbuf[x2_inner] = in_ptr1[static_cast<int64_t>(tmp9[x2_inner] + 64L*x1)];
                                 }
-                                return at::vec::Vectorized<float>::loadu(tmpbuf.data(), static_cast<int64_t>(8L));
+                                return at::vec::Vectorized<at::BFloat16>::loadu(tmpbuf.data(), static_cast<int64_t>(8));
                             }
                             ()
                             ;
-                            auto tmp13 = tmp12.neg();
-                            auto tmp15 = tmp14 + tmp3;
-                            auto tmp16 = at::vec::VecMask<int64_t,2>(tmp14 < tmp6);
-                            auto tmp17 = decltype(tmp15)::blendv(tmp14, tmp15, tmp16.template cast<int64_t,2>());
-                            auto tmp18 =
+                            auto tmp13 = at::vec::convert<float>(tmp12);
+                            auto tmp14 = tmp13.neg();
+                            auto tmp16 = tmp15 + tmp3;
+                            auto tmp17 = at::vec::VecMask<int64_t,2>(tmp15 < tmp6);
+                            auto tmp18 = decltype(tmp16)::blendv(tmp15, tmp16, tmp17.template cast<int64_t,2>());
+                            auto tmp19 =
                             [&]
                             {
-                                __at_align__ std::array<int64_t, 16> tmpbuf;
-                                tmp17.store(tmpbuf.data(), static_cast<int64_t>(8L));
+                                __at_align__ std::array<int64_t, 8> tmpbuf;
+                                tmp18.store(tmpbuf.data(), static_cast<int64_t>(8));
                                 return tmpbuf;
                             }
                             ()
                             ;
-                            auto tmp19 =
+                            auto tmp20 =
                             [&]
                             {
-                                __at_align__ std::array<int64_t, 16> tmpbuf;
-                                #pragma GCC unroll 16
-                                for (long x2_inner = 0; x2_inner < static_cast<int64_t>(8L); x2_inner++)
+                                __at_align__ std::array<int64_t, 8> tmpbuf;
+                                #pragma GCC unroll 8
+                                for (long x2_inner = 0; x2_inner < static_cast<int64_t>(8); x2_inner++)
                                 {
-                                    tmpbuf[x2_inner] = static_cast<int64_t>(tmp18[x2_inner]);
+                                    tmpbuf[x2_inner] = static_cast<int64_t>(tmp19[x2_inner]);
                                 }
-                                return at::vec::VectorizedN<int64_t,2>::loadu(tmpbuf.data(), static_cast<int64_t>(8L));
+                                return at::vec::VectorizedN<int64_t,2>::loadu(tmpbuf.data(), static_cast<int64_t>(8));
                             }
                             ()
                             ;
-                            TORCH_CHECK((at::vec::VecMask<int64_t,2>::set(at::vec::VecMask<int64_t,2>::from(1), (at::vec::VecMask<int64_t,2>((at::vec::VectorizedN<int64_t,2>(0) <= tmp19) & (tmp19 < at::vec::VectorizedN<int64_t,2>(64L)))), static_cast<int64_t>(8L))).all_masked(), "index out of bounds …[21 more chars]
-                            auto tmp21 =
+                            TORCH_CHECK((at::vec::VecMask<int64_t,2>((at::vec::VectorizedN<int64_t,2>(0) <= tmp20) & (tmp20 < at::vec::VectorizedN<int64_t,2>(64L)))).all_masked(), "index out of bounds: 0 <= tmp20 < 64L");
+                            auto tmp22 =
                             [&]
                             {
-                                __at_align__ std::array<float, 16> tmpbuf;
-                                #pragma GCC unroll 16
-                                for (long x2_inner = 0; x2_inner < static_cast<int64_t>(8L); x2_inner++)
+                                __at_align__ std::array<at::BFloat16, 16> tmpbuf;
+                                #pragma GCC unroll 8
+                                for (long x2_inner = 0; x2_inner < static_cast<int64_t>(8); x2_inner++)
                                 {
-                                    tmpbuf[x2_inner] = in_ptr1[static_cast<int64_t>(tmp18[x2_inner] + 64L*x1)];
+                                    tmpbuf[x2_inner] = in_ptr1[static_cast<int64_t>(tmp19[x2_inner] + 64L*x1)];
                                 }
-                                return at::vec::Vectorized<float>::loadu(tmpbuf.data(), static_cast<int64_t>(8L));
+                                return at::vec::Vectorized<at::BFloat16>::loadu(tmpbuf.data(), static_cast<int64_t>(8));
                             }
                             ()
                             ;
-                            tmp13.store(out_ptr0 + static_cast<int64_t>(x2 + 16L*x1 + 128L*x0), static_cast<int64_t>(8L));
-                            tmp21.store(out_ptr1 + static_cast<int64_t>(x2 + 16L*x1 + 128L*x0), static_cast<int64_t>(8L));
+                            auto tmp23 = at::vec::convert<float>(tmp22);
+                            tmp14.store(out_ptr0 + static_cast<int64_t>(x2 + 16L*x1 + 128L*x0));
+                            tmp23.store(out_ptr1 + static_cast<int64_t>(x2 + 16L*x1 + 128L*x0));
                         }
                     }
                 }
@@ -276,17 +310,17 @@ extern "C"  void  kernel(const int64_t* in_ptr0,
 ''')
 
 
-cpp_fused__to_copy_add_arange_cat_cos_mul_neg_sin_slice_transpose_unsqueeze_view_2 = async_compile.cpp_pybinding(['float*', 'const float*', 'const float*', 'float*', 'float*'], r'''
+cpp_fused__to_copy_add_arange_cat_cos_linear_cpu_int4_mul_neg_sin_slice_transpose_unsqueeze_view_2 = async_compile.cpp_pybinding(['const at::BFloat16*', 'const float*', 'const float*', 'float*', 'float*', 'float*'], r'''
 #include <torch/csrc/inductor/cpp_prefix.h>
-extern "C"  void  kernel(float* in_out_ptr0,
+extern "C"  void  kernel(const at::BFloat16* in_ptr0,
                        const float* in_ptr1,
                        const float* in_ptr2,
                        float* out_ptr0,
-                       float* out_ptr1)
+                       float* out_ptr1,
+                       float* out_ptr2)
 {
     std::atomic<int> inductor_cpu_integer_div_error{0};
     inductor_cpu_integer_div_error_flag = &inductor_cpu_integer_div_error;
-    auto in_ptr0 = in_out_ptr0;
     {
         #pragma GCC ivdep
         for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(2L); x0+=static_cast<int64_t>(1L))
@@ -294,14 +328,15 @@ extern "C"  void  kernel(float* in_out_ptr0,
             #pragma GCC ivdep
             for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(8L); x1+=static_cast<int64_t>(1L))
             {
-                for(int64_t x2=static_cast<int64_t>(0L); x2<static_cast<int64_t>(8L); x2+=static_cast<int64_t>(16L))
+                for(int64_t x2=static_cast<int64_t>(0L); x2<static_cast<int64_t>(8L); x2+=static_cast<int64_t>(8L))
                 {
                     {
-                        if(C10_LIKELY(x2 >= static_cast<int64_t>(0L) && x2 < static_cast<int64_t>(8L)))
+                        if(C10_LIKELY(x2 >= static_cast<int64_t>(0) && x2 < static_cast<int64_t>(8L)))
                         {
-                            auto tmp0 = at::vec::Vectorized<float>::loadu(in_ptr0 + static_cast<int64_t>(8L + x2 + 16L*x0 + 32L*x1), static_cast<int64_t>(8L));
-                            auto tmp1 = tmp0.neg();
-                            tmp1.store(out_ptr0 + static_cast<int64_t>(x2 + 16L*x1 + 128L*x0), static_cast<int64_t>(8L));
+                            auto tmp0 = at::vec::Vectorized<at::BFloat16>::loadu(in_ptr0 + static_cast<int64_t>(8L + x2 + 16L*x0 + 64L*x1), static_cast<int64_t>(8));
+                            auto tmp1 = at::vec::convert<float>(tmp0);
+                            auto tmp2 = tmp1.neg();
+                            tmp2.store(out_ptr0 + static_cast<int64_t>(x2 + 16L*x1 + 128L*x0));
                         }
                     }
                 }
@@ -315,13 +350,14 @@ extern "C"  void  kernel(float* in_out_ptr0,
             #pragma GCC ivdep
             for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(8L); x1+=static_cast<int64_t>(1L))
             {
-                for(int64_t x2=static_cast<int64_t>(0L); x2<static_cast<int64_t>(8L); x2+=static_cast<int64_t>(16L))
+                for(int64_t x2=static_cast<int64_t>(0L); x2<static_cast<int64_t>(8L); x2+=static_cast<int64_t>(8L))
                 {
                     {
-                        if(C10_LIKELY(x2 >= static_cast<int64_t>(0L) && x2 < static_cast<int64_t>(8L)))
+                        if(C10_LIKELY(x2 >= static_cast<int64_t>(0) && x2 < static_cast<int64_t>(8L)))
                         {
-                            auto tmp0 = at::vec::Vectorized<float>::loadu(in_ptr0 + static_cast<int64_t>(x2 + 16L*x0 + 32L*x1), static_cast<int64_t>(8L));
-                            tmp0.store(out_ptr1 + static_cast<int64_t>(x2 + 16L*x1 + 128L*x0), static_cast<int64_t>(8L));
+                            auto tmp0 = at::vec::Vectorized<at::BFloat16>::loadu(in_ptr0 + static_cast<int64_t>(x2 + 16L*x0 + 64L*x1), static_cast<int64_t>(8));
+                            auto tmp1 = at::vec::convert<float>(tmp0);
+                            tmp1.store(out_ptr1 + static_cast<int64_t>(x2 + 16L*x1 + 128L*x0));
                         }
                     }
                 }
@@ -335,100 +371,64 @@ extern "C"  void  kernel(float* in_out_ptr0,
             #pragma GCC ivdep
             for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(2L); x1+=static_cast<int64_t>(1L))
             {
-                #pragma GCC ivdep
-                for(int64_t x2=static_cast<int64_t>(0L); x2<static_cast<int64_t>(16L); x2+=static_cast<int64_t>(1L))
-                {
-                    {
-                        {
-                            auto tmp0 = in_out_ptr0[static_cast<int64_t>(x2 + 16L*x1 + 32L*x0)];
-                            auto tmp1 = in_ptr1[static_cast<int64_t>((static_cast<int64_t>(x2) % static_cast<int64_t>(8L)))];
-                            auto tmp9 = in_ptr2[static_cast<int64_t>(x2 + 16L*x0 + 128L*x1)];
-                            auto tmp2 = x0;
-                            auto tmp3 = c10::convert<float>(tmp2);
-                            auto tmp4 = float(tmp3 * tmp1);
-                            auto tmp5 = std::cos(tmp4);
-                            auto tmp6 = static_cast<float>(1.0);
-                            auto tmp7 = float(tmp5 * tmp6);
-                            auto tmp8 = float(tmp0 * tmp7);
-                            auto tmp10 = std::sin(tmp4);
-                            auto tmp11 = float(tmp10 * tmp6);
-                            auto tmp12 = float(tmp9 * tmp11);
-                            auto tmp13 = float(tmp8 + tmp12);
-                            in_out_ptr0[static_cast<int64_t>(x2 + 16L*x1 + 32L*x0)] = tmp13;
-                        }
-                    }
-                }
-            }
-        }
-    }
-    inductor_cpu_integer_div_error_flag = nullptr;
-    inductor_cpu_throw_if_integer_div_error(inductor_cpu_integer_div_error);
-}
-''')
-
-
-cpp_fused__scaled_dot_product_flash_attention_for_cpu__to_copy_add_arange_cat_cos_index_select_mul_sin_transpose_unsqueeze_view_3 = async_compile.cpp_pybinding(['const int64_t*', 'const float*', 'const float*', 'const float*', 'float*'], r'''
-#include <torch/csrc/inductor/cpp_prefix.h>
-extern "C"  void  kernel(const int64_t* in_ptr0,
-                       const float* in_ptr1,
-                       const float* in_ptr2,
-                       const float* in_ptr3,
-                       float* out_ptr0)
-{
-    std::atomic<int> inductor_cpu_integer_div_error{0};
-    inductor_cpu_integer_div_error_flag = &inductor_cpu_integer_div_error;
-    {
-        #pragma GCC ivdep
-        for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(4L); x0+=static_cast<int64_t>(1L))
-        {
-            #pragma GCC ivdep
-            for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(8L); x1+=static_cast<int64_t>(1L))
-            {
                 for(int64_t x2=static_cast<int64_t>(0L); x2<static_cast<int64_t>(16L); x2+=static_cast<int64_t>(16L))
                 {
                     {
                         if(C10_LIKELY(x2 >= static_cast<int64_t>(0) && x2 < static_cast<int64_t>(16L)))
                         {
-                            auto tmp0 = at::vec::VectorizedN<int64_t,2>::loadu(in_ptr0 + static_cast<int64_t>(x2 + 16L*x0), static_cast<int64_t>(16));
-                            auto tmp13 =
+                            auto tmp0 = at::vec::Vectorized<at::BFloat16>::loadu(in_ptr0 + static_cast<int64_t>(x2 + 16L*x1 + 64L*x0), static_cast<int64_t>(16));
+                            auto tmp2 =
                             [&]
                             {
                                 __at_align__ std::array<float, 16> tmpbuf;
                                 #pragma GCC unroll 16
                                 for (long x2_inner = 0; x2_inner < static_cast<int64_t>(16); x2_inner++)
                                 {
-                                    tmpbuf[x2_inner] = in_ptr2[static_cast<int64_t>((static_cast<int64_t>(x2 + x2_inner) % static_cast<int64_t>(8L)))];
+                                    tmpbuf[x2_inner] = in_ptr1[static_cast<int64_t>((static_cast<int64_t>(x2 + x2_inner) % static_cast<int64_t>(8L)))];
+                                }
+                                return at::vec::VectorizedN<float,2>::loadu(tmpbuf.data(), static_cast<int64_t>(16));
+                            }
+                            ()
+                            ;
+                            auto tmp12 = at::vec::VectorizedN<float,2>::loadu(in_ptr2 + static_cast<int64_t>(x2 + 16L*x0 + 128L*x1), static_cast<int64_t>(16));
+                            auto tmp1 = at::vec::convert<float,2,at::BFloat16,1>(tmp0);
+                            auto tmp3 = x0;
+                            auto tmp4 = c10::convert<float>(tmp3);
+                            auto tmp5 = at::vec::VectorizedN<float,2>(tmp4);
+                            auto tmp6 = tmp5 * tmp2;
+                            auto tmp7 = tmp6.cos();
+                            auto tmp8 = static_cast<float>(1.0);
 
-# ... 1400 lines omitted (later layers repeat the pattern above; run examples/compile_dumps.py --full DIR for everything) ...
+# ... 1330 lines omitted (later layers repeat the pattern above; run examples/compile_dumps.py --full DIR for everything) ...
 
-    arg107_1 = rand_strided((4, 64), (64, 1), device='cpu', dtype=torch.float16)
-    arg108_1 = rand_strided((4, 64), (64, 1), device='cpu', dtype=torch.float16)
-    arg109_1 = rand_strided((128, ), (1, ), device='cpu', dtype=torch.int64)
-    arg110_1 = rand_strided((64, ), (1, ), device='cpu', dtype=torch.int64)
-    arg111_1 = rand_strided((1, 8), (8, 1), device='cpu', dtype=torch.int64)
-    arg112_1 = rand_strided((256, 64), (64, 1), device='cpu', dtype=torch.float32)
-    arg113_1 = rand_strided((8, ), (1, ), device='cpu', dtype=torch.float32)
-    arg114_1 = rand_strided((64, ), (1, ), device='cpu', dtype=torch.float32)
-    arg115_1 = rand_strided((64, 64), (64, 1), device='cpu', dtype=torch.float32)
-    arg116_1 = rand_strided((32, 64), (64, 1), device='cpu', dtype=torch.float32)
-    arg117_1 = rand_strided((32, 64), (64, 1), device='cpu', dtype=torch.float32)
-    arg118_1 = rand_strided((64, 64), (64, 1), device='cpu', dtype=torch.float32)
-    arg119_1 = rand_strided((64, ), (1, ), device='cpu', dtype=torch.float32)
-    arg120_1 = rand_strided((128, 64), (64, 1), device='cpu', dtype=torch.float32)
-    arg121_1 = rand_strided((128, 64), (64, 1), device='cpu', dtype=torch.float32)
-    arg122_1 = rand_strided((64, 128), (128, 1), device='cpu', dtype=torch.float32)
-    arg123_1 = rand_strided((64, ), (1, ), device='cpu', dtype=torch.float32)
-    arg124_1 = rand_strided((64, 64), (64, 1), device='cpu', dtype=torch.float32)
-    arg125_1 = rand_strided((32, 64), (64, 1), device='cpu', dtype=torch.float32)
-    arg126_1 = rand_strided((32, 64), (64, 1), device='cpu', dtype=torch.float32)
-    arg127_1 = rand_strided((64, 64), (64, 1), device='cpu', dtype=torch.float32)
-    arg128_1 = rand_strided((64, ), (1, ), device='cpu', dtype=torch.float32)
-    arg129_1 = rand_strided((128, 64), (64, 1), device='cpu', dtype=torch.float32)
-    arg130_1 = rand_strided((128, 64), (64, 1), device='cpu', dtype=torch.float32)
-    arg131_1 = rand_strided((64, 128), (128, 1), device='cpu', dtype=torch.float32)
-    arg132_1 = rand_strided((64, ), (1, ), device='cpu', dtype=torch.float32)
-    arg133_1 = rand_strided((256, 64), (64, 1), device='cpu', dtype=torch.float32)
-    return [arg0_1, arg1_1, arg2_1, arg3_1, arg4_1, arg5_1, arg6_1, arg7_1, arg8_1, arg9_1, arg10_1, arg11_1, arg12_1, arg13_1, arg14_1, arg15_1, arg16_1, arg17_1, arg18_1, arg19_1, arg20_1, arg21_1, arg22_1, arg23_1, arg24_1, arg25_1, arg26_1, arg27_1, arg28_1, arg29_1, arg30_1, arg31_1, arg32_1, a …[941 more chars]
+    arg37_1 = rand_strided((64, 64), (64, 1), device='cpu', dtype=torch.uint8)
+    arg38_1 = rand_strided((4, 64, 2), (128, 2, 1), device='cpu', dtype=torch.bfloat16)
+    arg39_1 = rand_strided((128, ), (1, ), device='cpu', dtype=torch.int64)
+    arg40_1 = rand_strided((64, ), (1, ), device='cpu', dtype=torch.int64)
+    arg41_1 = rand_strided((1, 8), (8, 1), device='cpu', dtype=torch.int64)
+    arg42_1 = rand_strided((256, 64), (64, 1), device='cpu', dtype=torch.float32)
+    arg43_1 = rand_strided((8, ), (1, ), device='cpu', dtype=torch.float32)
+    arg44_1 = rand_strided((64, ), (1, ), device='cpu', dtype=torch.float32)
+    arg45_1 = rand_strided((64, 64), (64, 1), device='cpu', dtype=torch.float32)
+    arg46_1 = rand_strided((32, 64), (64, 1), device='cpu', dtype=torch.float32)
+    arg47_1 = rand_strided((32, 64), (64, 1), device='cpu', dtype=torch.float32)
+    arg48_1 = rand_strided((64, 64), (64, 1), device='cpu', dtype=torch.float32)
+    arg49_1 = rand_strided((64, ), (1, ), device='cpu', dtype=torch.float32)
+    arg50_1 = rand_strided((128, 64), (64, 1), device='cpu', dtype=torch.float32)
+    arg51_1 = rand_strided((128, 64), (64, 1), device='cpu', dtype=torch.float32)
+    arg52_1 = rand_strided((64, 128), (128, 1), device='cpu', dtype=torch.float32)
+    arg53_1 = rand_strided((64, ), (1, ), device='cpu', dtype=torch.float32)
+    arg54_1 = rand_strided((64, 64), (64, 1), device='cpu', dtype=torch.float32)
+    arg55_1 = rand_strided((32, 64), (64, 1), device='cpu', dtype=torch.float32)
+    arg56_1 = rand_strided((32, 64), (64, 1), device='cpu', dtype=torch.float32)
+    arg57_1 = rand_strided((64, 64), (64, 1), device='cpu', dtype=torch.float32)
+    arg58_1 = rand_strided((64, ), (1, ), device='cpu', dtype=torch.float32)
+    arg59_1 = rand_strided((128, 64), (64, 1), device='cpu', dtype=torch.float32)
+    arg60_1 = rand_strided((128, 64), (64, 1), device='cpu', dtype=torch.float32)
+    arg61_1 = rand_strided((64, 128), (128, 1), device='cpu', dtype=torch.float32)
+    arg62_1 = rand_strided((64, ), (1, ), device='cpu', dtype=torch.float32)
+    arg63_1 = rand_strided((256, 64), (64, 1), device='cpu', dtype=torch.float32)
+    return [arg0_1, arg1_1, arg2_1, arg3_1, arg4_1, arg5_1, arg6_1, arg7_1, arg8_1, arg9_1, arg10_1, arg11_1, arg12_1, arg13_1, arg14_1, arg15_1, arg16_1, arg17_1, arg18_1, arg19_1, arg20_1, arg21_1, arg22_1, arg23_1, arg24_1, arg25_1, arg26_1, arg27_1, arg28_1, arg29_1, arg30_1, arg31_1, arg32_1, a …[277 more chars]
 
 
 def benchmark_compiled_module(args, times=10, repeat=10):
