@@ -24,6 +24,13 @@ read (there is no activation tile).
 Host side: :func:`dequantize` (the weight alone: tests, benchmarks) and :func:`launch` (the family
 handle's hook, so ``codegen.launch(x, ..., family="dequant")`` is dequantize + one GEMM through the
 ordinary launcher, config lookup and SFMP_AUTOTUNE tuning included).
+
+``pregather`` (a config switch, tried by the tuner for layers with a column permutation): keep the
+weight's columns in reordered order and gather x through col_perm instead (launch.launch's
+pre-gather). The scatter stores through col_perm compile to one 2-byte store per element (ptxas
+cannot vectorise addresses it does not know), the reordered-column stores to 128-bit ones; the
+price is one pass over x (M*K elements, against the N*K written). Which wins is for
+benchmarks/device_check.sh to measure; the default is the original order (nothing gathered).
 """
 from __future__ import annotations
 
@@ -115,31 +122,34 @@ def config_space(M: int, n_tiles_for, groups: int, block_rows: int, group_size: 
     Pruning: tiles clamped to the layer as the launcher would clamp them (BLOCK_N to a row-block,
     BLOCK_K to the group, rounded up to powers of two, min 16 / 32) and duplicates dropped, so a
     small layer still gets candidates but never two that launch the same kernel; group programs
-    always auto (:func:`group_programs`); two and one pipeline stages. At most 10 configs.
+    always auto (:func:`group_programs`); two and one pipeline stages; with a column permutation
+    each also with ``pregather``. At most 20 configs.
     """
     rcap = max(16, pow2_at_least(block_rows))
     gmax = max(32, pow2_at_least(group_size))
     out = []
     for bn, bk, warps in TILES:
         for stages in (2, 1):
-            c = Config(BLOCK_M=1, BLOCK_N=min(bn, rcap), BLOCK_K=min(bk, gmax), SPLIT_K=0, num_warps=warps,
-                       num_stages=stages)
-            if c not in out:
-                out.append(c)
+            for pg in ((False, True) if has_col_perm else (False,)):
+                c = Config(BLOCK_M=1, BLOCK_N=min(bn, rcap), BLOCK_K=min(bk, gmax), SPLIT_K=0,
+                           num_warps=warps, num_stages=stages, pregather=pg)
+                if c not in out:
+                    out.append(c)
     return out
 
 
 def _run(kernel, layer, walk: Tensor, dtype: torch.dtype, cfg: Config, bn: int, bk: int, tiles_per_rb: int,
-         n_tiles: int, interpret: bool, sms: int) -> Tensor:
+         n_tiles: int, interpret: bool, sms: int, original_cols: bool = True) -> Tensor:
     """One dequantize launch of ``kernel`` (already ``wrap_triton``-ed inside a triton_op) into a new
-    [N, K] tensor of ``dtype``."""
+    [N, K] tensor of ``dtype``: rows in original order, columns in original order unless
+    ``original_cols`` is False (then in the layer's reordered order)."""
     N, K, G = layer.out_features, layer.in_features, -(-layer.in_features // layer.group_size)
     split_k = cfg.SPLIT_K or group_programs(n_tiles, G, sms)
     split_k = max(1, min(split_k, G))
     # The interpreter rounds fp32 -> bf16 differently from torch (1 ulp): store fp32, cast in torch.
     f32_out = interpret and dtype == torch.bfloat16
     w = torch.empty((N, K), device=layer.qweight.device, dtype=torch.float32 if f32_out else dtype)
-    has_rp, has_cp = layer.row_perm.numel() > 0, layer.col_perm.numel() > 0
+    has_rp, has_cp = layer.row_perm.numel() > 0, original_cols and layer.col_perm.numel() > 0
     dummy = layer.segment_ptr  # any valid pointer for the slots the kernel does not read
     kernel[grid(1, n_tiles, split_k, 1)](
         dummy, dummy, w, layer.qweight, walk, layer.group_order, layer.segment_ptr, layer.scales, layer.zeros,
@@ -158,11 +168,13 @@ def launch(L, cfg: Config) -> Tensor:
     x: [..., K] fp16/bf16/fp32 -> [..., N] in x.dtype. The weight is dequantized in x.dtype (fp32 x:
     an fp32 weight and an fp32 GEMM) into a transient [N, K] buffer; torch's caching allocator hands
     the same memory to the next layer, so the peak-memory cost is one layer's dense weight. The GEMM
-    takes x unpermuted (L.x, never a pre-gathered copy: the weight is already in original order).
+    takes x as it is (the weight is in original column order), or, with ``cfg.pregather``, the copy
+    of x that launch.launch gathered through col_perm (the weight's columns then stay reordered).
     """
+    # L.has_col_perm is False exactly when there is no column permutation or x was pre-gathered.
     w = _run(L.kernel(FAMILY), L.layer, L.walk, L.x.dtype, cfg, L.bn, L.bk, L.tiles_per_rb, L.n_tiles,
-             L.interpret, L.sms)
-    return torch.nn.functional.linear(L.x, w)
+             L.interpret, L.sms, original_cols=L.has_col_perm)
+    return torch.nn.functional.linear(L.x2, w).reshape(*L.lead, L.N)
 
 
 def dequantize(layer, widths, dtype: torch.dtype = torch.float16, config: Config | None = None, *,
@@ -174,7 +186,8 @@ def dequantize(layer, widths, dtype: torch.dtype = torch.float16, config: Config
     layer: a ``launch.KernelLayer`` on the kernel's device (CUDA, or CPU under TRITON_INTERPRET=1).
     widths: the layer's width set (picks the generated kernel). config: a tile Config, or None (the
     tuned / shipped table for family "dequant", else FALLBACK; INTERPRETER under the interpreter).
-    wrap: ``torch.library.wrap_triton`` inside a triton_op.
+    wrap: ``torch.library.wrap_triton`` inside a triton_op. ``config.pregather`` is ignored here: the
+    result is always in original order (pre-gathering is a choice of :func:`launch`, which owns x).
     """
     # Imported here: generate, launch and autotune import families.py, which imports this module.
     from . import autotune

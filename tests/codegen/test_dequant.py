@@ -99,9 +99,30 @@ def test_every_config_in_the_space_is_exact():
     p = random_packed(150, 330, 128, 128, (2, 3, 4), True, seed=5)
     space = autotune.candidate_configs("dequant", 4096, p.out_features, p.in_features, p.group_size,
                                        p.block_rows, True)
-    assert 1 <= len(space) <= 10 and all(c.BLOCK_N <= 128 and c.BLOCK_K <= 128 for c in space)
+    assert 1 <= len(space) <= 20 and all(c.BLOCK_N <= 128 and c.BLOCK_K <= 128 for c in space)
+    assert any(c.pregather for c in space)
     for cfg in space:
         _assert_exact(_dequantize(p, torch.float16, cfg), p, torch.float16)
+    assert not any(c.pregather for c in dequant.config_space(4096, None, 3, 128, 128, has_col_perm=False))
+
+
+@needs_kernels
+@pytest.mark.parametrize("pregather", [False, True])
+@pytest.mark.parametrize("permute", [True, False])
+def test_launch_with_the_dequant_family_is_a_dense_gemm(pregather, permute):
+    # codegen.launch(family="dequant") == x @ dequantized weight (fp32 here: an fp32 weight and GEMM),
+    # whether the weight keeps reordered columns against a pre-gathered x or is in original order.
+    p = random_packed(100, 150, 64, 32, (1, 2, 8), permute, seed=9)
+    x = torch.randn(2, 9, p.in_features)
+    cfg = dequant.INTERPRETER.with_(pregather=pregather)
+    y = launch(x.to(KERNEL_DEVICE), KernelLayer(*packed_args(p.to(KERNEL_DEVICE))), _widths(p),
+               family="dequant", config=cfg).cpu()
+    ref = torch.nn.functional.linear(x, p.dequantize(torch.float32))
+    assert y.shape == ref.shape
+    if pregather and permute:
+        assert max_rel_err(y, ref) <= TOL[torch.float32]  # the same products, summed in another order
+    else:
+        assert torch.equal(y, ref)  # the same weight, the same GEMM
 
 
 def test_config_space_is_pruned_to_the_layer():
@@ -133,16 +154,6 @@ def test_interp_op_takes_the_dequant_path_above_the_threshold(monkeypatch, dtype
         assert max_rel_err(y, ref) <= TOL[dtype]
         assert len(calls) == path
         calls.clear()
-
-
-@needs_kernels
-def test_launch_with_the_dequant_family_is_a_dense_gemm():
-    # codegen.launch(family="dequant") == x @ dequantized weight in the weight's dtype (fp32 here).
-    p = random_packed(100, 150, 64, 32, (1, 2, 8), True, seed=9)
-    x = torch.randn(2, 9, p.in_features)
-    y = launch(x.to(KERNEL_DEVICE), KernelLayer(*packed_args(p.to(KERNEL_DEVICE))), _widths(p),
-               family="dequant").cpu()
-    torch.testing.assert_close(y, torch.nn.functional.linear(x, p.dequantize(torch.float32)))
 
 
 @needs_cuda
