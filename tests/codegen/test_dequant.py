@@ -165,3 +165,19 @@ def test_triton_op_dequant_path_on_gpu(monkeypatch):
         x = torch.randn(80, p.in_features).to(dtype)
         y = torch.ops.sfmp.linear_triton(x.cuda(), *packed_args(p.to("cuda")), width_mask(_widths(p))).cpu()
         assert max_rel_err(y, linear_ref(x, *packed_args(p))) <= TOL[dtype]
+
+
+@pytest.mark.slow
+def test_dequant_kernels_compile_for_sm90():
+    # The family's representative kernels (compile_check.py --family dequant) through Triton + ptxas
+    # for sm_90, without a GPU; a subprocess because compiled Triton needs TRITON_INTERPRET=0 at import.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONPATH": str(root)}
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "compile_check.py"), "--family", "dequant"],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("OK   dequant") == 4 and "FAIL" not in r.stdout
