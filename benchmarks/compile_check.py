@@ -6,7 +6,7 @@ instruction mix that decides speed: register spills (STL), int->float converts (
 ops (HMMA / HGMMA) and LOP3s. Must run WITHOUT TRITON_INTERPRET (interpreted kernels do not compile).
 
     python benchmarks/compile_check.py            # sm_90 (H100/H200), representative kernels of
-                                                  # every family (gemv, gemvu, decode, prefill)
+                                                  # every family (gemv, gemvu, decode, prefill, dequant)
     python benchmarks/compile_check.py --quick    # one kernel per bucket family (gemv, decode, prefill)
     python benchmarks/compile_check.py --family gemvu   # the representative kernels of one family
     python benchmarks/compile_check.py --f16x2    # does Triton emit HADD2/HFMA2 for fp16 fields?
@@ -40,7 +40,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from sfmp_compile.codegen import gemvu  # noqa: E402
+from sfmp_compile.codegen import dequant, gemvu  # noqa: E402
 from sfmp_compile.codegen.families import FAMILIES  # noqa: E402
 from sfmp_compile.codegen.generate import KernelKey, get_kernel  # noqa: E402
 
@@ -62,6 +62,13 @@ KERNELS = [
     ("gemvu", (2, 3), 1, 128, 128, 32, 1, 2, "fp16", dict(u=1, aligned=True)),
     ("gemvu", (2, 3, 4), 1, 256, 128, 16, 2, 1, "bf16", dict(u=2, aligned=True)),
     ("gemvu", (3, 4), 1, 128, 128, 8, 1, 1, "fp16", dict(u=1, aligned=False)),
+    # dequant.FALLBACK's tile; SPLIT_K = group programs as dequant.group_programs picks at the goal
+    # layer (64 row tiles -> 32); the all-widths kernel; a bf16 BLOCK_K < group (chunk loop) tile
+    ("dequant", (2, 3), 1, 64, 128, 32, 4, 2, "fp16"),
+    ("dequant", tuple(range(1, 9)), 1, 64, 128, 32, 4, 2, "fp16"),
+    ("dequant", (3, 4), 1, 128, 64, 16, 4, 1, "bf16"),
+    # the pregather config: columns kept reordered, so no col_perm scatter in the kernel
+    ("dequant", (2, 3), 1, 64, 128, 32, 4, 2, "fp16", dict(col_perm=False)),
 ]
 QUICK = [KERNELS[0], KERNELS[3], KERNELS[5]]  # one per bucket family: gemv, decode, prefill
 
@@ -166,13 +173,20 @@ def compile_kernel(family, widths, bm, bn, bk, split_k, warps, stages, dtype, ex
                                    "tiles_per_rb", "magic_bits")})
     const = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split_k, ONE_CHUNK=bk >= group_size,
                  HAS_ROW_PERM=row_perm, HAS_COL_PERM=col_perm, DOT_KIND=DOT_KIND[dtype], ATOMIC=atomic)
+    args = dict(args or {})
+    if family == dequant.FAMILY:
+        # As dequant._run launches it: no activations (int32 dummies in the x slots), the output is
+        # the [N, K] weight in the dtype with row stride K, plain stores (SPLIT_K = group programs).
+        sig.update(x_ptr="*i32", xs_ptr="*i32", y_ptr=PTR[dtype])
+        const.update(DOT_KIND=0, ATOMIC=False)
+        args = {"stride_xm": 0, "stride_ym": GOAL_ARGS["K"], "magic_bits": 0, **args}
     knobs = dict(U=extra.get("u", 1), ALIGNED=bool(extra.get("aligned", False)), PIPE=stages >= 2)
     for name in names:
         if name not in knobs:
             raise ValueError(f"family {family!r} has a constexpr {name!r} compile_check does not know how to set")
         const[name] = knobs[name]
     sig.update({k: "constexpr" for k in const})
-    vals = {**GOAL_ARGS, "tiles_per_rb": -(-GOAL_ARGS["block_rows"] // bn), **(args or {})}
+    vals = {**GOAL_ARGS, "tiles_per_rb": -(-GOAL_ARGS["block_rows"] // bn), **args}
     # What the JIT specialises: 16-byte-aligned pointers and integer arguments divisible by 16.
     attrs = {(kernel.arg_names.index(k),): [["tt.divisibility", 16]] for k, t in sig.items()
              if t.startswith("*") or (t == "i32" and vals[k] % 16 == 0)}
@@ -187,7 +201,9 @@ def compile_kernel(family, widths, bm, bn, bk, split_k, warps, stages, dtype, ex
     out = dict(seconds=dt, shared=ck.metadata.shared, spills=_count(ops, "STL"), i2f=_count(ops, "I2F"),
                mma=_count(ops, "HMMA") + _count(ops, "HGMMA"), lop3=_count(ops, "LOP3"), regs=regs, stack=stack,
                fadd=_count(ops, "FADD"), ffma=_count(ops, "FFMA"), shfl=_count(ops, "SHFL"),
-               loads=load_widths(ops), warps=warps, u=extra.get("u", 1))
+               loads=load_widths(ops), warps=warps, u=extra.get("u", 1),
+               stores=f"STG.128 {ops['STG.E.128']} STG.64 {ops['STG.E.64']} STG.32 {ops['STG.E']} "
+                      f"STG.16 {ops['STG.E.U16'] + ops['STG.E.16']}")
     if detail:
         out["loops"] = st["loops"]
     return out
@@ -292,14 +308,17 @@ def main(argv=None) -> int:
     todo = [k for k in (QUICK if args.quick else KERNELS) if not args.family or k[0] in args.family]
     for k in todo:
         fam, widths, bm, bn, bk, sk, warps, stages, dtype = k[:9]
-        extra = k[9] if len(k) > 9 else None
+        extra = dict(k[9]) if len(k) > 9 else None
+        cp = extra.pop("col_perm", True) if extra else True  # dequant's pregather rows: False
         try:
-            r = compile_kernel(*k[:9], extra=extra, cc=args.cc)
+            r = compile_kernel(*k[:9], extra=extra, cc=args.cc, col_perm=cp)
             knobs = (f" U{r['u']} ALIGNED{int(bool(extra.get('aligned')))} PIPE{int(stages >= 2)}"
                      if fam == gemvu.FAMILY else "")
+            # dequant is a store stream: its store widths decide its bandwidth
+            stores = f" {r['stores']}{'' if cp else ' (pregather: no col_perm)'}" if fam == dequant.FAMILY else ""
             print(f"OK   {fam:<7} w{widths!s:<26} {dtype} BM{bm} BN{bn} BK{bk} SK{sk} warps{r['warps']} st{stages}"
                   f"{knobs}: {r['seconds']:.1f}s smem {r['shared']} regs {r['regs']} spills {r['spills']} "
-                  f"I2F {r['i2f']} mma {r['mma']} LOP3 {r['lop3']} FADD {r['fadd']} FFMA {r['ffma']} {r['loads']}",
+                  f"I2F {r['i2f']} mma {r['mma']} LOP3 {r['lop3']} FADD {r['fadd']} FFMA {r['ffma']} {r['loads']}{stores}",
                   flush=True)
         except Exception as e:  # noqa: BLE001
             failures += 1

@@ -15,9 +15,14 @@ Both take ``x``, the packed layout's arguments (``signature.PACKED``), then ``wi
 for each bit width b the layer uses (bit 0: the 4-word alignment fact, ``codegen.generate.ALIGNED4``).
 The width set picks the generated kernel and must be a trace-time constant, so it is an int
 argument instead of being read from ``bits`` on the device.
+
+Prefill (M >= ``PREFILL_DEQUANT_M``): both ops dequantize the layer with the generated ``dequant``
+kernel into a transient [N, K] weight in x.dtype, in original row/column order, and run one
+``torch.nn.functional.linear`` (cuBLAS on GPU) -- see codegen/dequant.py and docs/KERNELS.md.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -32,9 +37,19 @@ from .signature import PACKED, typed
 
 _WIDTH_MASK = (("width_mask", int),)
 
+# From this many activation rows on, dequantize + cuBLAS instead of the prefill kernel. A projection
+# (cuBLAS fp16 GEMM efficiency vs the in-register-dequant prefill tiles, plus one extra pass writing
+# the dense weight, ~2*N*K bytes) to be measured by benchmarks/device_check.sh and moved there.
+# Peak-memory cost: one layer's dense weight in x.dtype (N*K*2 bytes for fp16/bf16), transient --
+# torch's caching allocator reuses the block for the next layer's weight.
+PREFILL_DEQUANT_M = 512
+
 
 def _launch(x, packed, width_mask, **kw):
-    return launch(x, KernelLayer(*packed), generate.widths_of_mask(width_mask),
+    # Read at call time (not at import), so tests can lower the threshold by monkeypatching it.
+    rows = math.prod(x.shape[:-1])
+    family = "dequant" if rows >= PREFILL_DEQUANT_M else None
+    return launch(x, KernelLayer(*packed), generate.widths_of_mask(width_mask), family=family,
                   aligned4=bool(width_mask & generate.ALIGNED4), **kw)
 
 
@@ -43,7 +58,9 @@ def _launch(x, packed, width_mask, **kw):
 def linear_triton(x: Tensor, *args) -> Tensor:
     """y = x @ Ŵᵀ (original row/column order). x: [..., K] fp16/bf16/fp32 -> [..., N] x.dtype.
 
-    CUDA: the generated Triton kernel of the M bucket's family. Other devices: the reference op.
+    CUDA: the generated Triton kernel of the M bucket's family; for M >= ``PREFILL_DEQUANT_M`` the
+    generated dequantize kernel into a transient [N, K] x.dtype weight, then one cuBLAS GEMM (every
+    kernel call goes through ``wrap_triton``, via launch's ``wrap``). Other devices: the reference op.
     """
     *packed, width_mask = args
     if x.device.type != "cuda":
@@ -54,8 +71,9 @@ def linear_triton(x: Tensor, *args) -> Tensor:
 @torch.library.custom_op("sfmp::linear_triton_interp", mutates_args=())
 @typed("x", PACKED, *_WIDTH_MASK)
 def linear_triton_interp(x: Tensor, *args) -> Tensor:
-    """Same contract as ``sfmp::linear_triton`` but always launches the generated kernel directly.
-    On CPU tensors this needs ``TRITON_INTERPRET=1`` (set before triton is imported)."""
+    """Same contract as ``sfmp::linear_triton`` but always launches the generated kernels directly
+    (dequantize + ``linear`` at the same ``PREFILL_DEQUANT_M`` threshold). On CPU tensors this
+    needs ``TRITON_INTERPRET=1`` (set before triton is imported)."""
     *packed, width_mask = args
     if x.device.type != "cuda" and not interpreting():
         raise RuntimeError(
