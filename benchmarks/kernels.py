@@ -30,7 +30,9 @@ Writes a table to stdout and JSON to --json (default benchmarks/kernels.json):
   rows (GPU): N, K, bpw, widths, M, family (the M bucket's), gemv_family (the body that ran an
         M = 1 row, null for M > 1), config (Config.to_dict; carries "family" when not the
         bucket's), ms, ms_fp16, ms_dequant_matmul, bytes_moved, gbs, pct_copy_bw, tflops,
-        speedup_vs_fp16, speedup_vs_dequant.
+        speedup_vs_fp16, speedup_vs_dequant, ms_dequant_cublas and dequant_cublas_vs_fp16 (the
+        dequant kernel + one cuBLAS GEMM that sfmp::linear_triton runs from PREFILL_DEQUANT_M rows
+        on; null below that M).
   rows (CPU): N, K, bpw, widths, M, ms, ms_fp32, ms_bf16, ms_dequant_matmul, bytes_moved, gbs,
         tflops, speedup_vs_fp32, speedup_vs_bf16, speedup_vs_dequant_matmul, resident_bits_per_weight.
 (The gemv_family keys replace the variant / kernel_variant keys of runs before the kernel
@@ -207,6 +209,7 @@ def run_gpu(args) -> dict:
     import triton
 
     from sfmp_compile.codegen import KernelLayer, autotune, distinct_kernels, family_for, launch
+    from sfmp_compile.ops.triton import PREFILL_DEQUANT_M
     from sfmp_compile.format import layout_aligned4
     from sfmp_compile.ops.reference import packed_args
 
@@ -287,6 +290,9 @@ def run_gpu(args) -> dict:
             t_sfmp = time_gpu(lambda x=x, p=p, cfg=cfg, a4=a4: run(x, p, widths, fam, cfg, a4))
             t_fp16 = time_gpu(lambda x=x, w16=w16: torch.matmul(x, w16.t()))
             t_deq = time_gpu(lambda x=x, codes=codes, z=z, s=s: torch.matmul(x, ((codes.to(dtype) - z) * s).t()))
+            # What sfmp::linear_triton runs from PREFILL_DEQUANT_M rows on: the dequant kernel + cuBLAS.
+            t_dqc = (time_gpu(lambda x=x, p=p, a4=a4: run(x, p, widths, "dequant", None, a4))
+                     if M >= PREFILL_DEQUANT_M else None)
             moved = p.nbytes + (M * K + M * N) * 2
             rows.append(dict(
                 N=N, K=K, bpw=bpw, widths=list(widths), M=M, family=fam,
@@ -294,12 +300,16 @@ def run_gpu(args) -> dict:
                 ms=t_sfmp, ms_fp16=t_fp16, ms_dequant_matmul=t_deq, bytes_moved=moved,
                 gbs=moved / (t_sfmp * 1e-3) / 1e9, pct_copy_bw=100 * moved / (t_sfmp * 1e-3) / 1e9 / copy_bw,
                 tflops=2 * M * N * K / (t_sfmp * 1e-3) / 1e12,
-                speedup_vs_fp16=t_fp16 / t_sfmp, speedup_vs_dequant=t_deq / t_sfmp))
+                speedup_vs_fp16=t_fp16 / t_sfmp, speedup_vs_dequant=t_deq / t_sfmp,
+                ms_dequant_cublas=t_dqc, dequant_cublas_vs_fp16=t_fp16 / t_dqc if t_dqc else None))
             r = rows[-1]
             # first column: the run's --gemv-family setting (device_check.sh's A/B summary greps it)
             print(f"{tag:<5} {N:>6}x{K:<6} {bpw:>4} M={M:<5} {ran:<7} {t_sfmp * 1e3:9.1f} us  {r['gbs']:7.0f} GB/s "
                   f"({r['pct_copy_bw']:5.1f}%)  {r['tflops']:7.1f} TF/s  x{r['speedup_vs_fp16']:.2f} fp16  "
                   f"x{r['speedup_vs_dequant']:.2f} deq  {_cfg_str(cfg)}", flush=True)
+            if t_dqc:
+                print(f"{tag:<5} {N:>6}x{K:<6} {bpw:>4} M={M:<5} dequant+cuBLAS {t_dqc * 1e3:9.1f} us  "
+                      f"x{t_fp16 / t_dqc:.2f} fp16", flush=True)
         del p, w16, codes, s, z
         torch.cuda.empty_cache()
     return dict(meta=dict(device=torch.cuda.get_device_name(dev), copy_bandwidth_gbs=copy_bw,

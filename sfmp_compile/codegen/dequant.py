@@ -11,7 +11,7 @@ seg_lo + pid_k + SPLIT_K, ...`` of each width segment (SPLIT_K = group programs 
 partial sums here, so it only sets the parallelism; every (row, column) belongs to exactly one
 (row tile, walk position), so each output element is written exactly once, no atomics). Per group
 and BLOCK_K chunk it unpacks the [BLOCK_K, BLOCK_N] code tile exactly as prefill does
-(``prefill._int_codes``), computes ``w = (q - z) * s`` in fp32 -- the same operations, in the same
+(``prefill.int_codes``), computes ``w = (q - z) * s`` in fp32 -- the same operations, in the same
 order, as ``PackedWeight.dequantize_reordered``, so the fp32 result is bit-identical and a cast to
 fp16/bf16 rounds once -- and stores it in the output dtype at the ORIGINAL row ``row_perm[n]`` and
 ORIGINAL columns ``col_perm[k]`` (scatter stores through the permutations), so neither the
@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .prefill import _int_codes
+from .prefill import int_codes
 from .templates import chunks, col_source, group_head, join_lines
 from .tiles import Config, pow2_at_least
 
@@ -75,7 +75,7 @@ PROLOGUE = '''
 
 def dequant_segment(bits: int) -> str:
     def body(ind):
-        return _int_codes(bits, ind) + [
+        return int_codes(bits, ind) + [
             f"{ind}kk = c0 + offs_k",
             f"{ind}mask_k = kk < cols  # a ragged last group's padding columns are not stored",
             *col_source(ind, note="  # original column of each reordered column"),

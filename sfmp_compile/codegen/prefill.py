@@ -31,7 +31,7 @@ PROLOGUE = '''
 '''
 
 
-def _int_codes(bits: int, ind: str) -> list[str]:
+def int_codes(bits: int, ind: str) -> list[str]:
     """``q`` (int32 [BLOCK_K, BLOCK_N]) for chunk c0: each word fanned out to its 32/w fields with
     a broadcast shift, [words, fields, rows] viewed as [BLOCK_K, rows] (column = word*per + i);
     planes OR-ed in at their bit offset. Shifts and masks are literals."""
@@ -53,7 +53,7 @@ def prefill_segment(bits: int) -> str:
     def body(ind):
         # w = (q - z) * s in the dot dtype: q - z is an exact small integer there, so the only
         # rounding is the product's (a fused q*s - z*s would cancel catastrophically for large z).
-        return _int_codes(bits, ind) + x_tile(ind) + [
+        return int_codes(bits, ind) + x_tile(ind) + [
             f"{ind}if DOT_KIND == 1:",
             f"{ind}    wq = (q.to(tl.float16) - zv16[None, :]) * sv16[None, :]",
             f"{ind}    acc = tl.dot(xt.to(tl.float16), wq, acc)",
