@@ -24,7 +24,8 @@ F.linear, on the Llama shapes that fit in time plus SmolLM2-135M's shapes. ``--q
 run (SmolLM2 shapes + 4096x4096, 3.0 BPW, M in {1, 128}).
 
 Writes a table to stdout and JSON to --json (default benchmarks/kernels.json):
-  meta: device, torch, triton, timing, naming, wall_s; GPU also copy_bandwidth_gbs, dtype,
+  meta: device, torch, triton, timing, naming, wall_s; GPU also copy_bandwidth_gbs, l2_bytes,
+        l2_cold_factor (timing says how L2 is kept cold), dtype,
         gemv_family (the --gemv-family setting: "gemv", "gemvu", or "auto" = tables/tuner decide),
         distinct_kernel_sources, tuned_cache; CPU also threads, path.
   rows (GPU): N, K, bpw, widths, M, family (the M bucket's), gemv_family (the body that ran an
@@ -166,6 +167,24 @@ def time_gpu(fn) -> float:
         return float(triton.testing.do_bench(fn, rep=30))
 
 
+L2_COLD_FACTOR = 4  # one timed pass touches >= this many L2 sizes of distinct operands
+
+
+def l2_bytes(dev) -> int:
+    return int(getattr(torch.cuda.get_device_properties(dev), "L2_cache_size", 50 << 20) or 50 << 20)
+
+
+def time_cold(make, bytes_per_call: int, dev) -> float:
+    """ms per call with operands that are not in L2: ``make()`` builds one fresh set of operands and
+    returns the call over it; enough sets are built that one pass over them touches >= L2_COLD_FACTOR
+    x the L2 size, the timed function runs them all and the time is divided by their number. Every
+    method is timed this way, so a 22 MB 3-bit weight is not served from the 50 MB L2 while its
+    117 MB fp16 twin streams from HBM."""
+    n = max(1, -(-L2_COLD_FACTOR * l2_bytes(dev) // max(1, bytes_per_call)))
+    calls = [make() for _ in range(n)]
+    return time_gpu(lambda: [c() for c in calls]) / n
+
+
 def copy_bandwidth_gbs() -> float:
     n = 1 << 28  # 1 GiB of fp32
     a = torch.empty(n // 4, device="cuda")
@@ -287,11 +306,27 @@ def run_gpu(args) -> dict:
             fam = family_for(M)
             cfg = pick_config(args, fam, M, N, K, widths, dtype, dev, tuned)
             ran = cfg.family or fam
-            t_sfmp = time_gpu(lambda x=x, p=p, cfg=cfg, a4=a4: run(x, p, widths, fam, cfg, a4))
-            t_fp16 = time_gpu(lambda x=x, w16=w16: torch.matmul(x, w16.t()))
-            t_deq = time_gpu(lambda x=x, codes=codes, z=z, s=s: torch.matmul(x, ((codes.to(dtype) - z) * s).t()))
+            xb = x.numel() * x.element_size()
+
+            def fresh_p(p=p):
+                return PackedWeight(**{k: v.clone() for k, v in p.tensors().items()}, **p.meta())
+
+            def sfmp_call(fam=fam, cfg=cfg, x=x):
+                pc, xc = fresh_p(), x.clone()
+                return lambda: run(xc, pc, widths, fam, cfg, a4)
+            t_sfmp = time_cold(sfmp_call, p.nbytes + xb, dev)
+
+            def fp16_call(x=x, w16=w16):
+                xc, wc = x.clone(), w16.clone()
+                return lambda: torch.matmul(xc, wc.t())
+            t_fp16 = time_cold(fp16_call, w16.numel() * 2 + xb, dev)
+
+            def deq_call(x=x, codes=codes, z=z, s=s):
+                xc, cc, zc, sc = x.clone(), codes.clone(), z.clone(), s.clone()
+                return lambda: torch.matmul(xc, ((cc.to(dtype) - zc) * sc).t())
+            t_deq = time_cold(deq_call, codes.numel() * 5 + xb, dev)
             # What sfmp::linear_triton runs from PREFILL_DEQUANT_M rows on: the dequant kernel + cuBLAS.
-            t_dqc = (time_gpu(lambda x=x, p=p, a4=a4: run(x, p, widths, "dequant", None, a4))
+            t_dqc = (time_cold(lambda: sfmp_call(fam="dequant", cfg=None), p.nbytes + xb, dev)
                      if M >= PREFILL_DEQUANT_M else None)
             moved = p.nbytes + (M * K + M * N) * 2
             rows.append(dict(
@@ -315,7 +350,10 @@ def run_gpu(args) -> dict:
     return dict(meta=dict(device=torch.cuda.get_device_name(dev), copy_bandwidth_gbs=copy_bw,
                           torch=torch.__version__, triton=triton.__version__, dtype="float16",
                           gemv_family=tag,
-                          timing="CUDA-graph replay (triton.testing.do_bench_cudagraph)",
+                          timing="CUDA-graph replay (triton.testing.do_bench_cudagraph), L2-cold: every "
+                                 f"method cycles through fresh operand copies touching >= {L2_COLD_FACTOR}x "
+                                 "the L2 size per timed pass (time_cold); tuning timings are warm",
+                          l2_bytes=l2_bytes(dev), l2_cold_factor=L2_COLD_FACTOR,
                           naming="N x K = (out_features, in_features)",
                           distinct_kernel_sources=distinct_kernels(),
                           tuned_cache=str(autotune.tuned_cache_path(dev))), rows=rows)
