@@ -1,12 +1,15 @@
 import os
 
-# Must precede any @triton.jit decorator (i.e. any import of sfmp_compile.codegen): kernels then run
-# on the Triton interpreter, which is how CI (no GPU) checks them against the reference op.
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch  # importing torch does not import triton
+
+# Must precede any @triton.jit decorator (i.e. any import of sfmp_compile.codegen). Without a GPU the
+# kernels run on Triton's interpreter, which is how CI checks them against the reference op; with
+# one they are compiled and run on it (TRITON_INTERPRET set in the environment wins either way).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile(

@@ -1,9 +1,7 @@
 """Code generation, kernel caches, M buckets and the autotune config store (no kernel launches)."""
 import json
-import os
 import re
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -11,7 +9,7 @@ import torch  # noqa: E402
 from sfmp_compile.codegen import (KernelKey, distinct_kernels, emit_source, get_kernel, kernel_source,  # noqa: E402
                                   m_bucket, family_for)
 from sfmp_compile.codegen import autotune, generate  # noqa: E402
-from sfmp_compile.codegen.families import FAMILIES, M_BUCKETS  # noqa: E402
+from sfmp_compile.codegen.families import M_BUCKETS  # noqa: E402
 from sfmp_compile.codegen.tiles import Config  # noqa: E402
 
 

@@ -5,7 +5,6 @@ CPU: Triton's interpreter (TRITON_INTERPRET=1); GPU: the same tests with compile
 """
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

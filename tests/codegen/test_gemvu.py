@@ -6,9 +6,6 @@ torch sum), the launcher-proved ALIGNED flag both ways, ragged shapes, permutati
 pre-gathered activations, fp16/fp32 (and bf16) activations. Small shapes: the interpreter pays
 per program instance.
 """
-import os
-
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

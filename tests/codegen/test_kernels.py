@@ -3,9 +3,6 @@
 CPU: Triton's interpreter (TRITON_INTERPRET=1). GPU: the same tests with compiled kernels
 (run with TRITON_INTERPRET=0). Shapes are small and tiles large: the interpreter pays per program.
 """
-import os
-
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

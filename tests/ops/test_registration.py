@@ -1,7 +1,4 @@
 """Op registration: opcheck, fake tensors, autograd, and compiling around the ops."""
-import os
-
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
