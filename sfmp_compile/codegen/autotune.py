@@ -172,7 +172,9 @@ def candidate_configs(family: str, M: int, N: int, K: int, group_size: int, bloc
     def n_tiles_for(bn: int) -> int:
         return R * -(-min(block_rows, N) // min(bn, pow2_at_least(block_rows)))
 
-    spaces = [fam.config_space(M, n_tiles_for, groups, block_rows, group_size, has_col_perm)
+    # An alternative family's configs name it, so a lookup runs the body the tuner timed.
+    spaces = [[c if c.family or fam.FAMILY == family else c.with_(family=fam.FAMILY)
+               for c in fam.config_space(M, n_tiles_for, groups, block_rows, group_size, has_col_perm)]
               for fam in serving(family)]
     # Interleaved, each family's most promising configs first: a time-boxed tune reaches them all.
     return [c for batch in itertools.zip_longest(*spaces) for c in batch if c is not None]

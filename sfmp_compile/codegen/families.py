@@ -10,7 +10,7 @@ Every family module has the same small handle:
   config_space(M, n_tiles_for, groups, block_rows, group_size, has_col_perm) -> [Config]
   INTERPRETER, FALLBACK   the config under Triton's interpreter / when no table has one
   launch(L, cfg)          optional: its own host side (else launch.standard_launch)
-  SERVES                  optional: the bucket family whose launches it can take (by config)
+  SERVES                  optional: the other bucket families whose launches it can take (by config)
   NEEDS_GROUP_SUMS        optional: the launcher passes per-(row, group) activation sums
 
 Adding a family: its module, one entry in ``FAMILIES`` (and, if it serves a new M range, in
@@ -47,6 +47,6 @@ def family_for(M: int) -> str:
 
 def serving(bucket_family: str) -> list:
     """The family modules that can take a bucket family's launches: itself first, then the
-    alternatives that declare ``SERVES`` it (a tuner compares them all)."""
+    alternatives that list it in ``SERVES`` (a tuner compares them all)."""
     return [FAMILIES[bucket_family]] + [m for m in FAMILIES.values()
-                                        if getattr(m, "SERVES", None) == bucket_family]
+                                        if bucket_family in getattr(m, "SERVES", ())]

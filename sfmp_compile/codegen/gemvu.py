@@ -20,7 +20,7 @@ from .templates import TILE_SETUP, col_source, field_products, join_lines, split
 from .tiles import Config, pow2_at_least
 
 FAMILY = "gemvu"
-SERVES = "gemv"  # the M bucket whose launches it can take
+SERVES = ("gemv",)  # the bucket families whose launches it can take
 VERSION = "1.4"
 INTERPRETER = Config(BLOCK_M=1, BLOCK_N=64, BLOCK_K=128, SPLIT_K=2, num_warps=4, num_stages=1, U=2, family=FAMILY)
 # 4 rows per thread, tiles double-buffered (num_stages >= 2 -> PIPE), x gathered through col_perm

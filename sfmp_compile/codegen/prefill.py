@@ -20,6 +20,10 @@ from .templates import chunks, group_head, join_lines, tiled_body, words, x_tile
 
 FAMILY = "prefill"
 VERSION = "1.3"
+# Also a body for the m16 bucket (M 2..16): codes dequantized in registers in fp16/bf16 and fed to
+# tensor-core tl.dot with M padded to 16 -- an alternative to decode's exact tf32 field dots that the
+# tuner weighs per shape (configs carry family="prefill"); unmeasured on a GPU.
+SERVES = ("decode",)
 SIGNATURE_EXTRA = ""
 INTERPRETER = Config(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, SPLIT_K=1, num_warps=4, num_stages=1)
 FALLBACK = Config(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, SPLIT_K=1, num_warps=8, num_stages=3)

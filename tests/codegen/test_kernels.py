@@ -145,3 +145,15 @@ def test_walk_offsets_memo():
     assert torch.equal(walk_offsets(p.block_offset, p.group_order), want + 1)
     go = p.group_order.flip(1).contiguous()
     assert torch.equal(walk_offsets(p.block_offset, go), torch.gather(p.block_offset, 1, go.long()))
+
+
+@pytest.mark.parametrize("M", [2, 5, 16])
+def test_prefill_body_serves_the_m16_bucket_by_configuration(M):
+    """The m16 bucket can run prefill's dequantize-in-registers + tensor-core body (a config naming
+    family "prefill"), which the tuner weighs against decode's; it must equal the reference too."""
+    from sfmp_compile.codegen import autotune
+    p = random_packed(70, 150, 64, 64, (2, 3, 4), True, seed=M)
+    cfg = Config(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, SPLIT_K=2, num_warps=4, num_stages=1, family="prefill")
+    _check(p, M, torch.float16, "decode", config=cfg)
+    space = autotune.candidate_configs("decode", M, 4096, 14336, 128, 512, True)
+    assert [c.family for c in space[:2]] == ["", "prefill"]
