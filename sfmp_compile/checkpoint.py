@@ -2,7 +2,7 @@
 
 Layout of a checkpoint directory:
   sfmp.json          format marker, format version, quantization config, per-layer geometry,
-                     tied-tensor aliases and a SHA-256 of every stored tensor
+                     tied-tensor aliases, a SHA-256 of every stored tensor and of config.json
   model.safetensors  the whole state dict (packed buffers of SFMPLinear layers + every other tensor)
   config.json, tokenizer files   for transformers models (so load_quantized can rebuild the model)
 
@@ -17,7 +17,8 @@ is refused as such, a version newer than FORMAT_VERSION is refused as written by
 (the message names the newest version this build reads), any other as unsupported. Keys this
 build does not know, at the top level, in a layer's geometry or in ``quant_config``, are refused
 with a message naming them: a writer that adds information a reader must understand bumps the
-version. ``checksums`` and ``tied`` are optional (a checkpoint without checksums loads unverified).
+version. ``checksums``, ``files`` and ``tied`` are optional (a checkpoint without checksums loads
+unverified).
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ from .salience import is_linear, linear_weight
 MARKER = "sfmp.json"
 WEIGHTS = "model.safetensors"
 MAX_MARKER_BYTES = 64 << 20  # a layer's geometry is ~200 bytes: 64 MiB is >300k layers
-TOP_KEYS = {"format", "format_version", "model_class", "quant_config", "layers", "tied", "checksums"}
+TOP_KEYS = {"format", "format_version", "model_class", "quant_config", "layers", "tied", "checksums", "files"}
+CONFIG = "config.json"
 LAYER_KEYS = set(PackedWeight.META_FIELDS) | {"bias"}
 
 
@@ -55,6 +57,11 @@ def tensor_digest(t: torch.Tensor) -> str:
     if t.numel():
         h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().data)
     return h.hexdigest()
+
+
+def _file_digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read(MAX_MARKER_BYTES + 1)).hexdigest()
 
 
 def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, overwrite: bool = False) -> str:
@@ -92,10 +99,13 @@ def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, overwrite: bo
     tmp = tempfile.mkdtemp(prefix=".sfmp-save-", dir=parent)
     try:
         save_file(state, os.path.join(tmp, WEIGHTS), metadata={"format": "pt", "sfmp_format_version": str(FORMAT_VERSION)})
-        with open(os.path.join(tmp, MARKER), "w") as f:
-            json.dump(meta, f, indent=1)
         if hasattr(model, "config") and hasattr(model.config, "save_pretrained"):
             model.config.save_pretrained(tmp)
+            # config.json rebuilds the architecture (eps, rope, activation...): an edit there
+            # changes the logits as surely as an edited weight, so it is signed too
+            meta["files"] = {CONFIG: _file_digest(os.path.join(tmp, CONFIG))}
+        with open(os.path.join(tmp, MARKER), "w") as f:
+            json.dump(meta, f, indent=1)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if os.path.exists(out_dir):
@@ -178,6 +188,9 @@ def _check_marker_types(path: str, meta: dict) -> None:
     sums = meta.get("checksums", {})
     need(isinstance(sums, dict) and all(isinstance(v, str) for v in sums.values()),
          "'checksums' must be an object of tensor name -> hex digest")
+    files = meta.get("files", {})
+    need(isinstance(files, dict) and set(files) <= {CONFIG} and all(isinstance(v, str) for v in files.values()),
+         f"'files' must be an object with at most the key {CONFIG!r} -> hex digest")
     need(isinstance(meta.get("model_class", ""), str), "'model_class' must be a string")
     qc = meta.get("quant_config")
     need(qc is None or isinstance(qc, dict), f"'quant_config' must be an object or null, got {type(qc).__name__}")
@@ -241,13 +254,16 @@ def _parameters_on_meta():
         nn.Module.register_parameter = original
 
 
-def _skeleton_from_config(ckpt_dir: str, meta_only: bool) -> nn.Module:
+def _skeleton_from_config(ckpt_dir: str, meta_only: bool, digest: str | None = None) -> nn.Module:
     """The transformers model config.json describes. meta_only: everything on the meta device
     (no memory, whatever sizes the config claims) for checking; else parameters on meta and
-    buffers real, to be filled by load_state_dict(assign=True)."""
-    path = _regular_file(ckpt_dir, "config.json")
+    buffers real, to be filled by load_state_dict(assign=True). digest: config.json's SHA-256
+    from sfmp.json, when the checkpoint has one."""
+    path = _regular_file(ckpt_dir, CONFIG)
     if path is None:
         raise CheckpointError(f"{ckpt_dir} has no config.json: pass model=<skeleton module> to load_quantized")
+    if digest is not None and _file_digest(path) != digest:
+        raise CheckpointError(f"{path} does not match its checksum in {MARKER} (edited after saving)")
     from transformers import AutoConfig, AutoModelForCausalLM
     try:
         from transformers.modeling_utils import no_init_weights
@@ -371,9 +387,10 @@ def load_quantized(ckpt_dir: str, model: nn.Module | None = None, device: str | 
         # Checked against a meta-device skeleton, so a config.json claiming a huge model costs
         # nothing; only after every check passes is the real one built (its parameters then come
         # from the checked tensors, so its size is bounded by the file).
-        _plan(ckpt_dir, meta, tensors, _skeleton_from_config(ckpt_dir, meta_only=True), uniform_dtype=True)
+        digest = meta.get("files", {}).get(CONFIG)
+        _plan(ckpt_dir, meta, tensors, _skeleton_from_config(ckpt_dir, True, digest), uniform_dtype=True)
         _verify_checksums(ckpt_dir, tensors, meta.get("checksums", {}))
-        model = _skeleton_from_config(ckpt_dir, meta_only=False)
+        model = _skeleton_from_config(ckpt_dir, False, digest)
         packed, rest = _plan(ckpt_dir, meta, tensors, model, uniform_dtype=True)
     else:
         packed, rest = _plan(ckpt_dir, meta, tensors, model, uniform_dtype=False)

@@ -112,10 +112,24 @@ def _edit_tensors(d, edit, fix_checksums=False):
         _edit_marker(d, lambda m: m.update(checksums={k: tensor_digest(v) for k, v in t.items()}))
 
 
-def _edit_config(d, **kw):
+def _edit_config(d, resign=True, **kw):
+    """Edit config.json; resign also updates its digest in sfmp.json, so the checks behind the
+    digest are what is tested."""
+    import hashlib
     cfg = json.loads((d / "config.json").read_text())
     cfg.update(kw)
     (d / "config.json").write_text(json.dumps(cfg))
+    if resign:
+        digest = hashlib.sha256((d / "config.json").read_bytes()).hexdigest()
+        _edit_marker(d, lambda m: m.update(files={"config.json": digest}))
+
+
+def test_config_edit_that_changes_logits_is_refused(saved, tmp_path):
+    d = _copy(saved[1], tmp_path)
+    _edit_config(d, resign=False, rms_norm_eps=0.5)  # well-formed, same shapes, different logits
+    with pytest.raises(CheckpointError, match="config.json does not match its checksum"):
+        load_quantized(str(d))
+    load_quantized(str(d), model=tiny_llama())  # a given model does not read config.json
 
 
 @pytest.mark.parametrize("vocab", [4_000_000, 10**9])
@@ -208,6 +222,7 @@ def test_both_halves_of_a_tie_stored_is_refused(saved_gpt2, tmp_path):
     (lambda m: m.update(tied=[["a", "b"]]), "'tied' must be"),
     (lambda m: m.update(tied={"a": 3}), "'tied' must be"),
     (lambda m: m.update(checksums="abc"), "'checksums' must be"),
+    (lambda m: m.update(files={"../etc/passwd": "x"}), "'files' must be"),
     (lambda m: m.update(quant_config=[1]), "'quant_config' must be"),
     (lambda m: m["quant_config"].update(future_knob=1), r"unknown keys \['future_knob'\].*knows"),
     (lambda m: m["quant_config"].update(skip=5), "quant_config is invalid"),
