@@ -334,7 +334,7 @@ def _plan(ckpt_dir: str, meta: dict, tensors: dict, model: nn.Module, uniform_dt
     for alias, canon in meta.get("tied", {}).items():
         if alias in tensors:
             raise CheckpointError(f"{ckpt_dir}: tensor {alias} is stored and also declared tied to {canon}")
-        if alias not in expected or canon not in tensors or canon not in expected or ids.get(alias) != ids.get(canon):
+        if alias not in expected or canon not in tensors or ids.get(alias) is None or ids.get(alias) != ids.get(canon):
             raise CheckpointError(f"{ckpt_dir}: declared tie {alias} -> {canon} is not a tie of the model")
         tensors[alias] = tensors[canon]
     missing = [k for k in expected if k not in tensors]
@@ -347,7 +347,7 @@ def _plan(ckpt_dir: str, meta: dict, tensors: dict, model: nn.Module, uniform_dt
     # whichever it copies last, silently; save_quantized stores a tie once.
     owner = {}
     for k in tensors:
-        if k in meta.get("tied", {}):
+        if k in meta.get("tied", {}) or ids.get(k) is None:  # None: a state entry that is no parameter/buffer
             continue
         if ids.get(k) in owner:
             raise CheckpointError(f"{ckpt_dir}: tensors {owner[ids[k]]} and {k} are one tied parameter of the model "
