@@ -109,7 +109,7 @@ def _mutated(p, field, idx, data):
         t[idx] = data.draw(st.sampled_from([0.0, -max(old, 1e-3), float("nan"), float("inf")]))
     else:  # zeros: out of range for the block width, fractional, or not finite
         bmax = 2 ** int(p.grid.expand_rows(p.bits.long()).t()[idx]) - 1
-        t[idx] = data.draw(st.sampled_from([-1.0, bmax + 1.0, old + 100.0, old + 0.5, float("nan"), float("-inf")]))
+        t[idx] = data.draw(st.sampled_from([-1.0, bmax + 1.0, bmax + 100.0, old + 0.5, float("nan"), float("-inf")]))
     f[field] = t
     return PackedWeight(**f)
 
