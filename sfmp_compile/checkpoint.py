@@ -1,21 +1,38 @@
 """Save and load SFMP-quantized models: JSON + safetensors only, no pickle.
 
 Layout of a checkpoint directory:
-  sfmp.json          format marker, format version, quantization config, per-layer geometry
+  sfmp.json          format marker, format version, quantization config, per-layer geometry,
+                     tied-tensor aliases, a SHA-256 of every stored tensor and of config.json
   model.safetensors  the whole state dict (packed buffers of SFMPLinear layers + every other tensor)
   config.json, tokenizer files   for transformers models (so load_quantized can rebuild the model)
+
+Loading treats the directory as untrusted input: every check runs before model memory is
+allocated (a skeleton rebuilt from config.json is first built on the meta device and compared with
+the tensors), and anything wrong raises one CheckpointError naming it. A tensor whose bytes, dtype
+or shape differ from its stored checksum is refused, so a load gives the saved model bit for bit
+or fails.
+
+Compatibility (also docs/FORMAT.md): ``format_version`` must be a JSON integer; a string or float
+is refused as such, a version newer than FORMAT_VERSION is refused as written by a newer build
+(the message names the newest version this build reads), any other as unsupported. Keys this
+build does not know, at the top level, in a layer's geometry or in ``quant_config``, are refused
+with a message naming them: a writer that adds information a reader must understand bumps the
+version. ``checksums``, ``files`` and ``tied`` are optional (a checkpoint without checksums loads
+unverified).
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 
 import torch
 from torch import nn
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .format import FORMAT_VERSION, PackedWeight, validate
@@ -24,10 +41,27 @@ from .salience import is_linear, linear_weight
 
 MARKER = "sfmp.json"
 WEIGHTS = "model.safetensors"
+MAX_MARKER_BYTES = 64 << 20  # a layer's geometry is ~200 bytes: 64 MiB is >300k layers
+TOP_KEYS = {"format", "format_version", "model_class", "quant_config", "layers", "tied", "checksums", "files"}
+CONFIG = "config.json"
+LAYER_KEYS = set(PackedWeight.META_FIELDS) | {"bias"}
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, truncated, foreign, or does not match the model."""
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes (so a reinterpretation is caught as well)."""
+    h = hashlib.sha256(f"{t.dtype}:{tuple(t.shape)}:".encode())
+    if t.numel():
+        h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def _file_digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read(MAX_MARKER_BYTES + 1)).hexdigest()
 
 
 def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, overwrite: bool = False) -> str:
@@ -58,16 +92,20 @@ def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, overwrite: bo
         "quant_config": cfg.to_dict() if cfg is not None else None,
         "layers": {n: m.packed.meta() | {"bias": m.bias is not None} for n, m in layers.items()},
         "tied": aliases,
+        "checksums": {k: tensor_digest(v) for k, v in state.items()},
     }
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".sfmp-save-", dir=parent)
     try:
         save_file(state, os.path.join(tmp, WEIGHTS), metadata={"format": "pt", "sfmp_format_version": str(FORMAT_VERSION)})
-        with open(os.path.join(tmp, MARKER), "w") as f:
-            json.dump(meta, f, indent=1)
         if hasattr(model, "config") and hasattr(model.config, "save_pretrained"):
             model.config.save_pretrained(tmp)
+            # config.json rebuilds the architecture (eps, rope, activation...): an edit there
+            # changes the logits as surely as an edited weight, so it is signed too
+            meta["files"] = {CONFIG: _file_digest(os.path.join(tmp, CONFIG))}
+        with open(os.path.join(tmp, MARKER), "w") as f:
+            json.dump(meta, f, indent=1)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if os.path.exists(out_dir):
@@ -79,66 +117,192 @@ def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, overwrite: bo
     return out_dir
 
 
+def _regular_file(ckpt_dir: str, name: str) -> str | None:
+    """Path of ``name`` in the checkpoint if it exists, refusing anything but a regular file (a
+    FIFO or device named like a checkpoint file would block or stream forever when read)."""
+    path = os.path.join(ckpt_dir, name)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise CheckpointError(f"{path} cannot be read ({e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"{path} is not a regular file")
+    return path
+
+
 def _read_marker(ckpt_dir: str) -> dict:
     if not os.path.isdir(ckpt_dir):
         raise CheckpointError(f"{ckpt_dir} is not a directory")
-    path = os.path.join(ckpt_dir, MARKER)
-    if not os.path.exists(path):
+    path = _regular_file(ckpt_dir, MARKER)
+    if path is None:
         raise CheckpointError(f"{ckpt_dir} is not an SFMP checkpoint: {MARKER} is missing")
     try:
-        with open(path) as f:
-            meta = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e})") from None
+        with open(path, "rb") as f:
+            raw = f.read(MAX_MARKER_BYTES + 1)
+        if len(raw) > MAX_MARKER_BYTES:
+            raise CheckpointError(f"{path} is larger than {MAX_MARKER_BYTES} bytes: not an SFMP marker")
+        meta = json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # ValueError covers JSONDecodeError and huge ints
+        raise CheckpointError(f"{path} is not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
+    except OSError as e:
+        raise CheckpointError(f"{path} cannot be read ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != "sfmp":
         raise CheckpointError(f"{path} does not describe an SFMP checkpoint (format marker missing)")
     v = meta.get("format_version")
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise CheckpointError(f"{ckpt_dir}: format_version must be a JSON integer, got {v!r} ({type(v).__name__})")
+    if v > FORMAT_VERSION:
+        raise CheckpointError(f"{ckpt_dir}: checkpoint format version {v} was written by a newer build "
+                              f"(this build reads versions up to {FORMAT_VERSION})")
     if v != FORMAT_VERSION:
         raise CheckpointError(f"{ckpt_dir}: checkpoint format version {v} is not supported (this build reads version {FORMAT_VERSION})")
+    unknown = sorted(set(meta) - TOP_KEYS)
+    if unknown:
+        raise CheckpointError(f"{path}: unknown keys {unknown} (format version {v} knows {sorted(TOP_KEYS)})")
+    _check_marker_types(path, meta)
     return meta
 
 
+def _check_marker_types(path: str, meta: dict) -> None:
+    """Every value of sfmp.json has the JSON type save_quantized writes, so later code can index it."""
+    def need(cond, what):
+        if not cond:
+            raise CheckpointError(f"{path}: {what}")
+
+    layers = meta.get("layers")
+    need(isinstance(layers, dict) and layers, "'layers' must be a non-empty object of layer name -> geometry")
+    for name, geo in layers.items():
+        need(isinstance(geo, dict), f"layer {name!r}: geometry must be an object, got {type(geo).__name__}")
+        missing, extra = sorted(LAYER_KEYS - set(geo)), sorted(set(geo) - LAYER_KEYS)
+        need(not missing, f"layer {name!r} lacks geometry fields {missing}")
+        need(not extra, f"layer {name!r} has unknown geometry fields {extra}")
+        need(isinstance(geo["bias"], bool), f"layer {name!r}: 'bias' must be true or false, got {geo['bias']!r}")
+        for k in PackedWeight.META_FIELDS:
+            v = geo[k]
+            need(isinstance(v, int) and not isinstance(v, bool), f"layer {name!r}: {k} must be an integer, got {v!r}")
+    tied = meta.get("tied", {})
+    need(isinstance(tied, dict) and all(isinstance(v, str) for v in tied.values()),
+         "'tied' must be an object of tensor name -> tensor name")
+    sums = meta.get("checksums", {})
+    need(isinstance(sums, dict) and all(isinstance(v, str) for v in sums.values()),
+         "'checksums' must be an object of tensor name -> hex digest")
+    files = meta.get("files", {})
+    need(isinstance(files, dict) and set(files) <= {CONFIG} and all(isinstance(v, str) for v in files.values()),
+         f"'files' must be an object with at most the key {CONFIG!r} -> hex digest")
+    need(isinstance(meta.get("model_class", ""), str), "'model_class' must be a string")
+    qc = meta.get("quant_config")
+    need(qc is None or isinstance(qc, dict), f"'quant_config' must be an object or null, got {type(qc).__name__}")
+
+
+def _quant_config(path: str, qc: dict | None):
+    if not qc:
+        return None
+    from .config import QuantConfig
+    known = {f.name for f in dataclasses.fields(QuantConfig)}
+    unknown = sorted(set(qc) - known)
+    if unknown:
+        raise CheckpointError(f"{path}: quant_config has unknown keys {unknown} (this build, format version "
+                              f"{FORMAT_VERSION}, knows {sorted(known)})")
+    try:
+        return QuantConfig.from_dict(qc)
+    except (TypeError, ValueError) as e:  # SFMPConfigError is a ValueError; tuple(5) etc. a TypeError
+        raise CheckpointError(f"{path}: quant_config is invalid ({e})") from None
+
+
 def _read_weights(ckpt_dir: str) -> dict[str, torch.Tensor]:
-    path = os.path.join(ckpt_dir, WEIGHTS)
-    if not os.path.exists(path):
+    path = _regular_file(ckpt_dir, WEIGHTS)
+    if path is None:
         raise CheckpointError(f"{ckpt_dir}: {WEIGHTS} is missing")
     try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is truncated or not a safetensors file ({e})") from None
+        tensors = load_file(path)
+    except Exception as e:  # a hostile header can raise SafetensorError, OSError, TypeError...: all mean "corrupt"
+        raise CheckpointError(f"{path} is truncated or not a safetensors file ({type(e).__name__}: {str(e)[:200]})") from None
+    return tensors
 
 
-def _skeleton_from_config(ckpt_dir: str) -> nn.Module:
-    if not os.path.exists(os.path.join(ckpt_dir, "config.json")):
+def _verify_checksums(ckpt_dir: str, tensors: dict, checksums: dict) -> None:
+    """Every stored tensor against its SHA-256 in sfmp.json: the structural checks cannot see an
+    edited code word or weight value, this can."""
+    path = os.path.join(ckpt_dir, WEIGHTS)
+    if checksums:
+        if set(checksums) != set(tensors):
+            diff = sorted(set(checksums) ^ set(tensors))
+            raise CheckpointError(f"{path}: stored tensors and sfmp.json checksums disagree on {diff[:5]}")
+        for k, t in tensors.items():
+            if tensor_digest(t) != checksums[k]:
+                raise CheckpointError(f"{path}: tensor {k} does not match its checksum (corrupted or edited)")
+
+
+@contextlib.contextmanager
+def _parameters_on_meta():
+    """Create every nn.Parameter on the meta device while buffers stay real: the parameters are
+    all about to come from the checkpoint, but non-persistent buffers (rotary inv_freq...) are not
+    in it and must be computed by the module's own __init__."""
+    original = nn.Module.register_parameter
+
+    def register(module, name, param):
+        original(module, name, param)
+        if param is not None and not param.is_meta:
+            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = register
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original
+
+
+def _skeleton_from_config(ckpt_dir: str, meta_only: bool, digest: str | None = None) -> nn.Module:
+    """The transformers model config.json describes. meta_only: everything on the meta device
+    (no memory, whatever sizes the config claims) for checking; else parameters on meta and
+    buffers real, to be filled by load_state_dict(assign=True). digest: config.json's SHA-256
+    from sfmp.json, when the checkpoint has one."""
+    path = _regular_file(ckpt_dir, CONFIG)
+    if path is None:
         raise CheckpointError(f"{ckpt_dir} has no config.json: pass model=<skeleton module> to load_quantized")
+    if digest is not None and _file_digest(path) != digest:
+        raise CheckpointError(f"{path} does not match its checksum in {MARKER} (edited after saving)")
     from transformers import AutoConfig, AutoModelForCausalLM
     try:
         from transformers.modeling_utils import no_init_weights
     except ImportError:  # pragma: no cover - older/newer transformers
         no_init_weights = contextlib.nullcontext
-    config = AutoConfig.from_pretrained(ckpt_dir)
-    with no_init_weights():  # the float weights are about to be replaced; don't pay for init
-        return AutoModelForCausalLM.from_config(config)
+    try:
+        config = AutoConfig.from_pretrained(ckpt_dir)
+        with no_init_weights(), (torch.device("meta") if meta_only else _parameters_on_meta()):
+            return AutoModelForCausalLM.from_config(config)
+    except CheckpointError:
+        raise
+    except Exception as e:  # third-party code on untrusted input: any failure means a bad config.json
+        raise CheckpointError(f"{path} does not describe a model this build can construct ({type(e).__name__}: {str(e)[:200]})") from None
 
 
-def load_quantized(ckpt_dir: str, model: nn.Module | None = None, device: str | torch.device = "cpu") -> nn.Module:
-    """Load a checkpoint written by save_quantized.
+def _tensor_ids(model: nn.Module) -> dict[str, int]:
+    """State-dict key -> identity of the parameter/buffer object behind it (tied keys share one)."""
+    ids = {k: id(v) for k, v in model.named_parameters(remove_duplicate=False)}
+    ids.update({k: id(v) for k, v in model.named_buffers(remove_duplicate=False)})
+    return ids
 
-    Without ``model``, a transformers model is rebuilt from config.json. With ``model`` (any
-    nn.Module of the original architecture), its quantized linears are replaced in place. Version,
-    shapes and dtypes are checked, and a mismatch raises CheckpointError naming the tensor.
-    """
-    meta = _read_marker(ckpt_dir)
-    tensors = _read_weights(ckpt_dir)
-    if model is None:
-        model = _skeleton_from_config(ckpt_dir)
-    layers = meta.get("layers") or {}
-    new_modules = {}
-    for name, geo in layers.items():
+
+def _plan(ckpt_dir: str, meta: dict, tensors: dict, model: nn.Module, uniform_dtype: bool) -> tuple[dict, dict]:
+    """Check the checkpoint against ``model`` without changing either. Returns ({layer name:
+    (PackedWeight, bias)}, {state key: tensor} for everything else, tied aliases filled in).
+
+    uniform_dtype: the model was rebuilt from config.json, so it adopts the checkpoint's floating
+    dtype, which must then be one dtype for every float tensor (a mixed one is an edit)."""
+    tensors = dict(tensors)
+    packed = {}
+    for name, geo in meta["layers"].items():
         try:
             target = model.get_submodule(name)
         except AttributeError:
-            raise CheckpointError(f"checkpoint layer {name} does not exist in the model") from None
+            raise CheckpointError(f"checkpoint layer {name!r} does not exist in the model") from None
+        if is_linear(target):
+            want = tuple(linear_weight(target).shape)
+        else:
+            want = (getattr(target, "out_features", None), getattr(target, "in_features", None))
         fields = {}
         for f in PackedWeight.TENSOR_FIELDS:
             key = f"{name}.{f}"
@@ -148,40 +312,99 @@ def load_quantized(ckpt_dir: str, model: nn.Module | None = None, device: str | 
         try:
             p = PackedWeight(**fields, **{k: geo[k] for k in PackedWeight.META_FIELDS})
             validate(p, where=f"{ckpt_dir}: layer {name}")
-        except KeyError as e:
-            raise CheckpointError(f"{ckpt_dir}: layer {name} lacks geometry field {e}") from None
         except ValueError as e:
             raise CheckpointError(str(e)) from None
-        if is_linear(target):
-            want = tuple(linear_weight(target).shape)
-        else:
-            want = (getattr(target, "out_features", None), getattr(target, "in_features", None))
         if want != (p.out_features, p.in_features):
             raise CheckpointError(f"layer {name}: checkpoint shape {(p.out_features, p.in_features)} does not match the model's {want}")
         bias = tensors.pop(f"{name}.bias", None)
-        if geo.get("bias") and bias is None:
-            raise CheckpointError(f"{ckpt_dir}: tensor {name}.bias is missing")
-        new_modules[name] = SFMPLinear(p, bias)
-    for name, m in new_modules.items():
-        model.set_submodule(name, m)
-    for alias, canon in (meta.get("tied") or {}).items():
-        if canon in tensors:
-            tensors[alias] = tensors[canon]
-    expected = {k: v for k, v in model.state_dict().items() if not any(k.startswith(n + ".") for n in new_modules)}
+        model_bias = getattr(target, "bias", None)
+        if geo["bias"] != (model_bias is not None):
+            raise CheckpointError(f"layer {name}: checkpoint declares bias={geo['bias']} but the model's layer "
+                                  f"{'has' if model_bias is not None else 'has no'} bias")
+        if geo["bias"] != (bias is not None):
+            raise CheckpointError(f"{ckpt_dir}: tensor {name}.bias is {'missing' if geo['bias'] else 'stored but the layer declares no bias'}")
+        if bias is not None and (tuple(bias.shape) != (p.out_features,) or
+                                 (not uniform_dtype and bias.dtype != model_bias.dtype) or not bias.is_floating_point()):
+            raise CheckpointError(f"{ckpt_dir}: tensor {name}.bias is {bias.dtype} {tuple(bias.shape)}, the layer needs "
+                                  f"{model_bias.dtype} ({p.out_features},)")
+        packed[name] = (p, bias)
+    under = tuple(n + "." for n in packed)
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(under)}
+    ids = _tensor_ids(model)
+    for alias, canon in meta.get("tied", {}).items():
+        if alias in tensors:
+            raise CheckpointError(f"{ckpt_dir}: tensor {alias} is stored and also declared tied to {canon}")
+        if alias not in expected or canon not in tensors or ids.get(alias) is None or ids.get(alias) != ids.get(canon):
+            raise CheckpointError(f"{ckpt_dir}: declared tie {alias} -> {canon} is not a tie of the model")
+        tensors[alias] = tensors[canon]
     missing = [k for k in expected if k not in tensors]
     unexpected = [k for k in tensors if k not in expected]
     if unexpected:
         raise CheckpointError(f"{ckpt_dir}: tensors not in the model: {unexpected[:5]}")
     if missing:
         raise CheckpointError(f"{ckpt_dir}: model tensors missing from the checkpoint: {missing[:5]}")
+    # Two stored (not aliased) tensors behind one tied parameter: load_state_dict would keep
+    # whichever it copies last, silently; save_quantized stores a tie once.
+    owner = {}
+    for k in tensors:
+        if k in meta.get("tied", {}) or ids.get(k) is None:  # None: a state entry that is no parameter/buffer
+            continue
+        if ids.get(k) in owner:
+            raise CheckpointError(f"{ckpt_dir}: tensors {owner[ids[k]]} and {k} are one tied parameter of the model "
+                                  "but are both stored (save_quantized stores a tie once)")
+        owner[ids.get(k)] = k
+    floats = {v.dtype for k, v in tensors.items() if v.is_floating_point()}
+    floats |= {b.dtype for _, b in packed.values() if b is not None}
+    if uniform_dtype and len(floats) > 1:
+        raise CheckpointError(f"{ckpt_dir}: floating tensors mix dtypes {sorted(map(str, floats))}; a saved model has one")
     for k, v in tensors.items():
-        if tuple(expected[k].shape) != tuple(v.shape):
-            raise CheckpointError(f"{ckpt_dir}: tensor {k} has shape {tuple(v.shape)}, the model expects {tuple(expected[k].shape)}")
-    model.load_state_dict(tensors, strict=False)
+        e = expected[k]
+        if tuple(e.shape) != tuple(v.shape):
+            raise CheckpointError(f"{ckpt_dir}: tensor {k} has shape {tuple(v.shape)}, the model expects {tuple(e.shape)}")
+        same_kind = v.is_floating_point() == e.is_floating_point()
+        if not same_kind or (v.dtype != e.dtype and not (uniform_dtype and v.is_floating_point())):
+            raise CheckpointError(f"{ckpt_dir}: tensor {k} is {v.dtype}, the model expects {e.dtype}")
+    return packed, tensors
+
+
+def load_quantized(ckpt_dir: str, model: nn.Module | None = None, device: str | torch.device = "cpu") -> nn.Module:
+    """Load a checkpoint written by save_quantized.
+
+    Without ``model``, a transformers model is rebuilt from config.json (in the checkpoint's
+    floating dtype). With ``model`` (any nn.Module of the original architecture), its quantized
+    linears are replaced in place and its other tensors overwritten; it is left untouched when the
+    checkpoint is refused. Every check runs before anything is allocated or changed, and anything
+    wrong raises CheckpointError naming it.
+    """
+    meta = _read_marker(ckpt_dir)
+    path = os.path.join(ckpt_dir, MARKER)
+    cfg = _quant_config(path, meta.get("quant_config"))
+    tensors = _read_weights(ckpt_dir)
+    rebuilt = model is None
+    # Structure first (its messages name what is inconsistent), then the checksums (which catch
+    # what is consistent but edited), all before anything is built or changed.
+    if rebuilt:
+        # Checked against a meta-device skeleton, so a config.json claiming a huge model costs
+        # nothing; only after every check passes is the real one built (its parameters then come
+        # from the checked tensors, so its size is bounded by the file).
+        digest = meta.get("files", {}).get(CONFIG)
+        _plan(ckpt_dir, meta, tensors, _skeleton_from_config(ckpt_dir, True, digest), uniform_dtype=True)
+        _verify_checksums(ckpt_dir, tensors, meta.get("checksums", {}))
+        model = _skeleton_from_config(ckpt_dir, False, digest)
+        packed, rest = _plan(ckpt_dir, meta, tensors, model, uniform_dtype=True)
+    else:
+        packed, rest = _plan(ckpt_dir, meta, tensors, model, uniform_dtype=False)
+        _verify_checksums(ckpt_dir, tensors, meta.get("checksums", {}))
+    for name, (p, bias) in packed.items():
+        model.set_submodule(name, SFMPLinear(p, bias))
+    model.load_state_dict(rest, strict=False, assign=rebuilt)
     if hasattr(model, "tie_weights") and meta.get("tied"):
         model.tie_weights()
-    if meta.get("quant_config"):
-        from .config import QuantConfig
+    if rebuilt:
+        still = [k for k, v in model.state_dict().items() if v.is_meta]
+        if still:  # cannot happen after _plan's missing-tensor check; a silent meta tensor would crash later
+            raise CheckpointError(f"{ckpt_dir}: model tensors not loaded: {still[:5]}")
+    if cfg is not None:
         from .plan import Plan
-        model.sfmp_plan = Plan(QuantConfig.from_dict(meta["quant_config"]), {})
+        model.sfmp_plan = Plan(cfg, {})
     return model.to(device).eval()

@@ -258,14 +258,52 @@ def unpack_codes(p: PackedWeight) -> torch.Tensor:
     return out[:, : p.in_features]
 
 
+def _first_bad(bad: torch.Tensor) -> int:
+    """Index of the first True along dim 0 of a [R, ...] mismatch mask (for the error message)."""
+    return int(bad.reshape(bad.shape[0], -1).any(dim=1).nonzero()[0, 0])
+
+
+def expected_tables(grid: BlockGrid, bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(group_order, segment_ptr, block_offset), int64 on the CPU, exactly as :func:`pack` writes
+    them for this bit map and grid, computed without the codes.
+
+    pack stores row-block after row-block; inside one, width by width ascending, the full-width
+    groups then the ragged last group. Only group G-1 can be ragged and it has the largest j, so
+    that storage order is group_order itself: a block's offset is the exclusive prefix sum of the
+    block sizes (rows_in * stored_cols * b / 32 words) taken in (row-block, group_order) order.
+    """
+    R, G = grid.shape
+    b = bits.to("cpu", torch.int64)
+    order = torch.sort(b * G + torch.arange(G), dim=1).indices  # same stable key as pack
+    seg = (b[:, None, :] < torch.arange(10)[None, :, None]).sum(dim=2)  # [R, 10]: blocks with bits < b
+    rows = torch.tensor([grid.rows_in(r) for r in range(R)], dtype=torch.int64)
+    cols = torch.tensor([grid.stored_cols(j) for j in range(G)], dtype=torch.int64)
+    size_sorted = torch.gather(rows[:, None] * cols[None, :] * b, 1, order) // 32
+    start_sorted = (torch.cumsum(size_sorted.reshape(-1), 0) - size_sorted.reshape(-1)).view(R, G)
+    offsets = torch.empty_like(start_sorted).scatter_(1, order, start_sorted)
+    return order, seg, offsets
+
+
 def validate(p: PackedWeight, where: str = "packed weight") -> None:
-    """Check a PackedWeight's version, dtypes and shapes; raise ValueError saying exactly what is wrong."""
-    if p.version != FORMAT_VERSION:
-        raise ValueError(f"{where}: format version {p.version} is not supported (this build reads version {FORMAT_VERSION})")
+    """Check every field of a PackedWeight; raise ValueError naming the tensor and what is wrong.
+
+    Beyond version, dtypes and shapes, the tables a kernel dereferences (segment_ptr, group_order,
+    block_offset) must equal what :func:`pack` writes for the bit map: a kernel trusts them for
+    addressing, so any other value reads outside qweight or silently computes something else.
+    Scales must be finite and positive, zeros integers in [0, 2^b - 1] of their block's width b
+    (what every quantizer here produces), so a tampered value cannot yield NaN or garbage logits.
+    """
+    if isinstance(p.version, bool) or p.version != FORMAT_VERSION:
+        raise ValueError(f"{where}: format version {p.version!r} is not supported (this build reads version {FORMAT_VERSION})")
     for f in PackedWeight.META_FIELDS:
         v = getattr(p, f)
-        if not isinstance(v, int) or v <= 0:
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
             raise ValueError(f"{where}: {f} must be a positive integer, got {v!r}")
+    if p.group_size % 32:
+        raise ValueError(f"{where}: group_size must be a multiple of 32, got {p.group_size}")
+    for name in PackedWeight.TENSOR_FIELDS:
+        if not isinstance(getattr(p, name), torch.Tensor):
+            raise ValueError(f"{where}: {name} must be a tensor, got {type(getattr(p, name)).__name__}")
     grid = p.grid
     R, G = grid.shape
     N, K = p.out_features, p.in_features
@@ -289,12 +327,25 @@ def validate(p: PackedWeight, where: str = "packed weight") -> None:
             raise ValueError(f"{where}: {name} is not a permutation of 0..{n - 1}")
     if p.qweight.dtype != torch.int32 or p.qweight.dim() != 1:
         raise ValueError(f"{where}: qweight must be a 1-D int32 tensor, got {p.qweight.dtype} {tuple(p.qweight.shape)}")
-    b = p.bits.to(torch.int64)
+    b = p.bits.to("cpu", torch.int64)
     if b.numel() and (b.min() < 1 or b.max() > 8):
         raise ValueError(f"{where}: bit widths must lie in 1..8")
+    order, seg, offsets = expected_tables(grid, b)
+    for name, want in (("segment_ptr", seg), ("group_order", order), ("block_offset", offsets)):
+        bad = getattr(p, name).to("cpu", torch.int64) != want
+        if bad.any():
+            r = _first_bad(bad)
+            raise ValueError(f"{where}: {name}[{r}] is {getattr(p, name)[r].tolist()} but the bit map needs {want[r].tolist()}")
     need = qweight_words(grid, p.bits)
     if p.qweight.numel() != need:
         raise ValueError(f"{where}: qweight holds {p.qweight.numel()} words but the bit map needs {need} (truncated or corrupt)")
+    s = p.scales.float()
+    if not (torch.isfinite(s) & (s > 0)).all():
+        raise ValueError(f"{where}: scales must be finite and > 0 (found NaN, inf, zero or negative)")
+    z = p.zeros.float()
+    zmax = (2.0 ** grid.expand_rows(b).t().to(z.device, torch.float32)) - 1  # [G, N] per (group, row)
+    if not (torch.isfinite(z) & (z == torch.round(z)) & (z >= 0) & (z <= zmax)).all():
+        raise ValueError(f"{where}: zeros must be integers in [0, 2^b - 1] for their block's width b")
 
 
 def qweight_words(grid: BlockGrid, bits: torch.Tensor) -> int:

@@ -82,3 +82,88 @@ def test_pack_rejects_codes_too_wide_for_their_block():
     codes = torch.full((8, 32), 4, dtype=torch.uint8)
     with pytest.raises(ValueError, match="does not fit"):
         pack(codes, torch.full(grid.shape, 2), torch.ones(8, 1), torch.zeros(8, 1), None, None, 8, 32)
+
+
+# --- validate: every table must be exactly what pack writes -----------------------------------
+
+_TABLES = ("segment_ptr", "group_order", "block_offset")
+
+
+@st.composite
+def _packed(draw):
+    N, K = draw(st.integers(1, 70)), draw(st.integers(1, 150))
+    br, gs = draw(st.sampled_from([8, 16, 32])), draw(st.sampled_from([32, 64]))
+    widths = tuple(sorted(draw(st.sets(st.integers(1, 8), min_size=1, max_size=4))))
+    return random_packed(N, K, br, gs, widths=widths, permute=draw(st.booleans()), seed=draw(st.integers(0, 10_000)))
+
+
+def _mutated(p, field, idx, data):
+    f = _fields(p)
+    t = f[field].clone()
+    old = float(t[idx])
+    if field in _TABLES:
+        t[idx] = int(old) + data.draw(st.sampled_from([-1, 1, 2, -64, 1000, 2**30]))
+    elif field == "bits":
+        t[idx] = data.draw(st.integers(1, 8).filter(lambda b: b != old))
+    elif field == "scales":
+        t[idx] = data.draw(st.sampled_from([0.0, -max(old, 1e-3), float("nan"), float("inf")]))
+    else:  # zeros: out of range for the block width, fractional, or not finite
+        bmax = 2 ** int(p.grid.expand_rows(p.bits.long()).t()[idx]) - 1
+        t[idx] = data.draw(st.sampled_from([-1.0, bmax + 1.0, bmax + 100.0, old + 0.5, float("nan"), float("-inf")]))
+    f[field] = t
+    return PackedWeight(**f)
+
+
+@given(p=_packed(), data=st.data())
+def test_pack_validates_and_every_single_table_edit_is_refused(p, data):
+    validate(p)  # pack's output is always valid
+    for field in _TABLES + ("scales", "zeros", "bits"):  # one random single-entry edit of each table
+        idx = tuple(data.draw(st.integers(0, n - 1)) for n in getattr(p, field).shape)
+        with pytest.raises(ValueError, match=field if field != "bits" else "bit map needs|truncated"):
+            validate(_mutated(p, field, idx, data))
+
+
+@given(seed=st.integers(0, 10_000))
+def test_swapping_two_groups_in_the_walk_order_is_refused(seed):
+    p = random_packed(40, 200, 16, 32, widths=(2, 3, 4), seed=seed)
+    f = _fields(p)
+    go = f["group_order"].clone()
+    go[0, [0, -1]] = go[0, [-1, 0]]  # still a permutation, but not the (bits, j) order pack wrote
+    f["group_order"] = go
+    with pytest.raises(ValueError, match=r"group_order\[0\]"):
+        validate(PackedWeight(**f))
+
+
+@pytest.mark.parametrize("field, mutate, message", [
+    ("segment_ptr", lambda t: t[:, 9].fill_(1000), r"segment_ptr\[0\]"),
+    ("segment_ptr", lambda t: t.zero_(), r"segment_ptr\[0\]"),
+    ("block_offset", lambda t: t.fill_(-64), r"block_offset\[0\]"),
+    ("block_offset", lambda t: t.add_(1), r"block_offset\[0\]"),
+    ("zeros", lambda t: t.add_(100), "zeros must be integers in"),
+    ("scales", lambda t: t.view(-1)[3].fill_(float("nan")), "scales must be finite"),
+])
+def test_issue_13_reproductions_are_refused(field, mutate, message):
+    p = random_packed(40, 96, 16, 32)
+    f = _fields(p)
+    f[field] = f[field].clone()
+    mutate(f[field])
+    with pytest.raises(ValueError, match=message):
+        validate(PackedWeight(**f))
+
+
+def test_expected_tables_match_the_docs_worked_example():
+    from sfmp_compile.format import expected_tables
+    order, seg, offs = expected_tables(BlockGrid(3, 64, 2, 32), torch.tensor([[3, 2], [4, 3]]))
+    assert order.tolist() == [[1, 0], [1, 0]]
+    assert seg.tolist() == [[0, 0, 0, 1, 2, 2, 2, 2, 2, 2], [0, 0, 0, 0, 1, 2, 2, 2, 2, 2]]
+    assert offs.tolist() == [[4, 0], [13, 10]]
+
+
+def test_validate_refuses_bad_geometry_integers():
+    p = random_packed(40, 96, 16, 32)
+    for k, v, msg in (("group_size", 48, "multiple of 32"), ("block_rows", True, "positive integer"),
+                      ("in_features", -1, "positive integer")):
+        f = _fields(p)
+        f[k] = v
+        with pytest.raises(ValueError, match=msg):
+            validate(PackedWeight(**f))
