@@ -23,46 +23,20 @@ unverified).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
 import json
 import os
 import shutil
-import stat
 import tempfile
 
 import torch
 from torch import nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from .checkpoint_files import (CONFIG, MARKER, WEIGHTS, CheckpointError, file_digest, quant_config, read_marker,
+                               read_weights, regular_file, tensor_digest, verify_checksums)
 from .format import FORMAT_VERSION, PackedWeight, validate
 from .linear import SFMPLinear
 from .salience import is_linear, linear_weight
-
-MARKER = "sfmp.json"
-WEIGHTS = "model.safetensors"
-MAX_MARKER_BYTES = 64 << 20  # a layer's geometry is ~200 bytes: 64 MiB is >300k layers
-TOP_KEYS = {"format", "format_version", "model_class", "quant_config", "layers", "tied", "checksums", "files"}
-CONFIG = "config.json"
-LAYER_KEYS = set(PackedWeight.META_FIELDS) | {"bias"}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, truncated, foreign, or does not match the model."""
-
-
-def tensor_digest(t: torch.Tensor) -> str:
-    """SHA-256 of a tensor's dtype, shape and bytes (so a reinterpretation is caught as well)."""
-    h = hashlib.sha256(f"{t.dtype}:{tuple(t.shape)}:".encode())
-    if t.numel():
-        h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().data)
-    return h.hexdigest()
-
-
-def _file_digest(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read(MAX_MARKER_BYTES + 1)).hexdigest()
-
 
 def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, overwrite: bool = False) -> str:
     """Write a quantized model to ``out_dir`` (created; refused if it exists and is non-empty
@@ -103,7 +77,7 @@ def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, overwrite: bo
             model.config.save_pretrained(tmp)
             # config.json rebuilds the architecture (eps, rope, activation...): an edit there
             # changes the logits as surely as an edited weight, so it is signed too
-            meta["files"] = {CONFIG: _file_digest(os.path.join(tmp, CONFIG))}
+            meta["files"] = {CONFIG: file_digest(os.path.join(tmp, CONFIG))}
         with open(os.path.join(tmp, MARKER), "w") as f:
             json.dump(meta, f, indent=1)
         if tokenizer is not None:
@@ -115,124 +89,6 @@ def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, overwrite: bo
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
-
-
-def _regular_file(ckpt_dir: str, name: str) -> str | None:
-    """Path of ``name`` in the checkpoint if it exists, refusing anything but a regular file (a
-    FIFO or device named like a checkpoint file would block or stream forever when read)."""
-    path = os.path.join(ckpt_dir, name)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise CheckpointError(f"{path} cannot be read ({e})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise CheckpointError(f"{path} is not a regular file")
-    return path
-
-
-def _read_marker(ckpt_dir: str) -> dict:
-    if not os.path.isdir(ckpt_dir):
-        raise CheckpointError(f"{ckpt_dir} is not a directory")
-    path = _regular_file(ckpt_dir, MARKER)
-    if path is None:
-        raise CheckpointError(f"{ckpt_dir} is not an SFMP checkpoint: {MARKER} is missing")
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_MARKER_BYTES + 1)
-        if len(raw) > MAX_MARKER_BYTES:
-            raise CheckpointError(f"{path} is larger than {MAX_MARKER_BYTES} bytes: not an SFMP marker")
-        meta = json.loads(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # ValueError covers JSONDecodeError and huge ints
-        raise CheckpointError(f"{path} is not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
-    except OSError as e:
-        raise CheckpointError(f"{path} cannot be read ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != "sfmp":
-        raise CheckpointError(f"{path} does not describe an SFMP checkpoint (format marker missing)")
-    v = meta.get("format_version")
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise CheckpointError(f"{ckpt_dir}: format_version must be a JSON integer, got {v!r} ({type(v).__name__})")
-    if v > FORMAT_VERSION:
-        raise CheckpointError(f"{ckpt_dir}: checkpoint format version {v} was written by a newer build "
-                              f"(this build reads versions up to {FORMAT_VERSION})")
-    if v != FORMAT_VERSION:
-        raise CheckpointError(f"{ckpt_dir}: checkpoint format version {v} is not supported (this build reads version {FORMAT_VERSION})")
-    unknown = sorted(set(meta) - TOP_KEYS)
-    if unknown:
-        raise CheckpointError(f"{path}: unknown keys {unknown} (format version {v} knows {sorted(TOP_KEYS)})")
-    _check_marker_types(path, meta)
-    return meta
-
-
-def _check_marker_types(path: str, meta: dict) -> None:
-    """Every value of sfmp.json has the JSON type save_quantized writes, so later code can index it."""
-    def need(cond, what):
-        if not cond:
-            raise CheckpointError(f"{path}: {what}")
-
-    layers = meta.get("layers")
-    need(isinstance(layers, dict) and layers, "'layers' must be a non-empty object of layer name -> geometry")
-    for name, geo in layers.items():
-        need(isinstance(geo, dict), f"layer {name!r}: geometry must be an object, got {type(geo).__name__}")
-        missing, extra = sorted(LAYER_KEYS - set(geo)), sorted(set(geo) - LAYER_KEYS)
-        need(not missing, f"layer {name!r} lacks geometry fields {missing}")
-        need(not extra, f"layer {name!r} has unknown geometry fields {extra}")
-        need(isinstance(geo["bias"], bool), f"layer {name!r}: 'bias' must be true or false, got {geo['bias']!r}")
-        for k in PackedWeight.META_FIELDS:
-            v = geo[k]
-            need(isinstance(v, int) and not isinstance(v, bool), f"layer {name!r}: {k} must be an integer, got {v!r}")
-    tied = meta.get("tied", {})
-    need(isinstance(tied, dict) and all(isinstance(v, str) for v in tied.values()),
-         "'tied' must be an object of tensor name -> tensor name")
-    sums = meta.get("checksums", {})
-    need(isinstance(sums, dict) and all(isinstance(v, str) for v in sums.values()),
-         "'checksums' must be an object of tensor name -> hex digest")
-    files = meta.get("files", {})
-    need(isinstance(files, dict) and set(files) <= {CONFIG} and all(isinstance(v, str) for v in files.values()),
-         f"'files' must be an object with at most the key {CONFIG!r} -> hex digest")
-    need(isinstance(meta.get("model_class", ""), str), "'model_class' must be a string")
-    qc = meta.get("quant_config")
-    need(qc is None or isinstance(qc, dict), f"'quant_config' must be an object or null, got {type(qc).__name__}")
-
-
-def _quant_config(path: str, qc: dict | None):
-    if not qc:
-        return None
-    from .config import QuantConfig
-    known = {f.name for f in dataclasses.fields(QuantConfig)}
-    unknown = sorted(set(qc) - known)
-    if unknown:
-        raise CheckpointError(f"{path}: quant_config has unknown keys {unknown} (this build, format version "
-                              f"{FORMAT_VERSION}, knows {sorted(known)})")
-    try:
-        return QuantConfig.from_dict(qc)
-    except (TypeError, ValueError) as e:  # SFMPConfigError is a ValueError; tuple(5) etc. a TypeError
-        raise CheckpointError(f"{path}: quant_config is invalid ({e})") from None
-
-
-def _read_weights(ckpt_dir: str) -> dict[str, torch.Tensor]:
-    path = _regular_file(ckpt_dir, WEIGHTS)
-    if path is None:
-        raise CheckpointError(f"{ckpt_dir}: {WEIGHTS} is missing")
-    try:
-        tensors = load_file(path)
-    except Exception as e:  # a hostile header can raise SafetensorError, OSError, TypeError...: all mean "corrupt"
-        raise CheckpointError(f"{path} is truncated or not a safetensors file ({type(e).__name__}: {str(e)[:200]})") from None
-    return tensors
-
-
-def _verify_checksums(ckpt_dir: str, tensors: dict, checksums: dict) -> None:
-    """Every stored tensor against its SHA-256 in sfmp.json: the structural checks cannot see an
-    edited code word or weight value, this can."""
-    path = os.path.join(ckpt_dir, WEIGHTS)
-    if checksums:
-        if set(checksums) != set(tensors):
-            diff = sorted(set(checksums) ^ set(tensors))
-            raise CheckpointError(f"{path}: stored tensors and sfmp.json checksums disagree on {diff[:5]}")
-        for k, t in tensors.items():
-            if tensor_digest(t) != checksums[k]:
-                raise CheckpointError(f"{path}: tensor {k} does not match its checksum (corrupted or edited)")
 
 
 @contextlib.contextmanager
@@ -259,10 +115,10 @@ def _skeleton_from_config(ckpt_dir: str, meta_only: bool, digest: str | None = N
     (no memory, whatever sizes the config claims) for checking; else parameters on meta and
     buffers real, to be filled by load_state_dict(assign=True). digest: config.json's SHA-256
     from sfmp.json, when the checkpoint has one."""
-    path = _regular_file(ckpt_dir, CONFIG)
+    path = regular_file(ckpt_dir, CONFIG)
     if path is None:
         raise CheckpointError(f"{ckpt_dir} has no config.json: pass model=<skeleton module> to load_quantized")
-    if digest is not None and _file_digest(path) != digest:
+    if digest is not None and file_digest(path) != digest:
         raise CheckpointError(f"{path} does not match its checksum in {MARKER} (edited after saving)")
     from transformers import AutoConfig, AutoModelForCausalLM
     try:
@@ -376,10 +232,10 @@ def load_quantized(ckpt_dir: str, model: nn.Module | None = None, device: str | 
     checkpoint is refused. Every check runs before anything is allocated or changed, and anything
     wrong raises CheckpointError naming it.
     """
-    meta = _read_marker(ckpt_dir)
+    meta = read_marker(ckpt_dir)
     path = os.path.join(ckpt_dir, MARKER)
-    cfg = _quant_config(path, meta.get("quant_config"))
-    tensors = _read_weights(ckpt_dir)
+    cfg = quant_config(path, meta.get("quant_config"))
+    tensors = read_weights(ckpt_dir)
     rebuilt = model is None
     # Structure first (its messages name what is inconsistent), then the checksums (which catch
     # what is consistent but edited), all before anything is built or changed.
@@ -389,12 +245,12 @@ def load_quantized(ckpt_dir: str, model: nn.Module | None = None, device: str | 
         # from the checked tensors, so its size is bounded by the file).
         digest = meta.get("files", {}).get(CONFIG)
         _plan(ckpt_dir, meta, tensors, _skeleton_from_config(ckpt_dir, True, digest), uniform_dtype=True)
-        _verify_checksums(ckpt_dir, tensors, meta.get("checksums", {}))
+        verify_checksums(ckpt_dir, tensors, meta.get("checksums", {}))
         model = _skeleton_from_config(ckpt_dir, False, digest)
         packed, rest = _plan(ckpt_dir, meta, tensors, model, uniform_dtype=True)
     else:
         packed, rest = _plan(ckpt_dir, meta, tensors, model, uniform_dtype=False)
-        _verify_checksums(ckpt_dir, tensors, meta.get("checksums", {}))
+        verify_checksums(ckpt_dir, tensors, meta.get("checksums", {}))
     for name, (p, bias) in packed.items():
         model.set_submodule(name, SFMPLinear(p, bias))
     model.load_state_dict(rest, strict=False, assign=rebuilt)
