@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
 from .families import FAMILIES, m_bucket, serving
 from .generate import cache_dir
@@ -67,17 +68,33 @@ _defaults: dict | None = None
 
 
 def _load_json(path: Path) -> dict:
+    """The JSON object in ``path``, or {} when it is missing, unreadable or not an object (a cache
+    is rebuilt, never trusted)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _valid_configs(table) -> dict:
+    """The entries of a tuned table that are config objects Config accepts; others are dropped."""
+    out = {}
+    for k, v in (table.items() if isinstance(table, dict) else ()):
+        try:
+            if isinstance(k, str) and isinstance(v, dict):
+                Config.from_dict(v)
+                out[k] = v
+        except (TypeError, ValueError):
+            continue
+    return out
 
 
 def _tuned_table(device) -> dict:
     p = str(tuned_cache_path(device))
     with _lock:
         if p not in _tuned:
-            _tuned[p] = _load_json(Path(p)).get("configs", {})
+            _tuned[p] = _valid_configs(_load_json(Path(p)).get("configs"))
         return _tuned[p]
 
 
@@ -148,14 +165,17 @@ def auto_split_k(n_programs: int, groups: int, sms: int) -> int:
 
 
 def save_tuned(device, key: str, cfg: Config, ms: float) -> None:
-    """Merge one tuned entry into the on-disk JSON (read-modify-write, atomic rename)."""
+    """Merge one tuned entry into the on-disk JSON: read-modify-write under a file lock (processes
+    tuning at once keep every entry), written to a temporary file and renamed (readers never see a
+    half-written table)."""
     path = tuned_cache_path(device)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _lock:
+    with _lock, FileLock(str(path) + ".lock"):
         data = _load_json(path)
-        data.setdefault("meta", {"gpu": device_name(device), "triton": _triton_version(),
-                                 "torch": torch.__version__})
-        data.setdefault("configs", {})[key] = {**cfg.to_dict(), "ms": round(ms, 5)}
+        if not isinstance(data.get("meta"), dict):
+            data["meta"] = {"gpu": device_name(device), "triton": _triton_version(), "torch": torch.__version__}
+        data["configs"] = _valid_configs(data.get("configs"))
+        data["configs"][key] = {**cfg.to_dict(), "ms": round(ms, 5)}
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
         os.replace(tmp, path)

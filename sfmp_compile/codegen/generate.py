@@ -128,11 +128,7 @@ def get_kernel(key):
         sha = hashlib.sha256(src.encode()).hexdigest()[:12]
         d = cache_dir() / "kernels"
         d.mkdir(parents=True, exist_ok=True)
-        path = d / f"{key.name}_{sha}.py"
-        if not path.exists() or path.read_text() != src:
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(src)
-            os.replace(tmp, path)  # atomic: concurrent processes never see a half-written file
+        path = _source_file(d, f"{key.name}_{sha}", src)
         modname = f"sfmp_compile_generated.{key.name}_{sha}"
         spec = importlib.util.spec_from_file_location(modname, path)
         mod = importlib.util.module_from_spec(spec)
@@ -143,6 +139,29 @@ def get_kernel(key):
         for cb in _on_load:
             cb(key, k)
         return k
+
+
+def _source_file(d: Path, stem: str, src: str) -> Path:
+    """A regular file in ``d`` holding exactly ``src``, to import the kernel from: the cached file
+    when its bytes are ``src``; else it is (re)written, atomically, so a corrupt or stale entry heals.
+    Something that is not a regular file squatting on the name (a directory, a FIFO) is left alone
+    and the next free name ``<stem>.<i>.py`` is used: nothing unchecked is ever executed."""
+    want = src.encode()
+    for i in range(100):
+        path = d / (f"{stem}.py" if i == 0 else f"{stem}.{i}.py")
+        if path.is_file():
+            try:
+                if path.read_bytes() == want:
+                    return path
+            except OSError:
+                continue
+        elif path.exists() or path.is_symlink():
+            continue
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(want)
+        os.replace(tmp, path)  # atomic: concurrent processes never see a half-written file
+        return path
+    raise OSError(f"no usable file name for kernel {stem} in {d}")
 
 
 def distinct_kernels() -> int:

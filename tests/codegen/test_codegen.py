@@ -1,4 +1,5 @@
 """Code generation, kernel caches, M buckets and the autotune config store (no kernel launches)."""
+import hashlib
 import json
 import re
 
@@ -128,4 +129,55 @@ def test_tune_picks_fastest_and_persists(tmp_path, monkeypatch):
     assert autotune.get_config("gemv", 1, 4096, 14336, (2, 3), 128, 512, torch.float16, dev) == best
     autotune._tuned.clear()
     assert autotune.get_config("gemv", 1, 4096, 14336, (2, 3), 128, 512, torch.float16, dev) == best  # from disk
+    autotune._tuned.clear()
+
+
+@pytest.mark.parametrize("damage", ["non_utf8", "wrong_source", "directory"])
+def test_a_damaged_kernel_cache_entry_heals_and_is_never_executed(tmp_path, monkeypatch, damage):
+    """A cache entry that is not the kernel's exact source is rewritten (or, if something that is no
+    regular file sits on its name, bypassed), so every later run works and nothing unchecked runs."""
+    monkeypatch.setenv("SFMP_CACHE_DIR", str(tmp_path))
+    key = KernelKey("decode", (1, 7))  # a set no other test uses
+    src = emit_source(key)
+    sha = hashlib.sha256(src.encode()).hexdigest()[:12]
+    path = tmp_path / "kernels" / f"{key.name}_{sha}.py"
+    path.parent.mkdir(parents=True)
+    if damage == "directory":
+        path.mkdir()
+    else:
+        path.write_bytes(b"\xff\xfe not utf-8" if damage == "non_utf8" else b"raise SystemExit('planted')\n")
+    generate._kernels.pop(key, None)
+    assert callable(get_kernel(key))
+    used = generate.kernel_path(key)
+    assert used.read_text() == src
+    assert (used == path) == (damage != "directory") and (damage != "directory" or path.is_dir())
+    generate._kernels.pop(key, None)
+
+
+def test_tuned_table_ignores_garbage_and_keeps_every_entry_across_processes(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    monkeypatch.setenv("SFMP_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(autotune, "interpreting", lambda: False)
+    dev = torch.device("cuda")  # a device object only; nothing is launched
+    path = autotune.tuned_cache_path(dev)
+    path.parent.mkdir(parents=True)
+    args = ("gemv", 1, 4096, 14336, (2, 3), 128, 512, torch.float16, dev)
+    autotune._tuned.clear()
+    shipped = autotune.get_config(*args)  # no tuned file: the shipped default
+    for garbage in (b"[1, 2]", b'{"configs": [1]}', b'{"configs": {"k": 1, "g|m1": {"BLOCK_M": "x"}}}',
+                    b"\xff not json"):
+        path.write_bytes(garbage)
+        autotune._tuned.clear()
+        assert autotune._tuned_table(dev) == {} and autotune.get_config(*args) == shipped
+    autotune._tuned.clear()
+    path.unlink()
+    # Two processes saving 20 entries each at once: the file lock keeps all 40.
+    code = ("import sys, torch; from sfmp_compile.codegen import autotune; from sfmp_compile.codegen.tiles import Config\n"
+            "for i in range(20): autotune.save_tuned(torch.device('cuda'), f'k{sys.argv[1]}_{i}', Config(1, 64, 128), 0.1)")
+    env = {**__import__("os").environ, "SFMP_CACHE_DIR": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(j)], env=env) for j in range(2)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    autotune._tuned.clear()
+    assert len(autotune._tuned_table(dev)) == 40
     autotune._tuned.clear()
