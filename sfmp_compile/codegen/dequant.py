@@ -38,8 +38,8 @@ import torch
 from torch import Tensor
 
 from .prefill import int_codes
-from .templates import chunks, col_source, group_head, join_lines
-from .tiles import Config, pow2_at_least
+from .templates import ROW_TILE, chunks, col_source, group_head, join_lines
+from .tiles import Config, pow2_at_least, tile_geometry
 
 FAMILY = "dequant"
 VERSION = "1.0"
@@ -51,19 +51,11 @@ INTERPRETER = Config(BLOCK_M=1, BLOCK_N=64, BLOCK_K=128, SPLIT_K=2, num_warps=4,
 # fp16 stores), group programs chosen from the SM count.
 FALLBACK = Config(BLOCK_M=1, BLOCK_N=64, BLOCK_K=128, SPLIT_K=0, num_warps=4, num_stages=2)
 
-# Own tile setup rather than templates.TILE_SETUP: there are no activation rows (no offs_m / mask_m),
-# and the destination rows (through row_perm) are computed once per program, not per store.
+# templates.ROW_TILE without the activation rows of TILE_SETUP (there are none), and the
+# destination rows (through row_perm) computed once per program, not per store.
 PROLOGUE = '''
     pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    r = pid_n // tiles_per_rb
-    t = pid_n % tiles_per_rb
-    row0 = r * block_rows
-    nr = tl.minimum(block_rows, N - row0)  # rows in this row-block = word stride of its planes
-    local = t * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = local < nr
-    offs_n = row0 + local
-    offs_k = tl.arange(0, BLOCK_K)
+    pid_k = tl.program_id(1)''' + ROW_TILE + '''    offs_k = tl.arange(0, BLOCK_K)
     if HAS_ROW_PERM:
         dst = tl.load(rperm_ptr + offs_n, mask=mask_n, other=0)
     else:
@@ -202,11 +194,7 @@ def dequantize(layer, widths, dtype: torch.dtype = torch.float16, config: Config
     # M only names a table bucket here (the kernel has no M); "mlarge", the bucket it serves.
     cfg = config or autotune.get_config(FAMILY, 1 << 30, N, K, widths, layer.group_size, layer.block_rows,
                                         dtype, dev)
-    # Tile geometry as launch.launch computes it: a tile never crosses a row-block.
-    bn = min(cfg.BLOCK_N, pow2_at_least(layer.block_rows))
-    bk = max(32, min(cfg.BLOCK_K, pow2_at_least(layer.group_size)))
-    tiles_per_rb = -(-min(layer.block_rows, N) // bn)
-    n_tiles = -(-N // layer.block_rows) * tiles_per_rb
+    bn, bk, tiles_per_rb, n_tiles = tile_geometry(cfg, N, layer.block_rows, layer.group_size)
     kernel = get_kernel(KernelKey(FAMILY, widths))
     kernel = wrap(kernel) if wrap is not None else kernel
     return _run(kernel, layer, walk_offsets(layer.block_offset, layer.group_order), dtype, cfg, bn, bk,

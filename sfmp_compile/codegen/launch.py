@@ -19,7 +19,7 @@ from ..format import layout_aligned4
 from . import autotune
 from .families import FAMILIES, family_for
 from .generate import KernelKey, get_kernel
-from .tiles import Config, pow2_at_least
+from .tiles import Config, tile_geometry
 
 _MAGIC_BITS = 0x4B000000  # fp32 bits of 2^23; a kernel argument so ptxas fuses AND+OR into one LOP3
 
@@ -196,15 +196,13 @@ def launch(x: Tensor, layer: KernelLayer, widths, *, family: str | None = None, 
         aligned4 = (type(layer.block_offset) is torch.Tensor and not torch.compiler.is_compiling()
                     and layout_aligned4(layer.block_offset, N, layer.block_rows))
 
-    bn = min(cfg.BLOCK_N, pow2_at_least(layer.block_rows))  # a tile never crosses a row-block
-    bk = max(32, min(cfg.BLOCK_K, pow2_at_least(layer.group_size)))
-    R, G = -(-N // layer.block_rows), -(-K // layer.group_size)
-    tiles_per_rb = -(-min(layer.block_rows, N) // bn)
+    bn, bk, tiles_per_rb, n_tiles = tile_geometry(cfg, N, layer.block_rows, layer.group_size)
+    G = -(-K // layer.group_size)
     has_cp = layer.col_perm.numel() > 0
     if has_cp and cfg.pregather:
         x2 = x2.index_select(1, layer.col_perm)  # one coalesced pass instead of scattered in-kernel loads
         has_cp = False
     L = Launch(x, x2, lead, layer, walk_offsets(layer.block_offset, layer.group_order), widths, M, G, bn, bk,
-               tiles_per_rb, R * tiles_per_rb, has_cp, bool(aligned4), interpret, wrap, autotune.sm_count(x.device))
+               tiles_per_rb, n_tiles, has_cp, bool(aligned4), interpret, wrap, autotune.sm_count(x.device))
     run = getattr(fam, "launch", None)
     return run(L, cfg) if run is not None else standard_launch(L, cfg, fam)

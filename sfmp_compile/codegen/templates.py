@@ -56,7 +56,7 @@ def {name}(
 # Tile geometry common to all families, after the family prologue has set pid_m / pid_n / pid_k.
 # A program's BLOCK_N rows never cross a row-block boundary: every row of the tile shares the same
 # block bit map, segment lists and (for the ragged last row-block) the same plane row stride nr.
-TILE_SETUP = '''
+ROW_TILE = '''
     r = pid_n // tiles_per_rb
     t = pid_n % tiles_per_rb
     row0 = r * block_rows
@@ -64,7 +64,8 @@ TILE_SETUP = '''
     local = t * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = local < nr
     offs_n = row0 + local
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+'''
+TILE_SETUP = ROW_TILE + '''    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
     offs_k = tl.arange(0, BLOCK_K)
 '''

@@ -12,6 +12,15 @@ def pow2_at_least(n: int) -> int:
     return p
 
 
+def tile_geometry(cfg: "Config", out_features: int, block_rows: int, group_size: int) -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_K, row tiles per row-block, row tiles) a launch with ``cfg`` really uses: a
+    row tile never crosses a row-block, a K chunk is at least one int32 word and at most a group."""
+    bn = min(cfg.BLOCK_N, pow2_at_least(block_rows))
+    bk = max(32, min(cfg.BLOCK_K, pow2_at_least(group_size)))
+    tiles_per_rb = -(-min(block_rows, out_features) // bn)
+    return bn, bk, tiles_per_rb, -(-out_features // block_rows) * tiles_per_rb
+
+
 @dataclass(frozen=True)
 class Config:
     """One tile configuration. SPLIT_K == 0 means: choose from the SM count at launch.

@@ -62,7 +62,7 @@ def _empty_perm(gm: fx.GraphModule, device, cache: dict, before: fx.Node) -> fx.
     return cache[key]
 
 
-def _op_args(gm, op, args: tuple, empty: fx.Node, constant) -> tuple:
+def _op_args(op, args: tuple, empty: fx.Node, constant) -> tuple:
     """The op's arguments with both permutations replaced by ``empty`` (the graph gathers instead)
     and every other tensor made a graph constant by ``constant(name, tensor)``."""
     names = [a.name for a in op._schema.arguments[1:]]
@@ -97,7 +97,7 @@ def _rewrite_one(gm: fx.GraphModule, site: LinearSite, w: SFMPWeight | None, cac
                 cache[key] = attach_constant(gm, f"{site.name}.{name}", t, before=node)
             return cache[key]
 
-        op_args = _op_args(gm, op, args, empty, constant)
+        op_args = _op_args(op, args, empty, constant)
         row_perm, col_perm = w.row_perm, w.col_perm
         hist = bits_histogram(w.bits, BlockGrid(w.out_features, w.in_features, w.block_rows, w.group_size))
     return _finish(gm, site, node, aten_mode, op, op_args, row_perm, col_perm,
