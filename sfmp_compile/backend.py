@@ -35,7 +35,7 @@ from .format import PackedWeight
 from .graph_variants import GraphVariants
 from .layouts import SFMPWeight
 from .ops.cpu_int4 import register_inductor_decompositions
-from .ops.dispatch import preferred_layout
+from .ops.dispatch import CPU_KERNELS, preferred_layout
 from .plan import LayerPlan, Plan, make_plan, skipped
 from .quantize import quantize_weight
 from .salience import SALIENCES
@@ -79,7 +79,7 @@ class SFMPBackend:
 
     def __init__(self, bits: float | None = None, *, plan: Plan | None = None, model: nn.Module | None = None,
                  calibration: Iterable | None = None, inner: str | Callable = "inductor", dump_dir: str | None = None,
-                 release_weights: bool = False, fold: bool = True, tie: bool = True, cpu_kernel: str = "int4",
+                 release_weights: bool = False, fold: bool = True, tie: bool = True, cpu_kernel: str = "packed",
                  **options):
         unknown = set(options) - _QUANT_OPTIONS
         if unknown:
@@ -126,8 +126,8 @@ class SFMPBackend:
         self.inner = inner
         self.dump_dir = dump_dir if dump_dir is not None else os.environ.get("SFMP_DUMP_DIR") or None
         self.release_weights, self.fold = bool(release_weights), bool(fold)
-        if cpu_kernel not in ("int4", "reference"):
-            raise SFMPConfigError(f"cpu_kernel must be 'int4' or 'reference', got {cpu_kernel!r}")
+        if cpu_kernel not in CPU_KERNELS:
+            raise SFMPConfigError(f"cpu_kernel must be one of {CPU_KERNELS}, got {cpu_kernel!r}")
         self.cpu_kernel = cpu_kernel
         self.tie = bool(tie)
         self.resolver = NameResolver(model)
@@ -288,7 +288,7 @@ class SFMPBackend:
                 work.append((s, None))
             else:
                 work.append((s, self._cache[s.weight].layer))
-        records = rewrite_linears(gm, work)
+        records = rewrite_linears(gm, work, self.cpu_kernel)
         fold = FoldReport()
         if self.fold:
             fold = fold_permutations(gm, graph_constants(gm, example_inputs))
@@ -373,7 +373,7 @@ class SFMPBackend:
     def resident_bytes(self) -> int:
         """Bytes of quantized weights held in memory: the cache every compiled graph of this backend
         takes its constants from (graphs share these tensors, they hold no copies). CPU layers on the
-        int4 kernel are held in the "cpu" layout only."""
+        int4 kernel are held in the "int4" layout only; the default CPU kernel runs the packed layout itself."""
         return sum(e.layer.nbytes for e in self._cache.values())
 
     def packed_weights(self) -> dict[str, PackedWeight]:
@@ -392,8 +392,9 @@ def sfmp_backend(bits: float | None = None, **options: Any) -> SFMPBackend:
     run through each graph for activation salience; ``inner=`` "inductor" | "aot_eager" | "eager";
     ``dump_dir=`` (or env SFMP_DUMP_DIR) for graph dumps; ``release_weights=`` free float weights after
     compiling; ``fold=`` / ``tie=`` to disable permutation folding / order tying; ``cpu_kernel=``
-    "int4" (default: CPU layers of <= 4-bit blocks run torch's int4 kernel with bf16 activations, fast
-    and small) or "reference" (the exact fp32 op, slow).
+    "packed" (default: CPU layers run the C++ mixed-width kernel from their true-bit packed form,
+    int8 activations), "int4" (torch's int4 kernel with bf16 activations, blocks of <= 4 bits widened
+    to 4) or "reference" (the exact fp32 op, slow).
 
     Options are validated here, so a bad value fails at this call rather than inside torch.compile.
     """

@@ -27,6 +27,7 @@ class SFMPLinear(nn.Module):
             validate(weight)
             weight = SFMPWeight.from_packed(weight)
         self._tensor_names: tuple[str, ...] = ()
+        self.cpu_kernel = "packed"  # which CPU kernel runs it (ops.dispatch.CPU_KERNELS); see prepare_for
         self.set_weight(weight)
         self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False) if bias is not None else None
 
@@ -57,16 +58,18 @@ class SFMPLinear(nn.Module):
         return self.sfmp_weight.packed()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return sfmp_linear(x, self.sfmp_weight, self.bias)
+        return sfmp_linear(x, self.sfmp_weight, self.bias, cpu_kernel=self.cpu_kernel)
 
-    def prepare_for(self, device) -> "SFMPLinear":
-        """Move to ``device`` and hold the layout its kernels run from (ops.dispatch): on CPU the
-        int4 layout for a layer whose blocks all fit 4 bits, else the packed one. Call before
+    def prepare_for(self, device, cpu_kernel: str = "packed") -> "SFMPLinear":
+        """Move to ``device`` and hold the layout its kernels run from (ops.dispatch.preferred_layout):
+        the packed one, or with ``cpu_kernel="int4"`` on CPU the int4 layout for a layer whose blocks
+        all fit 4 bits; ``cpu_kernel="reference"`` runs CPU calls on the exact op. Call before
         torch.compile. Returns self."""
         device = torch.device(device)
         w = self.sfmp_weight
-        layout = preferred_layout(w, device)
-        if layout == "cpu":
+        layout = preferred_layout(w, device, cpu_kernel)
+        self.cpu_kernel = cpu_kernel
+        if layout == "int4":
             register_inductor_decompositions()  # so a plain torch.compile sees through the op too
         self.set_weight(w.to_layout(layout).to(device))
         if self.bias is not None:

@@ -314,13 +314,13 @@ def test_unquantized_lists_linears_no_graph_reached():
 
 
 def test_cpu_layout_layers_keep_their_op_and_their_permutations_fold():
-    """A model loaded and prepared for CPU (layers in the cpu layout) compiles without
+    """A model loaded and prepared for the int4 CPU kernel (layers in the int4 layout) compiles without
     re-quantizing: each layer keeps its int4 op, and its permutations become graph gathers that
     the folding pass can cancel, exactly as for packed layers."""
     m = quantize(tiny_llama(), bits=3.5, salience="weight", **SMALL)
     for mod in m.modules():
         if isinstance(mod, sfmp_compile.SFMPLinear):
-            mod.prepare_for("cpu")
+            mod.prepare_for("cpu", "int4")
     be = sfmp_backend(inner="aot_eager", cpu_kernel="reference")
     with torch.no_grad():
         eager = m(_ids()).logits

@@ -22,8 +22,8 @@ def test_prepare_replaces_codes_and_state_dict_writes_the_packed_form():
     m, p = _module()
     fp32_bytes = 576 * 1536 * 4
     before = sum(b.numel() * b.element_size() for b in m.buffers())
-    m.prepare_for("cpu")
-    assert m.layout == "cpu" and "qweight" not in dict(m.named_buffers())
+    m.prepare_for("cpu", "int4")
+    assert m.layout == "int4" and "qweight" not in dict(m.named_buffers())
     resident = sum(b.numel() * b.element_size() for b in m.buffers())
     assert resident <= fp32_bytes / 6, (resident, fp32_bytes)
     assert before < resident < 2 * before  # one form resident, not both
@@ -37,10 +37,10 @@ def test_prepare_replaces_codes_and_state_dict_writes_the_packed_form():
 
 def test_loading_keeps_the_layout_and_takes_the_new_bit_map():
     m, p = _module()
-    m.prepare_for("cpu")
+    m.prepare_for("cpu", "int4")
     m2, p2 = _module(widths=(2, 4), seed=1)
     m.load_state_dict(m2.state_dict())
-    assert m.layout == "cpu" and m.widths == (2, 4) and _same(m.packed, p2)
+    assert m.layout == "int4" and m.widths == (2, 4) and _same(m.packed, p2)
     x = torch.randn(2, 1536)
     assert sqnr_db(m(x), m2(x)) >= SQNR_FLOOR_DB
     exact, _ = _module(seed=3)
@@ -48,21 +48,24 @@ def test_loading_keeps_the_layout_and_takes_the_new_bit_map():
     assert exact.layout == "packed" and torch.equal(exact(x), m2(x))
 
 
-def test_forward_is_exact_until_prepared_and_ineligible_layers_stay_packed():
+def test_cpu_forward_runs_the_packed_kernel_and_int4_is_opt_in():
     m, p = _module(N=128, K=256, widths=(2, 4))
     x = torch.randn(3, 256)
-    assert torch.allclose(m(x) - m.bias, linear_ref(x, *packed_args(p)), atol=1e-5)
-    assert m.layout == "packed"
+    ref = linear_ref(x, *packed_args(p))
+    assert torch.equal(m(x), torch.ops.sfmp.linear_cpu(x, *packed_args(p), 0) + m.bias)
+    assert m.layout == "packed" and sqnr_db(m(x) - m.bias, ref) >= SQNR_FLOOR_DB
     m.prepare_for("cpu")
-    assert m.layout == "cpu" and sqnr_db(m(x) - m.bias, linear_ref(x, *packed_args(p))) >= SQNR_FLOOR_DB
+    assert m.layout == "packed"  # the default CPU kernel reads the true-bit form itself
+    m.prepare_for("cpu", "int4")
+    assert m.layout == "int4" and sqnr_db(m(x) - m.bias, ref) >= SQNR_FLOOR_DB
     m5, p5 = _module(N=128, K=256, widths=(2, 6), bias=False)
-    m5.prepare_for("cpu")
-    assert m5.layout == "packed" and torch.equal(m5(x), linear_ref(x, *packed_args(p5)))
+    m5.prepare_for("cpu", "int4")
+    assert m5.layout == "packed"  # a 6-bit block does not fit int4
 
 
 def test_set_weight_back_to_packed():
     m, p = _module(N=128, K=256)
-    m.prepare_for("cpu")
+    m.prepare_for("cpu", "int4")
     m.set_weight(m.sfmp_weight.to_layout("packed"))
     assert m.layout == "packed" and torch.equal(m.qweight, p.qweight)
     assert "w4" not in dict(m.named_buffers())

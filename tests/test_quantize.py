@@ -31,6 +31,7 @@ def test_layer_output_equals_dequantized_weight_in_original_order(seed, bits, ro
     quantize(m, bits=bits, calibration=[x], block_rows=32, group_size=32, reorder_rows=rows, reorder_cols=cols)
     for layer in (m.up, m.down):
         assert isinstance(layer, SFMPLinear)
+        layer.prepare_for("cpu", "reference")  # the exact op: this checks orders and values, not a kernel
         inp = torch.randn(3, layer.in_features)
         want = inp @ layer.packed.dequantize().t() + (layer.bias if bias else 0)
         torch.testing.assert_close(layer(inp), want, rtol=1e-5, atol=1e-5)

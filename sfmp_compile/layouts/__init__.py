@@ -8,9 +8,9 @@ converts to the packed form exactly, so a layer can be saved, moved or compared 
   layout   tensors                                 runs on
   ======== ======================================= ==================================================
   packed   format v1 (qweight, bits, block_offset, the reference op (any device), the Triton kernels
-           group_order, segment_ptr, scales, zeros) (CUDA, or the interpreter)
-  cpu      int4 codes + bf16 scale/zero (+ what    torch's int4 CPU kernel (blocks <= 4 bits), see
-           the exact inverse needs), cpu_int4.py   layouts/cpu_int4.py
+           group_order, segment_ptr, scales, zeros) (CUDA, or the interpreter), the C++ CPU kernel
+  int4     int4 codes + bf16 scale/zero (+ what    torch's int4 CPU kernel (blocks <= 4 bits), see
+           the exact inverse needs), cpu_int4.py   layouts/cpu_int4.py (opt-in: ``cpu_kernel="int4"``)
   ======== ======================================= ==================================================
 
 Row and column permutations are not part of a layout: every layout stores rows and columns in
@@ -89,7 +89,7 @@ class SFMPWeight:
                                               self.group_size, self.out_features, self.in_features)
 
     def can_take(self, layout: str) -> bool:
-        """Whether this weight can be held in ``layout`` (e.g. "cpu" needs blocks of <= 4 bits)."""
+        """Whether this weight can be held in ``layout`` (e.g. "int4" needs blocks of <= 4 bits)."""
         return layout in LAYOUTS and (layout == self.layout or LAYOUTS[layout].eligible(self.data["bits"]))
 
     def to_layout(self, layout: str) -> "SFMPWeight":

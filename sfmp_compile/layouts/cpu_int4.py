@@ -1,4 +1,4 @@
-"""The "cpu" layout: an all-<=4-bit layer as torch's int4 CPU kernel stores it, exactly invertible.
+"""The "int4" layout: an all-<=4-bit layer as torch's int4 CPU kernel stores it, exactly invertible.
 
 x86 CPUs have no kernel for 2/3-bit codes, but ``aten._weight_int4pack_mm_for_cpu`` (bf16
 activations) is fast. Its weight convention is ``w = (q - 8) * scale' + zero'`` with
@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..format import PackedWeight, pack
 
-NAME = "cpu"
+NAME = "int4"
 TENSORS = ("w4", "sz", "bits", "scales", "zeros")
 INT4_GROUPS = (256, 128, 64, 32)  # group sizes the int4 CPU kernel accepts
 ROW_ALIGN = 64  # pad N so every row block of torch's layout is full (uniform, invertible)

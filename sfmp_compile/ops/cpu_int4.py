@@ -1,4 +1,4 @@
-"""``sfmp::linear_cpu_int4``: the GEMM over the "cpu" layout (layouts/cpu_int4.py), by torch's int4 CPU kernel.
+"""``sfmp::linear_cpu_int4``: the GEMM over the "int4" layout (layouts/cpu_int4.py), by torch's int4 CPU kernel.
 
 Inside the op: gather x by col_perm, round to bf16, pad K, int4 GEMM (bf16 out), drop padded rows,
 scatter rows back through row_perm. A compile pass splits the permutations out as graph gathers
@@ -75,7 +75,7 @@ def _linear_int4_compiled(x, w4, sz, row_perm, col_perm, out_features, in_featur
 @typed("x", CPU_INT4)
 def linear_cpu_int4(x: Tensor, *args) -> Tensor:
     """y = x @ Ŵᵀ on CPU through the int4 kernel. x: [..., K] any float dtype -> [..., N] x.dtype.
-    Arguments after x: the "cpu" layout's w4 / sz, the permutations, N, K and the int4 group."""
+    Arguments after x: the "int4" layout's w4 / sz, the permutations, N, K and the int4 group."""
     return linear_int4(x, *args)
 
 
@@ -110,7 +110,7 @@ linear_cpu_int4.register_autograd(_backward, setup_context=_setup_ctx)
 
 def linear_cpu(x: Tensor, w4: Tensor, sz: Tensor, row_perm: Tensor, col_perm: Tensor, out_features: int,
                in_features: int, gc: int) -> Tensor:
-    """The int4 path for a layer in the "cpu" layout. Eager calls that need no gradient skip the
+    """The int4 path for a layer in the "int4" layout. Eager calls that need no gradient skip the
     custom-op dispatch (its Python costs as much as a small layer's GEMV); everything else goes
     through ``sfmp::linear_cpu_int4``."""
     args = (w4, sz, row_perm, col_perm, out_features, in_features, gc)
@@ -127,7 +127,7 @@ def register_inductor_decompositions() -> bool:
 
     Inductor then fuses the gather + bf16 cast (+ pad) into the kernel that produces x and calls
     the int4 GEMM as an extern kernel, instead of one opaque Python call per layer. It imports
-    torch._inductor (seconds), so it runs when a module is prepared for the cpu layout or the compile
+    torch._inductor (seconds), so it runs when a module is prepared for the int4 layout or the compile
     backend compiles a graph holding the op, not at import. Returns True once registered.
     """
     global _decomp_registered

@@ -4,13 +4,17 @@
   layout   device    kernel (op)                        numerics
   ======== ========= ================================== ====================================
   packed   cuda      triton (sfmp::linear_triton)       fp32 accumulation, activation dtype
+  packed   cpu       cpu    (sfmp::linear_cpu, C++)     int8 activations, exact int32 sums
   packed   any other ref    (sfmp::linear_ref)          exact fp32 (the oracle)
-  cpu      cpu       cpu    (sfmp::linear_cpu_int4)     bf16 activations (SQNR >= 35 dB)
+  int4     cpu       int4   (sfmp::linear_cpu_int4)     bf16 activations (SQNR >= 35 dB)
   ======== ========= ================================== ====================================
 
+On CPU the user picks with ``cpu_kernel`` (:data:`CPU_KERNELS`): "packed" (the default: the C++
+kernel, true-bit resident weights; the reference where it cannot be built), "int4" (torch's int4
+kernel, layers of <= 4-bit blocks widened to 4 bits) or "reference" (the exact op).
 ``interp`` (sfmp::linear_triton_interp) runs the generated kernels on CPU through Triton's
 interpreter, for tests; it is never chosen automatically. A layout with no kernel on the input's
-device (the cpu layout on a GPU) runs from its packed form there.
+device (the int4 layout on a GPU) runs from its packed form there.
 """
 from __future__ import annotations
 
@@ -23,8 +27,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from ..format import PackedWeight
 from ..layouts import SFMPWeight, cpu_int4
-from . import cpu_int4 as cpu_op
-from . import reference, triton  # noqa: F401  (importing them registers the ops)
+from . import cpu, reference, triton  # noqa: F401  (importing them registers the ops)
+from . import cpu_int4 as int4_op
 
 
 def _packed_args(w: SFMPWeight) -> tuple:
@@ -39,7 +43,7 @@ def width_mask(w: SFMPWeight) -> int:
     return mask(w.widths, aligned4=w.aligned4)
 
 
-def _cpu_args(w: SFMPWeight) -> tuple:
+def _int4_args(w: SFMPWeight) -> tuple:
     return (w.data["w4"], w.data["sz"], w.row_perm, w.col_perm, w.out_features, w.in_features,
             cpu_int4.int4_group(w.group_size, w.in_features))
 
@@ -59,30 +63,42 @@ KERNELS = {
                      lambda w: (*_packed_args(w), width_mask(w))),
     "interp": Kernel("packed", lambda: torch.ops.sfmp.linear_triton_interp.default,
                      lambda w: (*_packed_args(w), width_mask(w))),
-    "cpu": Kernel("cpu", lambda: torch.ops.sfmp.linear_cpu_int4.default, _cpu_args),
+    "cpu": Kernel("packed", lambda: torch.ops.sfmp.linear_cpu.default, lambda w: (*_packed_args(w), 0)),
+    "int4": Kernel("int4", lambda: torch.ops.sfmp.linear_cpu_int4.default, _int4_args),
 }
 # (layout, device type) -> kernel; device type None = any other device.
-TABLE = {("packed", "cuda"): "triton", ("packed", None): "ref", ("cpu", "cpu"): "cpu"}
+TABLE = {("packed", "cuda"): "triton", ("packed", "cpu"): "cpu", ("packed", None): "ref", ("int4", "cpu"): "int4"}
 BACKENDS = ("auto", *KERNELS)
+CPU_KERNELS = ("packed", "int4", "reference")
 
 
-def kernel_for(layout: str, device) -> str | None:
+def kernel_for(layout: str, device, cpu_kernel: str = "packed") -> str | None:
+    """The kernel that runs a layer held in ``layout`` on ``device`` (None: no kernel there).
+    On CPU, ``cpu_kernel="reference"`` keeps the packed layout on the exact op, and the C++ kernel
+    falls back to it where it cannot be built (``cpu.available``)."""
     dev = torch.device(device).type
-    return TABLE.get((layout, dev)) or TABLE.get((layout, None))
+    name = TABLE.get((layout, dev)) or TABLE.get((layout, None))
+    if name == "cpu" and (cpu_kernel == "reference" or not cpu.available()):
+        return "ref"
+    return name
 
 
-def preferred_layout(w: SFMPWeight, device, cpu_kernel: str = "int4") -> str:
-    """The layout a layer should be held in to run on ``device``: "cpu" for a CPU layer whose
-    blocks all fit 4 bits (unless ``cpu_kernel="reference"``), else "packed"."""
-    if torch.device(device).type == "cpu" and cpu_kernel == "int4" and w.can_take("cpu"):
-        return "cpu"
+def preferred_layout(w: SFMPWeight, device, cpu_kernel: str = "packed") -> str:
+    """The layout a layer should be held in to run on ``device``: "int4" for a CPU layer whose
+    blocks all fit 4 bits when ``cpu_kernel="int4"``, else "packed"."""
+    if cpu_kernel not in CPU_KERNELS:
+        raise ValueError(f"cpu_kernel must be one of {CPU_KERNELS}, got {cpu_kernel!r}")
+    if torch.device(device).type == "cpu" and cpu_kernel == "int4" and w.can_take("int4"):
+        return "int4"
     return "packed"
 
 
-def op_call(w: SFMPWeight, device, backend: str = "auto") -> tuple:
+def op_call(w: SFMPWeight, device, backend: str = "auto", cpu_kernel: str = "packed") -> tuple:
     """``(op, args_after_x)`` for ``w`` on ``device``: the graph or caller runs ``op(x, *args)``.
     ``w`` must already be in the kernel's layout (see :func:`preferred_layout`)."""
-    name = kernel_for(w.layout, device) if backend == "auto" else backend
+    name = kernel_for(w.layout, device, cpu_kernel) if backend == "auto" else backend
+    if name == "cpu" and not cpu.available():
+        raise RuntimeError("the CPU kernel could not be built here (see the warning above); use backend='ref'")
     if name is None or KERNELS[name].layout != w.layout:
         raise ValueError(f"no {backend!r} kernel for the {w.layout!r} layout on {torch.device(device).type}")
     k = KERNELS[name]
@@ -111,32 +127,33 @@ def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
-def sfmp_linear(x: Tensor, w: SFMPWeight | PackedWeight, bias: Tensor | None = None, *, backend: str = "auto") -> Tensor:
+def sfmp_linear(x: Tensor, w: SFMPWeight | PackedWeight, bias: Tensor | None = None, *, backend: str = "auto",
+                cpu_kernel: str = "packed") -> Tensor:
     """y = x @ Ŵᵀ (+ bias) for one SFMP layer. x: [..., in_features] fp16 / bf16 / fp32; returns
     [..., out_features] in x.dtype.
 
-    backend: "auto" (the table above, by ``w``'s layout and x's device), or a kernel name:
-      "ref" / "triton" / "interp" run the packed layout (converted if ``w`` is held otherwise);
-      "cpu" runs the int4 kernel, converting a packed layer not yet in the cpu layout when it is
-      eligible and not being traced (a bare PackedWeight gets a memoised copy), else the reference.
+    backend: "auto" (the table above, by ``w``'s layout, x's device and ``cpu_kernel``), or a kernel name:
+      "ref" / "triton" / "interp" / "cpu" run the packed layout (converted if ``w`` is held otherwise);
+      "int4" runs torch's int4 kernel, converting a packed layer not yet in the int4 layout when it
+      is eligible and not being traced (a bare PackedWeight gets a memoised copy), else the reference.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if isinstance(w, PackedWeight):
         w = as_weight(w)
-    name = kernel_for(w.layout, x.device) if backend == "auto" else backend
+    name = kernel_for(w.layout, x.device, cpu_kernel) if backend == "auto" else backend
     if name is None:  # no kernel for this layout here: run its packed form
-        name = kernel_for("packed", x.device)
+        name = kernel_for("packed", x.device, cpu_kernel)
     want = KERNELS[name].layout
     if want != w.layout:
-        if want == "cpu" and (_compiling() or not w.can_take("cpu")):
+        if want == "int4" and (_compiling() or not w.can_take("int4")):
             name, want = "ref", "packed"
         if want != w.layout:
             w = w.to_layout(want)
     if w.device != x.device:
         w = w.to(x.device)
-    if name == "cpu":
-        y = cpu_op.linear_cpu(x, *_cpu_args(w))
+    if name == "int4":
+        y = int4_op.linear_cpu(x, *_int4_args(w))
     else:
         op, args = op_call(w, x.device, name)
         y = op(x, *args)

@@ -83,7 +83,7 @@ def register_packed_autograd(op, n_args: int) -> None:
     def setup(ctx, inputs, output):
         setup_packed_ctx(ctx, inputs, output)
         ctx.n_args = n_args
-    op.register_autograd(packed_backward, setup_context=setup)
+    torch.library.register_autograd(op, packed_backward, setup_context=setup)
 
 
 register_packed_autograd(linear_ref, 1 + len(PACKED))

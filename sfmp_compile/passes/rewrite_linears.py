@@ -23,7 +23,7 @@ import torch.fx as fx
 from ..blocks import BlockGrid
 from ..format import PackedWeight
 from ..layouts import SFMPWeight
-from ..ops.dispatch import op_call
+from ..ops.dispatch import KERNELS, kernel_for, op_call
 from .find_linears import LinearSite
 from .fx_utils import (ROLE_BIAS, ROLE_GEMM, ROLE_IN, ROLE_OUT, attach_constant, copy_value_meta, erase_if_unused,
                        insert_gather, inverse_perm)
@@ -70,7 +70,18 @@ def _op_args(op, args: tuple, empty: fx.Node, constant) -> tuple:
                  for n, a in zip(names, args))
 
 
-def _rewrite_one(gm: fx.GraphModule, site: LinearSite, w: SFMPWeight | None, cache: dict) -> LayerRewrite:
+def _packed_op_for(op, device, cpu_kernel: str):
+    """An eager-traced packed-layout op on CPU (the reference or the C++ kernel, whichever the module
+    chose) becomes the one this compile asked for; every other op is kept."""
+    packed_cpu = (torch.ops.sfmp.linear_ref.default, getattr(torch.ops.sfmp, "linear_cpu", None))
+    if torch.device(device).type != "cpu" or op not in [o.default if hasattr(o, "default") else o
+                                                         for o in packed_cpu if o is not None]:
+        return op
+    return KERNELS[kernel_for("packed", device, cpu_kernel)].op()
+
+
+def _rewrite_one(gm: fx.GraphModule, site: LinearSite, w: SFMPWeight | None, cache: dict,
+                 cpu_kernel: str = "packed") -> LayerRewrite:
     node = site.node
     aten_mode = isinstance(node.target, torch._ops.OpOverload)
     if site.form == "sfmp":
@@ -80,8 +91,10 @@ def _rewrite_one(gm: fx.GraphModule, site: LinearSite, w: SFMPWeight | None, cac
         row_perm, col_perm, bits = pk["_row_perm"], pk["_col_perm"], pk["_bits"]
         empty = _empty_perm(gm, device, cache, node)
         op = node.target if isinstance(node.target, torch._ops.OpOverload) else node.target.default
+        op = _packed_op_for(op, device, cpu_kernel)
+        defaults = {a.name: a.default_value for a in op._schema.arguments[1:] if a.has_default_value()}
         names = [a.name for a in op._schema.arguments[1:]]
-        op_args = tuple(empty if n in _PERMS else pk[n] for n in names)
+        op_args = tuple(empty if n in _PERMS else pk[n] if n in pk else defaults[n] for n in names)
         geometry = (pk["out_features"], pk["in_features"], pk.get("block_rows"), pk.get("group_size"))
         hist = bits_histogram(bits, BlockGrid(*geometry)) if bits is not None and None not in geometry else {}
     else:
@@ -89,7 +102,7 @@ def _rewrite_one(gm: fx.GraphModule, site: LinearSite, w: SFMPWeight | None, cac
             w = SFMPWeight.from_packed(w).to(site.weight.device)
         device = w.device
         empty = _empty_perm(gm, device, cache, node)
-        op, args = op_call(w, device)
+        op, args = op_call(w, device, cpu_kernel=cpu_kernel)
 
         def constant(name, t):
             key = ("const", id(t))  # the graph's buffer keeps t alive, so its id stays unique
@@ -139,8 +152,8 @@ def _finish(gm, site, node, aten_mode, op, op_args, row_perm, col_perm, shape, h
     return rec
 
 
-def rewrite_linears(gm: fx.GraphModule, work: list[tuple[LinearSite, SFMPWeight | PackedWeight | None]]
-                    ) -> list[LayerRewrite]:
+def rewrite_linears(gm: fx.GraphModule, work: list[tuple[LinearSite, SFMPWeight | PackedWeight | None]],
+                    cpu_kernel: str = "packed") -> list[LayerRewrite]:
     """Rewrite every (site, weight) pair in ``gm``: ``weight`` is the layer's SFMPWeight on the
     site's device, in the layout it should run from (``ops.dispatch.preferred_layout``), a
     PackedWeight (run as the packed layout on the site's device), or None for form "sfmp" (the
@@ -150,7 +163,7 @@ def rewrite_linears(gm: fx.GraphModule, work: list[tuple[LinearSite, SFMPWeight 
     placeholders stay (Dynamo still passes them) but lose their users. Returns one record per layer.
     """
     cache: dict = {}
-    records = [_rewrite_one(gm, site, w, cache) for site, w in work]
+    records = [_rewrite_one(gm, site, w, cache, cpu_kernel) for site, w in work]
     gm.graph.lint()
     gm.recompile()
     return records

@@ -1,4 +1,4 @@
-"""The "cpu" layout: exact conversion both ways, and the inverse of torch's int4 converter."""
+"""The "int4" layout: exact conversion both ways, and the inverse of torch's int4 converter."""
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -18,8 +18,8 @@ def _same(a, b) -> bool:
        permute=st.booleans(), seed=st.integers(0, 2**16))
 def test_to_cpu_layout_and_back_is_bit_exact(N, K, block_rows, group_size, widths, permute, seed):
     p = random_packed(N, K, block_rows, group_size, widths, permute, seed)
-    w = SFMPWeight.from_packed(p, "cpu")
-    assert w.layout == "cpu" and set(w.data) == set(cpu_int4.TENSORS)
+    w = SFMPWeight.from_packed(p, "int4")
+    assert w.layout == "int4" and set(w.data) == set(cpu_int4.TENSORS)
     assert w.data["w4"].dtype == torch.uint8 and w.data["sz"].dtype == torch.bfloat16
     assert _same(w.packed(), p)
     assert _same(w.to_layout("packed").packed(), p)
@@ -27,9 +27,9 @@ def test_to_cpu_layout_and_back_is_bit_exact(N, K, block_rows, group_size, width
 
 def test_layers_wider_than_4_bits_are_refused():
     p = random_packed(64, 128, 64, 64, (3, 5), True, seed=2)
-    assert not cpu_int4.eligible(p.bits) and not SFMPWeight.from_packed(p).can_take("cpu")
+    assert not cpu_int4.eligible(p.bits) and not SFMPWeight.from_packed(p).can_take("int4")
     with pytest.raises(ValueError, match="<= 4 bits"):
-        SFMPWeight.from_packed(p, "cpu")
+        SFMPWeight.from_packed(p, "int4")
 
 
 def test_probe_inverse_matches_the_analytic_inverse():
@@ -51,7 +51,7 @@ def test_the_converter_layout_is_recognised_on_this_cpu():
 def test_dequantize_is_the_packed_weight_up_to_bf16_scales(N, K, group_size, widths, seed):
     """The layout's weights are the codes' exact (q - z) * s with s and s * (8 - z) rounded to bf16."""
     p = random_packed(N, K, 64, group_size, widths, False, seed)
-    w = SFMPWeight.from_packed(p, "cpu")
+    w = SFMPWeight.from_packed(p, "int4")
     gc = cpu_int4.int4_group(group_size, K)
     got = cpu_int4.dequantize(w.data["w4"], w.data["sz"], gc)[:N, :K]
     want = p.dequantize_reordered()

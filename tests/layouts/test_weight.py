@@ -38,6 +38,6 @@ def test_packed_layout_shares_the_packed_tensors_and_unknown_layouts_are_named()
 
 
 def test_to_device_keeps_the_layout():
-    w = SFMPWeight.from_packed(random_packed(64, 96, 32, 32, (2, 3)), "cpu")
+    w = SFMPWeight.from_packed(random_packed(64, 96, 32, 32, (2, 3)), "int4")
     v = w.to("cpu")
-    assert v.layout == "cpu" and v.device.type == "cpu" and set(v.data) == set(w.data)
+    assert v.layout == "int4" and v.device.type == "cpu" and set(v.data) == set(w.data)

@@ -17,8 +17,8 @@ LOW_WIDTH_FLOOR_DB = {1: 28.0, 2: 32.0}
 
 
 def _cpu(p):
-    w = SFMPWeight.from_packed(p, "cpu")
-    return w, KERNELS["cpu"].args(w)
+    w = SFMPWeight.from_packed(p, "int4")
+    return w, KERNELS["int4"].args(w)
 
 
 @settings(max_examples=30, deadline=None)

@@ -12,28 +12,41 @@ SQNR_FLOOR_DB = 35.0
 
 def test_table():
     assert kernel_for("packed", "cuda") == "triton"
-    assert kernel_for("packed", "cpu") == "ref" and kernel_for("packed", "meta") == "ref"
-    assert kernel_for("cpu", "cpu") == "cpu" and kernel_for("cpu", "cuda") is None
+    assert kernel_for("packed", "cpu") == "cpu" and kernel_for("packed", "meta") == "ref"
+    assert kernel_for("packed", "cpu", cpu_kernel="reference") == "ref"
+    assert kernel_for("int4", "cpu") == "int4" and kernel_for("int4", "cuda") is None
+
+
+def test_cpu_default_is_the_packed_kernel():
+    p = random_packed(64, 128, 64, 64, (2, 3, 5), True, seed=1)
+    x = torch.randn(2, 128)
+    ref = linear_ref(x, *packed_args(p))
+    y = sfmp_linear(x, p)  # auto on the packed layout: the C++ kernel, int8 activations
+    assert torch.equal(y, torch.ops.sfmp.linear_cpu(x, *packed_args(p), 0))
+    assert not torch.equal(y, ref) and sqnr_db(y, ref) >= SQNR_FLOOR_DB
+    assert torch.equal(sfmp_linear(x, p, backend="ref"), ref)
+    assert preferred_layout(SFMPWeight.from_packed(p), "cpu") == "packed"
+    with pytest.raises(ValueError, match="cpu_kernel must be one of"):
+        preferred_layout(SFMPWeight.from_packed(p), "cpu", cpu_kernel="fast")
 
 
 def test_int4_is_opt_in_and_ineligible_layers_use_the_reference():
     p = random_packed(64, 128, 64, 64, (2, 3), True, seed=1)
     x = torch.randn(2, 128)
     ref = linear_ref(x, *packed_args(p))
-    assert torch.equal(sfmp_linear(x, p), ref)  # auto on the packed layout: exact reference
-    y = sfmp_linear(x, p, backend="cpu")  # explicit: memoised cpu layout, bf16 numerics
+    y = sfmp_linear(x, p, backend="int4")  # explicit: memoised int4 layout, bf16 numerics
     assert not torch.equal(y, ref) and sqnr_db(y, ref) >= SQNR_FLOOR_DB
-    assert torch.equal(sfmp_linear(x, SFMPWeight.from_packed(p, "cpu")), y)  # auto on the cpu layout
-    assert torch.equal(sfmp_linear(x, SFMPWeight.from_packed(p, "cpu"), backend="ref"), ref)
+    assert torch.equal(sfmp_linear(x, SFMPWeight.from_packed(p, "int4")), y)  # auto on the int4 layout
+    assert torch.equal(sfmp_linear(x, SFMPWeight.from_packed(p, "int4"), backend="ref"), ref)
     q = random_packed(64, 128, 64, 64, (3, 5), True, seed=2)
-    assert preferred_layout(SFMPWeight.from_packed(q), "cpu") == "packed"
-    assert torch.equal(sfmp_linear(x, q, backend="cpu"), linear_ref(x, *packed_args(q)))
+    assert preferred_layout(SFMPWeight.from_packed(q), "cpu", "int4") == "packed"
+    assert torch.equal(sfmp_linear(x, q, backend="int4"), linear_ref(x, *packed_args(q)))
 
 
 def test_bias_and_unknown_backend():
     p = random_packed(32, 64, 32, 32, (2,), True, seed=0)
     x, b = torch.randn(3, 64), torch.randn(32)
-    assert torch.equal(sfmp_linear(x, p, b), linear_ref(x, *packed_args(p)) + b)
+    assert torch.equal(sfmp_linear(x, p, b, backend="ref"), linear_ref(x, *packed_args(p)) + b)
     with pytest.raises(ValueError, match="backend must be one of"):
         sfmp_linear(x, p, backend="fast")
     assert "interp" in BACKENDS and "auto" in BACKENDS

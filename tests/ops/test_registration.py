@@ -16,8 +16,8 @@ def _layer(seed=0):
 
 def _cpu(p):
     """The cpu layout of ``p`` and the int4 op's arguments after x."""
-    w = SFMPWeight.from_packed(p, "cpu")
-    return w, KERNELS["cpu"].args(w)
+    w = SFMPWeight.from_packed(p, "int4")
+    return w, KERNELS["int4"].args(w)
 
 
 @pytest.mark.parametrize("M", [1, 20])

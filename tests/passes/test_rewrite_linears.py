@@ -35,7 +35,7 @@ def test_symbolic_mlp_with_biases_equals_dequantized_weights():
     gm = fx.symbolic_trace(m)
     sites = find_linear_sites(gm)
     plan, packed = _plan_and_pack(sites)
-    records = rewrite_linears(gm, [(s, packed[s.name]) for s in sites])
+    records = rewrite_linears(gm, [(s, packed[s.name]) for s in sites], cpu_kernel="reference")
     assert [r.layer for r in records] == ["gate", "up", "down", "out"]
     # every layer: a gather in (if its column order is not the identity), the op, a gather out (rows)
     expected = sum(bool(p.col_perm.numel()) + bool(p.row_perm.numel()) for p in packed.values())
@@ -53,7 +53,7 @@ def test_aten_graph_rewrite():
     gm = make_fx(lambda x, w, b: torch.nn.functional.linear(x, w, b))(x, w, b)
     sites = find_linear_sites(gm, [x, w, b])
     plan, packed = _plan_and_pack(sites)
-    rewrite_linears(gm, [(s, packed[s.name]) for s in sites])
+    rewrite_linears(gm, [(s, packed[s.name]) for s in sites], cpu_kernel="reference")
     targets = {n.target for n in gm.graph.nodes if n.op == "call_function"}
     assert torch.ops.aten.addmm.default not in targets and torch.ops.aten.t.default not in targets
     assert torch.ops.aten.index_select.default in targets  # aten graphs get aten gathers
@@ -69,7 +69,7 @@ def test_already_quantized_graph_permutations_split_out_exactly():
         before = gm(*ex)
     sites = [s for s in find_linear_sites(gm, ex) if s.form == "sfmp"]
     assert len(sites) == 14
-    records = rewrite_linears(gm, [(s, None) for s in sites])
+    records = rewrite_linears(gm, [(s, None) for s in sites], cpu_kernel="reference")
     counts = gather_counts(gm)
     for r in records:
         assert counts[r.layer]["in"] == int(r.has_col_perm) and counts[r.layer]["out"] == int(r.has_row_perm)
@@ -87,7 +87,7 @@ def test_rewrite_keeps_shape_meta_for_later_passes():
     ShapeProp(gm).propagate(x)
     sites = find_linear_sites(gm)
     _, packed = _plan_and_pack(sites)
-    rewrite_linears(gm, [(s, packed[s.name]) for s in sites])
+    rewrite_linears(gm, [(s, packed[s.name]) for s in sites], cpu_kernel="reference")
     for n in gm.graph.nodes:
         if sfmp_role(n) is not None:
             assert "tensor_meta" in n.meta, n.name

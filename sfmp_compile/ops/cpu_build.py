@@ -1,0 +1,119 @@
+"""Build and load the CPU kernel (``cpu_kernel.cpp``) with the C++ compiler torch.compile already needs on CPU.
+
+The shared object is cached under ``<cache>/cpu_kernel/<key>.so``; the key hashes the source, the
+torch version, the compiler, its flags and the CPU's instruction-set flags (the build targets this
+CPU with ``-march=native``), so a changed input never loads a stale build. Builds run under a file
+lock and land by atomic rename: concurrent processes build once, a killed build leaves nothing
+half-written. Nothing is built at import: :func:`load` is called the first time a CPU layer needs
+the kernel. Where no compiler works, :func:`load` returns False once, with one warning, and the
+dispatcher falls back to the reference op.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("cpu_kernel.cpp")
+_state: dict[str, object] = {}
+
+
+def cache_dir() -> Path:
+    """Where builds are kept: ``$SFMP_CACHE_DIR/cpu_kernel`` or ``~/.cache/sfmp_compile/cpu_kernel``."""
+    root = os.environ.get("SFMP_CACHE_DIR") or Path.home() / ".cache" / "sfmp_compile"
+    return Path(root) / "cpu_kernel"
+
+
+def compiler() -> str | None:
+    """The C++ compiler: ``$CXX``, else the first of g++ / c++ / clang++ on PATH."""
+    env = os.environ.get("CXX")
+    if env:
+        return env
+    return next((c for c in ("g++", "c++", "clang++") if shutil.which(c)), None)
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return sys.platform
+
+
+def _command(cxx: str, out: Path, native: bool) -> list[str]:
+    from torch.utils.cpp_extension import include_paths, library_paths
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    lib = library_paths()[0]
+    return [cxx, str(SOURCE), "-o", str(out), "-shared", "-fPIC", "-O3", "-std=c++20", "-fopenmp",
+            *(["-march=native"] if native else []), f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-w",
+            *(f"-I{p}" for p in include_paths()), f"-I{sysconfig.get_paths()['include']}",
+            f"-L{lib}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{lib}"]
+
+
+def _key(cxx: str, native: bool) -> str:
+    h = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), torch.__version__.encode(), cxx.encode(), str(native).encode(),
+                 _cpu_flags().encode() if native else b""):
+        h.update(part)
+        h.update(b"\0")
+    return h.hexdigest()[:20]
+
+
+def _is_elf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"\x7fELF"
+    except OSError:
+        return False
+
+
+def _build(cxx: str, native: bool, rebuild: bool = False) -> Path:
+    """The cached shared object for (compiler, native), compiled first if absent, damaged or ``rebuild``."""
+    from filelock import FileLock
+    d = cache_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    so = d / f"{_key(cxx, native)}.so"
+    with FileLock(str(so) + ".lock"):
+        if so.is_file() and _is_elf(so) and not rebuild:
+            return so
+        tmp = so.with_name(f"{so.stem}.{os.getpid()}.tmp.so")
+        try:
+            r = subprocess.run(_command(cxx, tmp, native), capture_output=True, text=True)
+            if r.returncode:
+                raise RuntimeError(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}")
+            os.replace(tmp, so)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return so
+
+
+def load() -> bool:
+    """Make ``torch.ops.sfmp.linear_cpu`` available (build if needed). True on success; False, with
+    one warning per process, where it cannot be built here."""
+    if "ok" in _state:
+        return bool(_state["ok"])
+    cxx = compiler()
+    err = "no C++ compiler (set CXX)" if cxx is None else None
+    for native in (True, False) if cxx else ():
+        try:
+            try:
+                torch.ops.load_library(str(_build(cxx, native)))
+            except OSError:  # a cached file that is an ELF but not a loadable one: build it again
+                torch.ops.load_library(str(_build(cxx, native, rebuild=True)))
+            _state["ok"] = True
+            _state["native"] = native
+            return True
+        except (RuntimeError, OSError) as e:
+            err = str(e)
+    _state["ok"] = False
+    warnings.warn(f"sfmp: the CPU kernel could not be built ({err}); CPU layers run the reference op", stacklevel=2)
+    return False

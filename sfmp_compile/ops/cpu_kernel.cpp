@@ -1,0 +1,342 @@
+// sfmp::linear_cpu — the mixed-width GEMM on CPU, straight from the format v1 sub-planes.
+//
+// Resident weights are the checkpoint's packed bytes: nothing is widened or repacked.
+// Activations are quantized per (row, group) to int8 (absmax / 127, like llama.cpp's Q8 activations),
+// so a sub-plane of width w is an integer dot product: AVX2's maddubs multiplies 32 unsigned w-bit
+// codes by 32 signed int8 activations at once. A b-bit code is the sum of its sub-planes shifted by
+// their bit offsets, so each plane is its own plain w-bit dot product and the integer results add.
+//
+// Layout recap (docs/FORMAT.md): a sub-plane of width w is [words_per_row, rows] with rows contiguous,
+// so one 8-lane int32 load takes the same word of 8 consecutive output rows: each SIMD lane is an
+// output row. Within a word, column c sits at bits [c*w, (c+1)*w); shifting the word right by i*w and
+// masking every byte's low w bits leaves, in byte b, column b*S + i (S = 8/w). The matching
+// activations (4 bytes: columns i, S+i, 2S+i, 3S+i) are broadcast to all lanes, built once per call
+// ("patterns", pattern_index below).
+//
+// Per (row, group): y += scale * xs * (sum q*xq - zero * sum xq): the zero point is applied once per
+// group, in exact integer arithmetic before it.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
+#include <immintrin.h>
+#define SFMP_AVX2 1
+#else
+#define SFMP_AVX2 0
+#endif
+
+namespace {
+
+constexpr int CHUNK = 64;        // output rows per unit of work (a multiple of 8)
+constexpr int VECS = CHUNK / 8;  // 8-row int32 vectors per chunk
+constexpr int MAX_MT = 4;        // activation rows sharing one pass over a chunk's weights
+
+struct Layer {
+  const int32_t* qweight;
+  const uint8_t* bits;
+  const int32_t* block_offset;
+  const int32_t* group_order;
+  const c10::Half* scales;  // [G, N]
+  const c10::Half* zeros;   // [G, N]
+  int64_t N, K, block_rows, group_size, R, G;
+  int64_t rows_in(int64_t r) const { return std::min(block_rows, N - r * block_rows); }
+  int64_t stored_cols(int64_t j) const {
+    int64_t c = std::min(group_size, K - j * group_size);
+    return (c + 31) / 32 * 32;
+  }
+};
+
+// Quantized activations of one row: int8 codes (padded to the stored columns), per-group scale and
+// code sum, and per plane width the broadcast patterns.
+struct Acts {
+  std::vector<float> xs;        // [G]
+  std::vector<int32_t> xsum;    // [G]
+  std::vector<int32_t> pat[4];  // width 1, 2, 4, 8 -> [Kp / 4] words
+};
+
+inline int width_slot(int w) { return w == 1 ? 0 : w == 2 ? 1 : w == 4 ? 2 : 3; }
+
+// The pattern word for plane width w, global word t, shift position i: bytes b = 0..3 hold
+// xq[t * (32/w) + b * (8/w) + i]. Its index in Acts::pat is t * (8/w) + i.
+void build_acts(const float* x, const Layer& L, int64_t Kp, unsigned width_set, Acts& a) {
+  std::vector<int8_t> xq(Kp, 0);
+  a.xs.assign(L.G, 0.f);
+  a.xsum.assign(L.G, 0);
+  for (int64_t j = 0; j < L.G; ++j) {
+    int64_t c0 = j * L.group_size, c1 = std::min(L.K, c0 + L.group_size);
+    float amax = 0.f;
+    bool finite = true;
+    for (int64_t k = c0; k < c1; ++k) {
+      amax = std::max(amax, std::fabs(x[k]));
+      finite &= std::isfinite(x[k]);
+    }
+    if (!finite) {
+      a.xs[j] = NAN;  // a non-finite input stays non-finite in the output
+      continue;
+    }
+    if (!(amax > 0.f)) continue;
+    float inv = 127.f / amax;
+    int32_t s = 0;
+    for (int64_t k = c0; k < c1; ++k) {
+      int q = static_cast<int>(std::nearbyint(x[k] * inv));
+      q = std::max(-127, std::min(127, q));
+      xq[k] = static_cast<int8_t>(q);
+      s += q;
+    }
+    a.xs[j] = amax / 127.f;
+    a.xsum[j] = s;
+  }
+  for (int w : {1, 2, 4, 8}) {
+    if (!(width_set & (1u << width_slot(w)))) continue;
+    const int cpw = 32 / w, S = 8 / w;
+    const int64_t words = Kp / cpw;
+    auto& p = a.pat[width_slot(w)];
+    p.assign(words * S, 0);
+    for (int64_t t = 0; t < words; ++t)
+      for (int i = 0; i < S; ++i) {
+        uint32_t v = 0;
+        for (int b = 0; b < 4; ++b) v |= static_cast<uint32_t>(static_cast<uint8_t>(xq[t * cpw + b * S + i])) << (8 * b);
+        p[t * S + i] = static_cast<int32_t>(v);
+      }
+  }
+}
+
+#if SFMP_AVX2
+// One pass over a sub-plane for a chunk of up to CHUNK rows: for each word, the chunk's rows are
+// one contiguous run of memory (sequential reads), and the broadcast activations of that word serve
+// every 8-row vector of the run. acc[m * VECS + v]: int32 sums of code * xq for vector v, row m.
+template <int W, int MT>
+inline void plane_dot(const int32_t* plane, int64_t rows, int64_t words, int nv, __m256i last_mask,
+                      bool last_partial, const int32_t* const* pat, __m256i* acc) {
+  constexpr int S = 8 / W;
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i mask = _mm256_set1_epi8(static_cast<char>((1 << W) - 1));
+  const __m256i sign_bit = _mm256_set1_epi8(static_cast<char>(0x80));
+  for (int64_t t = 0; t < words; ++t) {
+    const int32_t* wp = plane + t * rows;
+    for (int v = 0; v < nv; ++v) {
+      const __m256i x = (last_partial && v == nv - 1)
+                            ? _mm256_maskload_epi32(wp + 8 * v, last_mask)
+                            : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 8 * v));
+      __m256i a16[MT];
+      if constexpr (W == 8) {
+        // codes 0..255 as signed (q - 128) so that pair sums fit int16: |q-128|*127*2 <= 32512.
+        const __m256i sq = _mm256_xor_si256(x, sign_bit);
+        const __m256i as = _mm256_abs_epi8(sq);
+        for (int m = 0; m < MT; ++m)
+          a16[m] = _mm256_maddubs_epi16(as, _mm256_sign_epi8(_mm256_set1_epi32(pat[m][t]), sq));
+      } else {
+        for (int m = 0; m < MT; ++m) a16[m] = _mm256_setzero_si256();
+        for (int i = 0; i < S; ++i) {
+          const __m256i c = _mm256_and_si256(_mm256_srli_epi32(x, i * W), mask);
+          // int16 sums over a word: at most S * 2 * (2^W - 1) * 127 <= 7620.
+          for (int m = 0; m < MT; ++m)
+            a16[m] = _mm256_add_epi16(a16[m], _mm256_maddubs_epi16(c, _mm256_set1_epi32(pat[m][t * S + i])));
+        }
+      }
+      for (int m = 0; m < MT; ++m)
+        acc[m * VECS + v] = _mm256_add_epi32(acc[m * VECS + v], _mm256_madd_epi16(a16[m], ones));
+    }
+  }
+}
+
+template <int MT>
+void chunk_avx2(const Layer& L, int64_t r, int64_t i0, const Acts* acts, float* const* y) {
+  const int64_t rows = L.rows_in(r), row0 = r * L.block_rows + i0;
+  const int n = static_cast<int>(std::min<int64_t>(CHUNK, rows - i0));
+  const int nv = (n + 7) / 8, tail = n - 8 * (nv - 1);
+  alignas(32) int32_t lm[8];
+  for (int l = 0; l < 8; ++l) lm[l] = l < tail ? -1 : 0;
+  const __m256i last_mask = _mm256_load_si256(reinterpret_cast<const __m256i*>(lm));
+  const bool last_partial = tail < 8;
+  alignas(32) float out[MT][CHUNK] = {};
+  for (int64_t g = 0; g < L.G; ++g) {
+    const int64_t j = L.group_order[r * L.G + g];
+    const int b = L.bits[r * L.G + j];
+    const int64_t cols = L.stored_cols(j), col0 = j * L.group_size;
+    const int32_t* plane = L.qweight + L.block_offset[r * L.G + j] + i0;
+    __m256i acc[MT * VECS];
+    for (int i = 0; i < MT * VECS; ++i) acc[i] = _mm256_setzero_si256();
+    int shift = 0;
+    for (int w : {8, 4, 2, 1}) {
+      if (!(b & w)) continue;
+      const int64_t words = cols * w / 32;
+      const int32_t* pat[MT];
+      for (int m = 0; m < MT; ++m) pat[m] = acts[m].pat[width_slot(w)].data() + col0 * w / 32 * (8 / w);
+      __m256i pacc[MT * VECS];
+      for (int i = 0; i < MT * VECS; ++i) pacc[i] = _mm256_setzero_si256();
+      switch (w) {
+        case 8: plane_dot<8, MT>(plane, rows, words, nv, last_mask, last_partial, pat, pacc); break;
+        case 4: plane_dot<4, MT>(plane, rows, words, nv, last_mask, last_partial, pat, pacc); break;
+        case 2: plane_dot<2, MT>(plane, rows, words, nv, last_mask, last_partial, pat, pacc); break;
+        default: plane_dot<1, MT>(plane, rows, words, nv, last_mask, last_partial, pat, pacc); break;
+      }
+      for (int m = 0; m < MT; ++m) {
+        const __m256i bias = _mm256_set1_epi32(w == 8 ? 128 * acts[m].xsum[j] : 0);
+        for (int v = 0; v < nv; ++v)
+          acc[m * VECS + v] = _mm256_add_epi32(acc[m * VECS + v],
+                                               _mm256_slli_epi32(_mm256_add_epi32(pacc[m * VECS + v], bias), shift));
+      }
+      plane += words * rows;
+      shift += w;
+    }
+    alignas(16) c10::Half sh[CHUNK] = {}, zh[CHUNK] = {};
+    std::copy(L.scales + j * L.N + row0, L.scales + j * L.N + row0 + n, sh);
+    std::copy(L.zeros + j * L.N + row0, L.zeros + j * L.N + row0 + n, zh);
+    for (int v = 0; v < nv; ++v) {
+      const __m256 s = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(sh + 8 * v)));
+      const __m256 z = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(zh + 8 * v)));
+      for (int m = 0; m < MT; ++m) {
+        const __m256 d = _mm256_fnmadd_ps(z, _mm256_set1_ps(static_cast<float>(acts[m].xsum[j])),
+                                          _mm256_cvtepi32_ps(acc[m * VECS + v]));
+        const __m256 o = _mm256_load_ps(out[m] + 8 * v);
+        _mm256_store_ps(out[m] + 8 * v, _mm256_fmadd_ps(_mm256_mul_ps(s, _mm256_set1_ps(acts[m].xs[j])), d, o));
+      }
+    }
+  }
+  for (int m = 0; m < MT; ++m) std::copy(out[m], out[m] + n, y[m] + row0);
+}
+#endif
+
+// Portable twin of chunk_avx2: the same integer sums, one row at a time.
+void chunk_scalar(const Layer& L, int64_t r, int64_t i0, int mt, const Acts* acts, float* const* y) {
+  const int64_t rows = L.rows_in(r), row0 = r * L.block_rows + i0;
+  const int n = static_cast<int>(std::min<int64_t>(CHUNK, rows - i0));
+  for (int l = 0; l < n; ++l)
+    for (int m = 0; m < mt; ++m) {
+      float out = 0.f;
+      for (int64_t g = 0; g < L.G; ++g) {
+        const int64_t j = L.group_order[r * L.G + g];
+        const int b = L.bits[r * L.G + j];
+        const int64_t cols = L.stored_cols(j), word0 = j * L.group_size;
+        const int32_t* plane = L.qweight + L.block_offset[r * L.G + j] + i0 + l;
+        int64_t acc = 0;
+        int shift = 0;
+        for (int w : {8, 4, 2, 1}) {
+          if (!(b & w)) continue;
+          const int cpw = 32 / w, S = 8 / w;
+          const int64_t words = cols / cpw;
+          const int32_t* pat = acts[m].pat[width_slot(w)].data() + word0 / cpw * S;
+          int64_t pacc = 0;
+          for (int64_t t = 0; t < words; ++t) {
+            const uint32_t v = static_cast<uint32_t>(plane[t * rows]);
+            for (int c = 0; c < cpw; ++c) {
+              const int i = c % S, byte = c / S;
+              const int8_t xq = static_cast<int8_t>(static_cast<uint32_t>(pat[t * S + i]) >> (8 * byte));
+              pacc += static_cast<int64_t>((v >> (c * w)) & ((1u << w) - 1)) * xq;
+            }
+          }
+          acc += pacc << shift;
+          plane += words * rows;
+          shift += w;
+        }
+        const float s = static_cast<float>(L.scales[j * L.N + row0 + l]);
+        const float z = static_cast<float>(L.zeros[j * L.N + row0 + l]);
+        out += s * acts[m].xs[j] * (static_cast<float>(acc) - z * static_cast<float>(acts[m].xsum[j]));
+      }
+      y[m][row0 + l] = out;
+    }
+}
+
+void run_chunk(const Layer& L, int64_t r, int64_t i0, int mt, const Acts* acts, float* const* y, bool portable) {
+#if SFMP_AVX2
+  if (!portable) {
+    switch (mt) {
+      case 1: return chunk_avx2<1>(L, r, i0, acts, y);
+      case 2: return chunk_avx2<2>(L, r, i0, acts, y);
+      case 3: return chunk_avx2<3>(L, r, i0, acts, y);
+      default: return chunk_avx2<4>(L, r, i0, acts, y);
+    }
+  }
+#endif
+  chunk_scalar(L, r, i0, mt, acts, y);
+}
+
+at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& bits,
+                      const at::Tensor& block_offset, const at::Tensor& group_order, const at::Tensor& segment_ptr,
+                      const at::Tensor& scales, const at::Tensor& zeros, const at::Tensor& row_perm,
+                      const at::Tensor& col_perm, int64_t out_features, int64_t in_features, int64_t block_rows,
+                      int64_t group_size, int64_t portable) {
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == in_features, "sfmp::linear_cpu: x has ", x.dim() ? x.size(-1) : 0,
+              " features, the layer takes ", in_features);
+  TORCH_CHECK(qweight.is_contiguous() && scales.is_contiguous() && zeros.is_contiguous() &&
+                  bits.is_contiguous() && block_offset.is_contiguous() && group_order.is_contiguous(),
+              "sfmp::linear_cpu: packed tensors must be contiguous");
+  (void)segment_ptr;  // the walk follows group_order; validate() proved the two agree
+  const int64_t N = out_features, K = in_features;
+  const int64_t R = bits.size(0), G = bits.size(1);
+  Layer L{qweight.data_ptr<int32_t>(), bits.data_ptr<uint8_t>(), block_offset.data_ptr<int32_t>(),
+          group_order.data_ptr<int32_t>(), reinterpret_cast<const c10::Half*>(scales.data_ptr<at::Half>()),
+          reinterpret_cast<const c10::Half*>(zeros.data_ptr<at::Half>()), N, K, block_rows, group_size, R, G};
+  const int64_t Kp = G ? (G - 1) * group_size + L.stored_cols(G - 1) : 0;
+
+  at::Tensor xf = x.reshape({-1, K}).to(at::kFloat).contiguous();
+  const int64_t M = xf.size(0);
+  at::Tensor out = at::zeros({M, N}, xf.options());
+  auto shape = x.sizes().vec();
+  shape.back() = N;
+  if (M == 0 || N == 0) return out.reshape(shape).to(x.scalar_type());
+
+  unsigned width_set = 0;
+  const uint8_t* bp = L.bits;
+  for (int64_t i = 0; i < R * G; ++i)
+    for (int w : {1, 2, 4, 8})
+      if (bp[i] & w) width_set |= 1u << width_slot(w);
+
+  const float* xp = xf.data_ptr<float>();
+  const int32_t* cp = col_perm.numel() ? col_perm.data_ptr<int32_t>() : nullptr;
+  std::vector<Acts> acts(M);
+  at::parallel_for(0, M, 1, [&](int64_t m0, int64_t m1) {
+    std::vector<float> xg(Kp, 0.f);
+    for (int64_t m = m0; m < m1; ++m) {
+      const float* row = xp + m * K;
+      for (int64_t k = 0; k < K; ++k) xg[k] = cp ? row[cp[k]] : row[k];
+      build_acts(xg.data(), L, Kp, width_set, acts[m]);
+    }
+  });
+
+  // y in reordered rows; scattered through row_perm afterwards.
+  at::Tensor yr = row_perm.numel() ? at::empty({M, N}, xf.options()) : out;
+  float* yp = yr.data_ptr<float>();
+  std::vector<std::pair<int64_t, int64_t>> tiles;
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t i0 = 0; i0 < L.rows_in(r); i0 += CHUNK) tiles.emplace_back(r, i0);
+  const int64_t T = static_cast<int64_t>(tiles.size());
+  at::parallel_for(0, T, 4, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      for (int64_t m0 = 0; m0 < M; m0 += MAX_MT) {
+        const int mt = static_cast<int>(std::min<int64_t>(MAX_MT, M - m0));
+        float* ys[MAX_MT];
+        for (int m = 0; m < mt; ++m) ys[m] = yp + (m0 + m) * N;
+        run_chunk(L, tiles[t].first, tiles[t].second, mt, acts.data() + m0, ys, portable != 0);
+      }
+  });
+  if (row_perm.numel()) {
+    const int32_t* rp = row_perm.data_ptr<int32_t>();
+    float* op = out.data_ptr<float>();
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t i = 0; i < N; ++i) op[m * N + rp[i]] = yp[m * N + i];
+  }
+  return out.reshape(shape).to(x.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(sfmp, m) {
+  m.def(
+      "linear_cpu(Tensor x, Tensor qweight, Tensor bits, Tensor block_offset, Tensor group_order, "
+      "Tensor segment_ptr, Tensor scales, Tensor zeros, Tensor row_perm, Tensor col_perm, "
+      "int out_features, int in_features, int block_rows, int group_size, int portable=0) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(sfmp, CPU, m) { m.impl("linear_cpu", &linear_cpu); }
