@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from ..salience import is_conv1d
+from ..salience import is_conv1d, run_model as _run
 from .minmax import minmax_quantize, warn_if_zeroed
 
 
@@ -165,24 +165,11 @@ class _HessianAccumulator:
         return {n: self.sums[n] * (2.0 / self.counts[n]) for n in self.layers}
 
 
-def _run(model: nn.Module, batch) -> None:
-    """One calibration item through the model; a KV cache is useless here and costs memory."""
-    if isinstance(batch, Mapping):
-        kwargs = dict(batch)
-    elif isinstance(batch, torch.Tensor):
-        kwargs = {"input_ids": batch if batch.dim() > 1 else batch[None]}
-    else:
-        model(*batch)
-        return
-    if hasattr(model, "config"):
-        kwargs.setdefault("use_cache", False)
-    model(**kwargs)
-
-
 def collect_hessians(model: nn.Module, layers: Mapping[str, nn.Module], calibration: Iterable) -> dict[str, torch.Tensor]:
     """H = 2/n Σ_t x_t x_tᵀ for every layer in one pass over ``calibration`` with the current weights.
 
-    layers: name -> nn.Linear / Conv1D. calibration: token-id tensors [B, T] or kwargs dicts.
+    layers: name -> nn.Linear / Conv1D. calibration: what ``salience.run_model`` takes (tensors,
+    kwargs dicts, argument tuples).
     Returns name -> fp32 [K, K] in the layer's ORIGINAL input-column order. Memory: all Hessians at
     once (``gptq_model`` bounds it to one decoder layer for decoder stacks).
     """
