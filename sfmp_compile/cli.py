@@ -11,8 +11,10 @@ MODEL is "smollm2" (SmolLM2-135M-Instruct, the default real model), "tiny" (a ra
 Llama with a character tokenizer, for tests), or a local transformers model directory. Text comes
 from the Wikipedia excerpt in gensim's wheel (calibration from its first articles, evaluation from
 its last) unless ``--text FILE`` is given (first half calibrates, second half evaluates).
-User errors (missing model or text, bad options, an existing output directory) print one line on
-stderr and exit with status 2; no tracebacks.
+User errors (missing model or text, bad options, an existing output path, a corrupt or missing
+checkpoint) print one line on stderr and exit with status 2; no tracebacks. User errors are
+``CLIError``, ``SFMPConfigError``, ``CheckpointError``, missing files, and the ``ValueError`` the
+library raises for bad inputs (its convention); anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -83,16 +85,35 @@ def _calibration(tokenizer, args):
     return calibration_batches(tokenizer, args.calib_sequences, args.seq_len, text=text_halves(args.text)[0])
 
 
+def _positive(text: str) -> int:
+    """argparse type for counts (sequences, lengths, tokens, sizes): an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
+
+
 def _check_out(path: str, overwrite: bool) -> None:
+    """--out must be a directory or not exist: an existing file (or a link, or anything else) is
+    refused even with --overwrite, which replaces directories only."""
     p = Path(path)
-    if p.exists() and not overwrite and (not p.is_dir() or any(p.iterdir())):
+    if p.is_symlink() or (p.exists() and not p.is_dir()):
+        raise CLIError(f"--out {path} exists and is not a directory; refusing to replace it (--overwrite replaces "
+                       "directories only)")
+    if p.exists() and not overwrite and any(p.iterdir()):
         raise CLIError(f"output directory {path} already exists; choose another --out or pass --overwrite")
 
 
 def _check_writable_file(path: str | None, what: str) -> None:
     if path is None:
         return
-    parent = Path(path).expanduser().resolve().parent
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise CLIError(f"{what} {path} is a directory; give a file path")
+    parent = target.resolve().parent
     if not parent.is_dir():
         raise CLIError(f"{what}: directory {parent} does not exist")
 
@@ -216,16 +237,16 @@ def _common_quant(p):
     p.add_argument("--bit-choices", default=None, help="three widths for the 3-level scheme, e.g. 2,3,4")
     p.add_argument("--salience", choices=SALIENCE_KINDS, default="activation")
     p.add_argument("--quantizer", choices=QUANTIZERS, default="rtn")
-    p.add_argument("--group-size", type=int, default=128, help="input columns per block and scale group")
-    p.add_argument("--block-rows", type=int, default=512, help="output rows per block")
+    p.add_argument("--group-size", type=_positive, default=128, help="input columns per block and scale group")
+    p.add_argument("--block-rows", type=_positive, default=512, help="output rows per block")
 
 
 def _common_data(p, cal=16, seq=512, ev=8192, ctx=512):
     p.add_argument("--text", default=None, help="UTF-8 text file (first half calibrates, second half evaluates)")
-    p.add_argument("--calib-sequences", type=int, default=cal)
-    p.add_argument("--seq-len", type=int, default=seq)
-    p.add_argument("--eval-tokens", type=int, default=ev)
-    p.add_argument("--context", type=int, default=ctx)
+    p.add_argument("--calib-sequences", type=_positive, default=cal)
+    p.add_argument("--seq-len", type=_positive, default=seq)
+    p.add_argument("--eval-tokens", type=_positive, default=ev)
+    p.add_argument("--context", type=_positive, default=ctx)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -265,12 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="SmolLM2 at 3 bits through torch.compile: text, PPL, sizes")
     d.add_argument("--model", default="smollm2")
     d.add_argument("--bits", type=float, default=3.0)
-    d.add_argument("--group-size", type=int, default=64)
-    d.add_argument("--block-rows", type=int, default=512)
+    d.add_argument("--group-size", type=_positive, default=64)
+    d.add_argument("--block-rows", type=_positive, default=512)
     d.add_argument("--inner", default="inductor", choices=("inductor", "aot_eager", "eager"))
     d.add_argument("--prompt", default="The capital of France is")
-    d.add_argument("--new-tokens", type=int, default=24)
-    d.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: auto)")
+    d.add_argument("--new-tokens", type=_positive, default=24)
+    d.add_argument("--threads", type=_positive, default=None, help="torch CPU threads (default: auto)")
     _common_data(d, cal=8, seq=256, ev=2048, ctx=512)
     d.set_defaults(func=cmd_demo)
     return ap
@@ -282,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CLIError, SFMPConfigError, FileNotFoundError, ValueError, TypeError) as e:
+    except (CLIError, SFMPConfigError, FileNotFoundError, NotADirectoryError, ValueError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"sfmp {args.command}: error: {msg}", file=sys.stderr)
         return EXIT_USAGE

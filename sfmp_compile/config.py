@@ -68,6 +68,9 @@ class QuantConfig:
             raise SFMPConfigError(f"salience must be one of {tuple(SALIENCE_KINDS)}, got {self.salience!r}")
         if self.quantizer not in QUANTIZERS:
             raise SFMPConfigError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
+        d = self.gptq_damp
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d) or d < 0:
+            raise SFMPConfigError(f"gptq_damp must be a finite number >= 0 (λ = gptq_damp·mean diag H), got {d!r}")
         if isinstance(self.skip, str):
             object.__setattr__(self, "skip", (self.skip,))
         else:

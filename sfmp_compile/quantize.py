@@ -21,10 +21,12 @@ from .reordering import reorder
 from .salience import linear_weight
 
 
-def quantize_weight(weight: torch.Tensor, layer_plan: LayerPlan, config, hessian: torch.Tensor | None = None) -> PackedWeight:
+def quantize_weight(weight: torch.Tensor, layer_plan: LayerPlan, config, hessian: torch.Tensor | None = None,
+                    name: str | None = None) -> PackedWeight:
     """Quantize one [N, K] float weight (original order) under its plan into a PackedWeight.
 
-    hessian: fp32 [K, K] (original column order) for the GPTQ quantizer; ignored by RTN.
+    hessian: fp32 [K, K] (original column order) for the GPTQ quantizer; ignored by RTN. name: the
+    layer's name, for errors and the all-zeros warning.
     """
     N, K = weight.shape
     if layer_plan.shape != (N, K):
@@ -40,11 +42,21 @@ def quantize_weight(weight: torch.Tensor, layer_plan: LayerPlan, config, hessian
         if hessian is None:
             raise ValueError("the gptq quantizer needs calibration data (a Hessian per layer)")
         h = hessian.float().to(w.device).index_select(0, co.to(w.device)).index_select(1, co.to(w.device))
-        codes, scales, zeros = gptq_quantize(w, group_bits, config.group_size, h, damp=config.gptq_damp, clip=config.clip_search)
     else:
-        cw = layer_plan.col_weight
-        cw = cw.float().to(w.device)[co.to(w.device)] if cw is not None else None
-        codes, scales, zeros = minmax_quantize(w, group_bits, config.group_size, clip=config.clip_search, col_weight=cw)
+        h = None
+    try:
+        if config.quantizer == "gptq":
+            codes, scales, zeros = gptq_quantize(w, group_bits, config.group_size, h, damp=config.gptq_damp,
+                                                 clip=config.clip_search, name=name)
+        else:
+            cw = layer_plan.col_weight
+            cw = cw.float().to(w.device)[co.to(w.device)] if cw is not None else None
+            codes, scales, zeros = minmax_quantize(w, group_bits, config.group_size, clip=config.clip_search,
+                                                   col_weight=cw, name=name)
+    except ValueError as e:
+        if name is None:
+            raise
+        raise ValueError(f"{name}: {e}") from None
     return pack(codes, layer_plan.bits, scales, zeros, ro, co, config.block_rows, config.group_size)
 
 
@@ -98,7 +110,7 @@ def quantize(model: nn.Module, bits: float = 3.0, *, calibration: Iterable | Non
             # Quantize one layer and hand back its dequantized weight, which feeds the later layers.
             m = layers[name]
             check_weight(name, m.weight)
-            pw = quantize_weight(linear_weight(m), plan.layers[name], config, hessian)
+            pw = quantize_weight(linear_weight(m), plan.layers[name], config, hessian, name=name)
             if progress is not None:
                 progress(name)
             return pw, pw.dequantize(torch.float32).to(m.weight.device)
@@ -112,7 +124,7 @@ def quantize(model: nn.Module, bits: float = 3.0, *, calibration: Iterable | Non
             continue
         m = layers[name]
         check_weight(name, m.weight)
-        packed[name] = (quantize_weight(linear_weight(m), lp, config), m.bias)
+        packed[name] = (quantize_weight(linear_weight(m), lp, config, name=name), m.bias)
         if progress is not None:
             progress(name)
     for name, (p, bias) in packed.items():

@@ -57,12 +57,52 @@ def weight_salience(model: nn.Module | None, layers: Mapping[str, nn.Module], ca
 
 
 def run_model(model: nn.Module, batch) -> object:
-    """Call a model on one calibration item: a token-id tensor, a dict of kwargs, or a tuple of args."""
-    if isinstance(batch, Mapping):
-        return model(**batch)
+    """Call a model on one calibration item, the one convention every calibration user shares
+    (activation and fisher salience, GPTQ's Hessians): a tensor (token ids [B, T] / [T], or any
+    float batch), a dict of kwargs, or a tuple/list of positional args.
+
+    A transformers model (it has ``.config``) gets a tensor as ``input_ids`` ([T] -> [1, T]) and
+    ``use_cache=False`` (a KV cache is useless here and costs memory); any other module is called
+    as ``model(tensor)``, ``model(**dict)`` or ``model(*args)``.
+    """
+    hf = hasattr(model, "config")
     if isinstance(batch, (tuple, list)):
         return model(*batch)
-    return model(batch)
+    if isinstance(batch, Mapping):
+        kwargs = dict(batch)
+    elif isinstance(batch, torch.Tensor):
+        if not hf:
+            return model(batch)
+        kwargs = {"input_ids": batch if batch.dim() > 1 else batch[None]}
+    else:
+        raise TypeError(f"a calibration item must be a tensor, a dict of model kwargs or a tuple of args, "
+                        f"got {type(batch).__name__}")
+    if hf:
+        kwargs.setdefault("use_cache", False)
+    return model(**kwargs)
+
+
+# The largest |w| any width can store: scales are fp16 (≤ 65504) and a group's range is at most
+# 255 scales at 8 bits (quantizers/minmax.py gives the exact per-width rule).
+MAX_ABS_WEIGHT = 65504.0 * 255
+
+
+def check_weights(layers: Mapping[str, nn.Module]) -> None:
+    """Refuse, naming the layer and the problem, weights that no salience or quantizer can handle:
+    non-float, meta, NaN/inf, or so large (> ~1.7e7) that fp16 scales cannot store them."""
+    for name, m in layers.items():
+        w = linear_weight(m)
+        if not w.is_floating_point():
+            raise TypeError(f"{name}: weight dtype {w.dtype} is not a floating-point type; SFMP quantizes float weights only")
+        if w.is_meta:
+            raise ValueError(f"{name}: weight is on the meta device (not materialised); load real weights first")
+        wd = w.detach()
+        if not torch.isfinite(wd).all():
+            raise ValueError(f"{name}: weight contains NaN or inf; refusing to quantize it")
+        amax = float(wd.abs().max()) if wd.numel() else 0.0
+        if amax > MAX_ABS_WEIGHT:
+            raise ValueError(f"{name}: weight magnitude {amax:.3g} overflows what fp16 scales can store "
+                             f"(|w| ≤ {MAX_ABS_WEIGHT:.3g} at 8 bits); refusing to quantize it")
 
 
 @contextmanager
@@ -111,18 +151,62 @@ def activation_salience(model: nn.Module, layers: Mapping[str, nn.Module], calib
 
 
 def _split_sequences(batch):
-    """Yield one-sequence items so L_n is the loss of sequence n, as the paper's Fisher requires."""
+    """Yield one-sequence items, in the batch's own form, so L_n is the loss of sequence n as the
+    paper's Fisher requires: rows of a tensor ([T] is one sequence), of a dict's batch-shaped values,
+    or of a tuple's batch-shaped tensors."""
     if isinstance(batch, torch.Tensor):
-        if batch.dim() == 1:
-            batch = batch[None]
+        batch = batch if batch.dim() > 1 else batch[None]
         for i in range(batch.shape[0]):
-            yield {"input_ids": batch[i : i + 1]}
+            yield batch[i : i + 1]
     elif isinstance(batch, Mapping):
+        if "input_ids" not in batch:
+            raise TypeError("fisher salience: a dict calibration item needs 'input_ids'")
         ids = batch["input_ids"]
         for i in range(ids.shape[0]):
             yield {k: (v[i : i + 1] if isinstance(v, torch.Tensor) and v.shape[:1] == ids.shape[:1] else v) for k, v in batch.items()}
+    elif isinstance(batch, (tuple, list)):
+        first = next((a for a in batch if isinstance(a, torch.Tensor) and a.dim() > 0), None)
+        if first is None:
+            yield tuple(batch)
+            return
+        n = first.shape[0]
+        for i in range(n):
+            yield tuple(a[i : i + 1] if isinstance(a, torch.Tensor) and a.shape[:1] == (n,) else a for a in batch)
     else:
-        raise TypeError("fisher salience needs token-id tensors or dicts with 'input_ids'")
+        raise TypeError(f"a calibration item must be a tensor, a dict of model kwargs or a tuple of args, "
+                        f"got {type(batch).__name__}")
+
+
+def _logits(out) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if getattr(out, "logits", None) is not None:
+        return out.logits
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise TypeError(f"fisher salience cannot read logits from a model output of type {type(out).__name__}")
+
+
+def _sequence_loss(model: nn.Module, item) -> torch.Tensor:
+    """L_n for one sequence. A transformers model (``.config``) given token ids: its own ``.loss``
+    with labels = input_ids. Any other module, called as ``run_model`` calls it, has its output read
+    as logits over the last dimension: token-id input [1, T] with logits [1, T, V] gets the causal
+    next-token cross-entropy (what a causal LM's loss is); otherwise the cross-entropy against the
+    model's own argmax prediction (the Fisher at the model's predicted class, which needs no labels)."""
+    if hasattr(model, "config") and not isinstance(item, (tuple, list)):
+        kwargs = dict(item) if isinstance(item, Mapping) else {"input_ids": item}
+        out = model(**kwargs, labels=kwargs["input_ids"])
+        loss = getattr(out, "loss", None)
+        if loss is None:
+            raise TypeError("fisher salience needs a model that returns .loss when given labels")
+        return loss
+    logits = _logits(run_model(model, item)).float()
+    ids = item if isinstance(item, torch.Tensor) else None
+    if (ids is not None and not ids.is_floating_point() and logits.dim() == 3 and ids.dim() == 2
+            and logits.shape[:2] == ids.shape and ids.shape[1] > 1):
+        return nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+    flat = logits.reshape(-1, logits.shape[-1])
+    return nn.functional.cross_entropy(flat, flat.detach().argmax(-1))
 
 
 def fisher_salience(model: nn.Module, layers: Mapping[str, nn.Module], calibration: Iterable,
@@ -130,8 +214,10 @@ def fisher_salience(model: nn.Module, layers: Mapping[str, nn.Module], calibrati
     """Diagonal empirical Fisher Σ_n (∂L_n/∂W)², L_n = mean next-token cross-entropy of sequence n;
     fp32 [out, in] per layer (``moments`` unused).
 
-    Needs a causal LM that returns ``.loss`` when given ``labels``. Gradients flow only into the
-    linear weights (everything else frozen for the duration) and are squared into fp32 sums.
+    Takes the calibration items ``run_model`` takes; L_n as ``_sequence_loss`` defines it (a
+    transformers LM's own loss; for any other module, cross-entropy of its output read as logits).
+    Gradients flow only into the linear weights (everything else frozen for the duration) and are
+    squared into fp32 sums.
     """
     params = {n: m.weight for n, m in layers.items()}
     saved = {p: p.requires_grad for p in model.parameters()}
@@ -154,11 +240,7 @@ def fisher_salience(model: nn.Module, layers: Mapping[str, nn.Module], calibrati
         with torch.enable_grad():
             for batch in calibration:
                 for item in _split_sequences(batch):
-                    out = model(**item, labels=item["input_ids"])
-                    loss = getattr(out, "loss", None)
-                    if loss is None:
-                        raise TypeError("fisher salience needs a model that returns .loss when given labels")
-                    loss.backward()
+                    _sequence_loss(model, item).backward()
                     for n, p in params.items():
                         if p.grad is not None:
                             acc[n].add_(p.grad.float().pow(2))
@@ -224,4 +306,11 @@ def compute_salience(kind: str, model: nn.Module, layers: Mapping[str, nn.Module
     if entry.needs_calibration and calibration is None and not (entry.uses_moments and moments is not None):
         raise ValueError(f"salience='{kind}' needs calibration= data (an iterable of token-id tensors or input dicts); "
                          "use salience='weight' for a data-free run")
-    return entry.estimate(model, layers, calibration, moments)
+    check_weights(layers)
+    out = entry.estimate(model, layers, calibration, moments)
+    for name, s in out.items():
+        if not torch.isfinite(s).all():
+            why = {"activation": "the layer's inputs E[x²] overflow fp32 or contain NaN",
+                   "fisher": "the loss gradients overflow fp32 or contain NaN"}.get(kind, "it overflows fp32")
+            raise ValueError(f"{name}: {kind} salience is not finite ({why}); the weight itself is finite and in range")
+    return out

@@ -17,6 +17,10 @@ from sfmp_compile.config import QuantConfig, SFMPConfigError
     (dict(block_rows=0), "positive integer"),
     (dict(salience="hessian"), "salience must be one of"),
     (dict(quantizer="awq"), "quantizer must be one of"),
+    (dict(gptq_damp=-1.0), "gptq_damp must be a finite number"),
+    (dict(gptq_damp=float("nan")), "gptq_damp must be a finite number"),
+    (dict(gptq_damp=float("inf")), "gptq_damp must be a finite number"),
+    (dict(gptq_damp="0.01"), "gptq_damp must be a finite number"),
 ])
 def test_bad_options_get_one_clear_error(kwargs, message):
     with pytest.raises(SFMPConfigError, match=message):
@@ -26,3 +30,7 @@ def test_bad_options_get_one_clear_error(kwargs, message):
 def test_roundtrip_dict():
     c = QuantConfig(bits=2.75, bit_choices=(2, 3, 4), skip=("lm_head", "*.gate"))
     assert QuantConfig.from_dict(c.to_dict()) == c
+
+
+def test_zero_damp_is_allowed():
+    assert QuantConfig(gptq_damp=0).gptq_damp == 0

@@ -76,3 +76,72 @@ def test_salience_from_moments_is_w2_times_column_moment(n, k, seed, with_moment
     s = salience_from_moments(w, mom if with_moments else None)
     want = torch.stack([w[i].float() ** 2 * (mom if with_moments else 1) for i in range(n)])
     assert s.dtype == torch.float32 and torch.equal(s, want)
+
+
+# ---- one calibration convention for activation, fisher and GPTQ (issue 13 item 9) -----------------
+
+def _token_seq():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Embedding(20, 16), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 20))
+
+
+def _float_seq():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+
+
+@pytest.mark.parametrize("make, batch", [
+    (_token_seq, lambda: torch.randint(0, 20, (3, 10))),     # LongTensor batch
+    (_float_seq, lambda: torch.randn(5, 8)),                 # float tensor batch
+    (_float_seq, lambda: (torch.randn(5, 8),)),              # tuple of positional args
+])
+def test_all_calibration_users_take_the_same_inputs(make, batch):
+    from sfmp_compile import quantize, quantization_report
+    from sfmp_compile.quantizers.gptq import collect_hessians
+    torch.manual_seed(1)
+    cal = [batch(), batch()]
+    model = make()
+    layers = find_linears(model, ())
+    for kind in ("activation", "fisher"):
+        s = compute_salience(kind, model, layers, cal)
+        assert set(s) == set(layers) and all(torch.isfinite(v).all() and (v > 0).any() for v in s.values())
+    hess = collect_hessians(model, layers, cal)
+    assert all(h.shape == (m.in_features,) * 2 and torch.isfinite(h).all() for h, m in zip(hess.values(), layers.values()))
+    for kind in ("activation", "fisher"):
+        m = make()
+        quantize(m, 3, calibration=cal, salience=kind, quantizer="gptq", group_size=32, block_rows=8, skip=())
+        assert quantization_report(m)["weight_bits"] == pytest.approx(3.0)
+
+
+def test_fisher_on_token_sequential_is_causal_next_token_loss():
+    model = _token_seq()
+    lin = model[3]
+    x = torch.randint(0, 20, (2, 10))
+    s = fisher_salience(model, {"3": lin}, [x])["3"]
+    want = torch.zeros_like(s)
+    for i in range(2):
+        lin.weight.grad = None
+        logits = model(x[i : i + 1])
+        nn.functional.cross_entropy(logits[0, :-1], x[i, 1:]).backward()
+        want += lin.weight.grad.pow(2)
+    torch.testing.assert_close(s, want)
+
+
+@pytest.mark.parametrize("value, needle", [(1e30, "overflows what fp16 scales can store"),
+                                           (float("inf"), "contains NaN or inf")])
+def test_bad_weights_are_named_before_salience(value, needle):
+    """A 1e30 weight used to surface as 'salience contains NaN or inf'."""
+    from sfmp_compile import quantize
+    m = tiny_llama()
+    with torch.no_grad():
+        m.model.layers[1].mlp.up_proj.weight[3, 4] = value
+    for kind in ("weight", "activation"):
+        with pytest.raises(ValueError, match=f"model.layers.1.mlp.up_proj: weight .*{needle}"):
+            quantize(m, 3, calibration=[torch.randint(0, 256, (1, 8))], salience=kind)
+    assert isinstance(m.model.layers[1].mlp.up_proj, nn.Linear)  # untouched
+
+
+def test_non_finite_salience_names_its_cause():
+    lin = nn.Linear(4, 2)
+    with pytest.raises(ValueError, match=r"0: activation salience is not finite \(the layer's inputs"):
+        compute_salience("activation", nn.Sequential(lin), {"0": lin}, [torch.full((2, 4), 1e30)])

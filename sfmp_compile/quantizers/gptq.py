@@ -20,8 +20,8 @@ from typing import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from ..salience import is_conv1d
-from .minmax import minmax_quantize
+from ..salience import is_conv1d, run_model as _run
+from .minmax import minmax_quantize, warn_if_zeroed
 
 
 # --------------------------------------------------------------------------------------------------
@@ -55,7 +55,7 @@ def _inverse_hessian_factor(h: torch.Tensor, damp: float) -> tuple[torch.Tensor,
 
 
 def gptq_quantize(w: torch.Tensor, group_bits: torch.Tensor, group_size: int, hessian: torch.Tensor,
-                  damp: float = 0.01, clip: bool = False, block: int = 128
+                  damp: float = 0.01, clip: bool = False, block: int = 128, name: str | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """GPTQ of one reordered weight under a per-(row, group) bit map.
 
@@ -64,7 +64,9 @@ def gptq_quantize(w: torch.Tensor, group_bits: torch.Tensor, group_size: int, he
     w's column order. damp: λ = damp·mean(diag H) added to the diagonal. clip: per group, pick the
     min-max shrink ratio (minmax's grid) with the least diag(H)-weighted error on the error-updated
     weights. block: columns per lazy-update block (rounded to a multiple of group_size so a group
-    never straddles two blocks and its parameters come from fully updated weights).
+    never straddles two blocks and its parameters come from fully updated weights). name: the
+    layer's name for the all-zeros warning. Scales follow minmax's rule (relative to each group's
+    range, fp16 limits as ``minmax`` documents).
 
     Returns codes uint8 [N, K], scales fp32 [N, G] (fp16-exact), zeros fp32 [N, G] (integers),
     the same contract as ``minmax_quantize``.
@@ -79,10 +81,13 @@ def gptq_quantize(w: torch.Tensor, group_bits: torch.Tensor, group_size: int, he
         raise ValueError(f"hessian must be [{K}, {K}], got {tuple(hessian.shape)}")
     if not torch.isfinite(hessian).all():
         raise ValueError("GPTQ: the calibration Hessian contains NaN or inf")
+    if not (isinstance(damp, (int, float)) and damp >= 0 and damp == damp and damp != float("inf")):
+        raise ValueError(f"GPTQ: damp must be a finite number >= 0, got {damp!r}")
     dev = W.device
     hessian = hessian.to(dev)
     U, dead = _inverse_hessian_factor(hessian, damp)
     W[:, dead] = 0
+    live = W.clone()  # the weight as far as the output can see it (dead columns never matter)
     hdiag = torch.diagonal(hessian).float().clamp_min(0)
     block = max(1, block // group_size) * group_size
 
@@ -106,7 +111,7 @@ def gptq_quantize(w: torch.Tensor, group_bits: torch.Tensor, group_size: int, he
                 g = col // group_size
                 end = min(i + group_size, i2 - i1)
                 _, s, z = minmax_quantize(W1[:, i:end], gb[:, g : g + 1], group_size, clip=clip,
-                                          col_weight=hdiag[col : i1 + end] if clip else None)
+                                          col_weight=hdiag[col : i1 + end] if clip else None, check=False)
                 scale, zero, qmax = s[:, 0], z[:, 0], qmax_all[:, g]
                 scales[:, g], zeros[:, g] = scale, zero
             x = W1[:, i]
@@ -118,6 +123,7 @@ def gptq_quantize(w: torch.Tensor, group_bits: torch.Tensor, group_size: int, he
             Err1[:, i] = err
         # Lazy batch update of every later column, once per block (the GPTQ trick that makes it fast).
         W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+    warn_if_zeroed(live, codes, zeros, group_size, name)
     return codes, scales, zeros
 
 
@@ -159,24 +165,11 @@ class _HessianAccumulator:
         return {n: self.sums[n] * (2.0 / self.counts[n]) for n in self.layers}
 
 
-def _run(model: nn.Module, batch) -> None:
-    """One calibration item through the model; a KV cache is useless here and costs memory."""
-    if isinstance(batch, Mapping):
-        kwargs = dict(batch)
-    elif isinstance(batch, torch.Tensor):
-        kwargs = {"input_ids": batch if batch.dim() > 1 else batch[None]}
-    else:
-        model(*batch)
-        return
-    if hasattr(model, "config"):
-        kwargs.setdefault("use_cache", False)
-    model(**kwargs)
-
-
 def collect_hessians(model: nn.Module, layers: Mapping[str, nn.Module], calibration: Iterable) -> dict[str, torch.Tensor]:
     """H = 2/n Σ_t x_t x_tᵀ for every layer in one pass over ``calibration`` with the current weights.
 
-    layers: name -> nn.Linear / Conv1D. calibration: token-id tensors [B, T] or kwargs dicts.
+    layers: name -> nn.Linear / Conv1D. calibration: what ``salience.run_model`` takes (tensors,
+    kwargs dicts, argument tuples).
     Returns name -> fp32 [K, K] in the layer's ORIGINAL input-column order. Memory: all Hessians at
     once (``gptq_model`` bounds it to one decoder layer for decoder stacks).
     """

@@ -1,9 +1,27 @@
-"""Asymmetric min-max quantization per (output row, column group), any width 1..8 per group."""
+"""Asymmetric min-max quantization per (output row, column group), any width 1..8 per group.
+
+Scales are relative to each group: a group's scale is its range / (2^bits − 1) (the range always
+contains 0, so it is at least max|w| / 255 at any width and clip ratio), with no absolute floor, so
+quantizing c·w gives the same codes as w and scales c times as large. Only an all-zero group gets
+the absolute scale 1 (codes = zero point = 0, dequantizing to exactly 0).
+
+fp16 storage limits (scales are stored fp16): the scaling is exact for scales in fp16's normal
+range [2^-14 ≈ 6.1e-5, 65504] and power-of-two c. Below it, subnormal scales (down to 2^-24 ≈ 6e-8)
+keep the codes but lose relative precision; they are rounded up, never down, so no weight is
+clamped. A group whose scale is below 2^-24 cannot be stored and quantizes to 0: when that zeroes a
+whole nonzero weight, ``warn_if_zeroed`` warns. A scale above 65504 (|w| beyond ~65504·(2^bits − 1))
+raises ValueError.
+"""
 from __future__ import annotations
+
+import warnings
 
 import torch
 
-SCALE_FLOOR = 1e-5
+FP16_MAX = 65504.0
+FP16_TINY = 2.0 ** -14  # smallest normal fp16: scales below it are subnormal (less precise)
+FP16_MIN_SUBNORMAL = 2.0 ** -24  # smallest positive fp16
+ZERO_GROUP_SCALE = 1.0  # the absolute scale of an all-zero group (any positive value dequantizes it to 0)
 CLIP_RATIOS = tuple(1 - i / 20 for i in range(10))  # the reference's shrink grid: 1.0, 0.95, ..., 0.55
 
 
@@ -18,12 +36,34 @@ def _grouped(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tens
 
 
 def params_from_range(lo: torch.Tensor, hi: torch.Tensor, qmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, zero) for ranges [lo, hi]; scale rounded to fp16 so stored and used values agree."""
-    scale = ((hi - lo) / qmax).clamp_min(SCALE_FLOOR).half().float()
+    """(scale, zero) for ranges [lo, hi] (lo <= 0 <= hi); scale rounded to fp16 so stored and used
+    values agree. The scale is relative to the range (see the module docstring); subnormal fp16
+    scales are rounded up so the range stays covered."""
+    rng = hi - lo
+    exact = rng / qmax
+    if bool((exact > FP16_MAX).any()):
+        raise ValueError(f"a weight group's range ({float(rng.max()):.3g}) overflows fp16 scales (scale > {FP16_MAX:g}, "
+                         "|w| beyond ~65504·(2^bits − 1)); these weights cannot be stored")
+    scale = exact.half().float()
+    low = (scale < exact) & (scale < FP16_TINY)  # a subnormal rounded down: step up one fp16 ulp
+    if bool(low.any()):
+        scale = torch.where(low, scale + FP16_MIN_SUBNORMAL, scale)
+    scale = torch.where(rng > 0, scale, torch.full_like(scale, ZERO_GROUP_SCALE))
     if not torch.isfinite(scale).all():
         raise ValueError("a weight group's range overflows fp16 scales (|w| > 65504·qmax); these weights cannot be stored")
     zero = torch.minimum(torch.maximum(torch.round(-lo / scale), torch.zeros_like(qmax)), qmax)
     return scale, zero
+
+
+def warn_if_zeroed(w: torch.Tensor, codes: torch.Tensor, zeros: torch.Tensor, group_size: int,
+                   name: str | None = None) -> None:
+    """Warn (once, naming the layer when known) when a weight with nonzero entries quantizes to all zeros."""
+    K = codes.shape[1]
+    z = zeros.repeat_interleave(group_size, dim=1)[:, :K]
+    if bool((codes.float() == z).all()) and bool((w != 0).any()):
+        who = f"layer {name}" if name else "a weight"
+        warnings.warn(f"{who} quantizes to all zeros: max|w| = {float(w.abs().max()):.3g} is below what fp16 scales "
+                      f"can resolve (scales < {FP16_MIN_SUBNORMAL:.3g}); rescale the layer or skip it", stacklevel=3)
 
 
 def _codes(w, scale, zero, qmax):
@@ -31,12 +71,14 @@ def _codes(w, scale, zero, qmax):
 
 
 def minmax_quantize(w: torch.Tensor, group_bits: torch.Tensor, group_size: int, *, clip: bool = False,
-                    col_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    col_weight: torch.Tensor | None = None, name: str | None = None,
+                    check: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Round-to-nearest asymmetric quantization.
 
     w: float [N, K] (reordered). group_bits: int [N, G] width per (row, group). col_weight: optional
     fp32 [K] importance of each column (E[x²] for output-MSE clipping; None = plain weight MSE).
     clip: search the shrink ratios 1.0..0.55 of [min, max] per (row, group), keeping the least error.
+    name: the layer's name for the all-zeros warning; check=False skips that check (GPTQ's per-group calls).
     Returns codes uint8 [N, K], scales fp32 [N, G] (fp16-exact), zeros fp32 [N, G] (integers).
     """
     w = w.float()
@@ -64,6 +106,8 @@ def minmax_quantize(w: torch.Tensor, group_bits: torch.Tensor, group_size: int, 
                 scale = torch.where(better, s, scale)
                 zero = torch.where(better, z, zero)
     codes = _codes(wp, scale, zero, qmax).view(N, -1)[:, :K].to(torch.uint8)
+    if check:
+        warn_if_zeroed(w, codes, zero, group_size, name)
     return codes, scale, zero
 
 

@@ -64,7 +64,7 @@ def test_cpu_op_gradient_matches_reference():
     g = x.grad.clone()
     x.grad = None
     linear_ref(x, *packed_args(p)).pow(2).sum().backward()
-    assert sqnr_db(g, x.grad) > 30
+    assert sqnr_db(g, x.grad) > 45  # measured ~53.7 dB (bf16 activations)
 
 
 @needs_kernels
