@@ -18,6 +18,7 @@ CLI: ``python benchmarks/llamacpp_peer.py [--formats F32 Q4_0 ...] [--threads 1 
   meta.tokenizer_agrees   llama.cpp's tokenize of an eval sample == our HF tokenizer's ids
   meta.ours_fp32_ppl      sfmp_compile.eval.metrics.perplexity of the fp32 model on the same ids
   meta.cpu                /proc/cpuinfo model name
+  meta.kv_cache           KV cache types: timings use llama.cpp's default F16, PPL an F32 cache
   rows["llama.cpp FMT"]   per format, FMT in F32, Q4_0, Q3_K_M, Q4_K_M:
     threads["1"|"2"].ms          decode ms/token (one token after `context` cached tokens)
     threads["1"|"2"].prefill_ms  ms for a fresh `prefill`-token eval
@@ -245,7 +246,9 @@ if job.get("ppl_ids"):
     # Same windows as sfmp_compile.eval.metrics: non-overlapping, the last partial one if >= 2 tokens,
     # tokens 1..n-1 of each window predicted from those before them in that window only.
     w, toks = job["ppl_window"], job["ppl_ids"]
-    llm = Llama(job["model"], n_ctx=w, n_batch=w, n_threads=1, n_threads_batch=1, logits_all=True, verbose=False)
+    # An F32 KV cache (type 0; llama.cpp's default is F16) so PPL reflects the weights alone, as ours does.
+    llm = Llama(job["model"], n_ctx=w, n_batch=w, n_threads=1, n_threads_batch=1, logits_all=True,
+                type_k=0, type_v=0, verbose=False)
     nll, n_pred = 0.0, 0
     for s in range(0, len(toks), w):
         win = toks[s:s + w]
@@ -332,7 +335,7 @@ def main(argv=None) -> None:
     agrees = theirs == ours_sample
     meta = {"llama_cpp_python": VERSION, "context": args.context, "prefill": args.prefill, "repeats": args.repeats,
             "n_eval_tokens": args.n_eval_tokens, "tokenizer_agrees": agrees, "ours_fp32_ppl": ours_ppl,
-            "cpu": _cpu_name()}
+            "cpu": _cpu_name(), "kv_cache": {"timing": "F16", "ppl": "F32"}}
     print(f"tokenizer agrees on a {len(ours_sample)}-token sample: {agrees}")
     if ours_ppl is not None:
         print(f"fp32 PPL: ours {ours_ppl:.5f}  llama.cpp F32 {rows['llama.cpp F32']['ppl']:.5f}")
