@@ -17,6 +17,8 @@ CLI: ``python benchmarks/llamacpp_peer.py [--formats F32 Q4_0 ...] [--threads 1 
   meta.n_eval_tokens      held-out tokens PPL is measured on (eval_tokens, windows of 512)
   meta.tokenizer_agrees   llama.cpp's tokenize of an eval sample == our HF tokenizer's ids
   meta.ours_fp32_ppl      sfmp_compile.eval.metrics.perplexity of the fp32 model on the same ids
+  meta.ours_fp32_ppl_fp64_scoring  the same logits and windows scored in fp64, as the worker scores
+                          llama.cpp (metrics' fp32 cross_entropy reads ~1.6e-5 relative low)
   meta.cpu                /proc/cpuinfo model name
   meta.kv_cache           KV cache types: timings use llama.cpp's default F16, PPL an F32 cache
   rows["llama.cpp FMT"]   per format, FMT in F32, Q4_0, Q3_K_M, Q4_K_M:
@@ -319,7 +321,11 @@ def main(argv=None) -> None:
     ap.add_argument("--json", type=Path, default=Path(__file__).with_name("llamacpp_peer.json"))
     args = ap.parse_args(argv)
 
-    from sfmp_compile.eval.metrics import perplexity
+    import math
+
+    import torch
+
+    from sfmp_compile.eval.metrics import score, window_logits
     from sfmp_compile.eval.models import load_model
     from sfmp_compile.eval.text import eval_tokens
     model, tok = load_model("smollm2")
@@ -327,7 +333,18 @@ def main(argv=None) -> None:
     # A sample of the eval text re-tokenized by llama.cpp must give our ids, or PPLs are not comparable.
     sample = tok.decode(ids[0, :400])
     ours_sample = tok(sample, add_special_tokens=False)["input_ids"]
-    ours_ppl = perplexity(model, ids) if "F32" in args.formats else None
+    ours_ppl = ours_ppl64 = None
+    if "F32" in args.formats:
+        logits = window_logits(model, ids, 512)
+        ours_ppl = score(logits, ids, 512)["ppl"]
+        # metrics' fp32 cross_entropy (a 49152-way logsumexp in fp32) reads ~1.6e-5 low in relative
+        # terms; the worker scores in fp64, so the like-for-like check of llama.cpp F32 is this one.
+        nll, pos = 0.0, 0
+        for lg in logits:
+            win = ids[0, pos:pos + lg.shape[1]]
+            nll += torch.nn.functional.cross_entropy(lg[0, :-1].double(), win[1:], reduction="sum").item()
+            pos += lg.shape[1]
+        ours_ppl64 = math.exp(nll / (ids.shape[1] - len(logits)))
     del model
     rows = run_llamacpp(args.formats, tuple(args.threads), args.context, args.prefill, args.repeats,
                         ids[0].tolist(), check_text=sample)
@@ -335,10 +352,12 @@ def main(argv=None) -> None:
     agrees = theirs == ours_sample
     meta = {"llama_cpp_python": VERSION, "context": args.context, "prefill": args.prefill, "repeats": args.repeats,
             "n_eval_tokens": args.n_eval_tokens, "tokenizer_agrees": agrees, "ours_fp32_ppl": ours_ppl,
+            "ours_fp32_ppl_fp64_scoring": ours_ppl64,
             "cpu": _cpu_name(), "kv_cache": {"timing": "F16", "ppl": "F32"}}
     print(f"tokenizer agrees on a {len(ours_sample)}-token sample: {agrees}")
     if ours_ppl is not None:
-        print(f"fp32 PPL: ours {ours_ppl:.5f}  llama.cpp F32 {rows['llama.cpp F32']['ppl']:.5f}")
+        print(f"fp32 PPL: ours {ours_ppl:.5f} (metrics.perplexity), {ours_ppl64:.5f} (fp64 scoring); "
+              f"llama.cpp F32 {rows['llama.cpp F32']['ppl']:.5f} (fp64 scoring)")
     head = "".join(f"  {t}T ms/tok  {t}T pre{args.prefill} ms" for t in args.threads)
     print(f"{'peer':<18}{head}  {'PPL':>8}  lin bpw  emb bpw  MiB")
     for name, r in rows.items():
