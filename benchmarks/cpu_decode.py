@@ -1,8 +1,24 @@
-"""CPU decode and prefill speed and resident weight memory of compiled SmolLM2: fp32 vs SFMP (1 thread).
+"""CPU decode and prefill speed, resident weight memory and held-out PPL of SmolLM2: fp32, SFMP, llama.cpp.
 
 One decode step = a forward of one new token against a KV cache of ``--context`` tokens; prefill = a
-forward of ``--prefill`` tokens without a cache. Prints a table and writes JSON.
-Usage: python benchmarks/cpu_decode.py [--bits 3] [--prefill 256] [--json F]
+forward of ``--prefill`` tokens without a cache; each at 1 and 2 threads (min of repeats). SFMP rows
+are ``torch.compile(model, backend=sfmp_backend(...))`` with the default CPU kernel (the true-bit
+mixed-width C++ kernel over format v1, lm_head and the tied embedding at 8 bits), plus one row on
+torch's int4 kernel for comparison. ``--llamacpp`` adds llama.cpp (F32, Q4_0, Q3_K_M, Q4_K_M) from
+``benchmarks/llamacpp_peer.py`` (its own cached venv, built on first use) in the same run.
+
+JSON keys (stable): per row name ("fp32 eager", "fp32 inductor", "sfmp 3-bit", "sfmp BPW 3.5",
+"sfmp BPW 4.0", "sfmp 3-bit int4 kernel", "llama.cpp Q4_0", ...):
+  ms, prefill_ms        1-thread decode ms/token and prefill ms
+  threads               {"1": {"ms", "prefill_ms"}, "2": {...}}
+  weight_bytes          resident weights (float left + quantized layers as held)
+  ppl                   held-out PPL (``--eval-tokens`` tokens, windows of 512)
+  linear_bpw            stored bits per weight of the decoder's linears (SFMP: the budget layers)
+"memory": quantized_resident_bytes, true_bit_bytes (format v1 bytes of every quantized layer,
+  head included), resident_over_true_bit, budget_linear_bpw, head_bytes; "head_8bit_ppl_cost_pct": PPL of
+  fp32 with only lm_head/embedding at 8 bits vs fp32; "sqnr_vs_reference_db": compiled 3-bit logits
+  vs the same model on the exact reference op; "profile": top ops of one 3-bit decode step (1 thread).
+Usage: python benchmarks/cpu_decode.py [--llamacpp] [--eval-tokens 2048] [--json F]
 """
 from __future__ import annotations
 
@@ -14,30 +30,29 @@ import time
 import torch
 
 
-def _step_timer(model, ids, context, repeats):
+def _best(fn, repeats):
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def _decode_timer(model, ids, context, repeats):
     from transformers import DynamicCache
     with torch.inference_mode():
-        cache = DynamicCache()
-        out = model(ids[:, :context], past_key_values=cache, use_cache=True)
+        out = model(ids[:, :context], past_key_values=DynamicCache(), use_cache=True)
         nxt = ids[:, context : context + 1]
-        best = float("inf")
-        for _ in range(repeats):
-            c = copy.deepcopy(out.past_key_values)
-            t = time.perf_counter()
-            model(nxt, past_key_values=c, use_cache=True)
-            best = min(best, time.perf_counter() - t)
-    return best
+        caches = [copy.deepcopy(out.past_key_values) for _ in range(repeats + 2)]
+        model(nxt, past_key_values=caches.pop(), use_cache=True)  # warm-up (compiles this shape)
+        return _best(lambda: model(nxt, past_key_values=caches.pop(), use_cache=True), repeats)
 
 
 def _prefill_timer(model, ids, repeats):
     with torch.inference_mode():
-        model(ids, use_cache=False)  # warm-up (compiles this length)
-        best = float("inf")
-        for _ in range(repeats):
-            t = time.perf_counter()
-            model(ids, use_cache=False)
-            best = min(best, time.perf_counter() - t)
-    return best
+        model(ids, use_cache=False)
+        return _best(lambda: model(ids, use_cache=False), repeats)
 
 
 def _weight_bytes(model) -> int:
@@ -51,89 +66,146 @@ def _weight_bytes(model) -> int:
     return total
 
 
-def _live_tensor_bytes() -> int:
-    """Storage bytes of every live CPU tensor the garbage collector can see (each storage once)."""
-    import gc
-    import warnings
-    from torch._subclasses.fake_tensor import FakeTensor
-    gc.collect()
-    seen, total = set(), 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # isinstance() on some lazy torch module attributes warns
-        for o in gc.get_objects():
-            if not isinstance(o, torch.Tensor) or isinstance(o, FakeTensor) or o.device.type != "cpu":
-                continue
-            try:
-                st = o.untyped_storage()
-                ptr, n = st.data_ptr(), st.nbytes()
-            except Exception:  # functional / meta tensors left by tracing own no memory
-                continue
-            if ptr not in seen and n:
-                seen.add(ptr)
-                total += n
-    return total
+def _timings(model, ids, prompt, a) -> dict:
+    th = {}
+    for n in (1, 2):
+        torch.set_num_threads(n)
+        dec = _decode_timer(model, ids, a.context, a.repeats)
+        pre = _prefill_timer(model, prompt, 3) if a.prefill else float("nan")
+        th[str(n)] = {"ms": dec * 1e3, "prefill_ms": pre * 1e3}
+    torch.set_num_threads(1)
+    return th
+
+
+def _ppl(model, ev) -> float:
+    from sfmp_compile.eval.metrics import perplexity
+    with torch.inference_mode():
+        return perplexity(model, ev, context=512)
+
+
+def _head_cost(model, ev, ppl_fp32) -> float:
+    """PPL cost (%) of the 8-bit lm_head (and the embedding tied to it) alone, on the exact weights."""
+    from sfmp_compile.config import QuantConfig
+    from sfmp_compile.plan import fixed_width_plan
+    from sfmp_compile.quantize import quantize_weight
+    m = copy.deepcopy(model)
+    w = m.lm_head.weight
+    p = quantize_weight(w, fixed_width_plan(*w.shape, 8, QuantConfig()), QuantConfig())
+    with torch.no_grad():
+        w.copy_(p.dequantize())  # tied: the embedding reads the same tensor
+    return 100.0 * (_ppl(m, ev) / ppl_fp32 - 1.0)
+
+
+def _profile(model, ids, context) -> list[dict]:
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import DynamicCache
+    with torch.inference_mode():
+        out = model(ids[:, :context], past_key_values=DynamicCache(), use_cache=True)
+        c = copy.deepcopy(out.past_key_values)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            model(ids[:, context : context + 1], past_key_values=c, use_cache=True)
+    rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:10]
+    return [{"op": e.key, "calls": e.count, "self_ms": e.self_cpu_time_total / 1e3} for e in rows]
+
+
+def _sfmp(model, ids, prompt, ev, a, name, rows, extra, **opts):
+    from sfmp_compile import sfmp_backend
+    torch._dynamo.reset()
+    q = copy.deepcopy(model)
+    be = sfmp_backend(salience="weight", release_weights=True, model=q, **opts)
+    cq = torch.compile(q, backend=be)
+    th = _timings(cq, ids, prompt, a)
+    budget = [e.layer for e in be._cache.values() if e.name in be.plan.layers]
+    n_budget = sum(w.out_features * w.in_features for w in budget)
+    bpw = 8 * sum(w.stored_bytes for w in budget) / n_budget
+    rows[name] = {**th["1"], "threads": th, "weight_bytes": _weight_bytes(q) + be.resident_bytes,
+                  "ppl": _ppl(cq, ev) if a.eval_tokens else None, "linear_bpw": bpw}
+    print(f"{name}: {th}, BPW {bpw:.3f}", flush=True)
+    return q, cq, be
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("--bits", type=float, default=3.0)
     ap.add_argument("--context", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--prefill", type=int, default=256, help="prompt tokens for the prefill timing (0: skip)")
+    ap.add_argument("--eval-tokens", type=int, default=2048, help="held-out tokens for PPL (0: skip)")
+    ap.add_argument("--llamacpp", action="store_true", help="add llama.cpp rows (builds its venv on first use)")
     ap.add_argument("--json", default="benchmarks/cpu_decode.json")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
-    from sfmp_compile import sfmp_backend
+    from sfmp_compile.eval.baselines import code_bits_for_bpw, plan_bpw
     from sfmp_compile.eval.models import load_model
+    from sfmp_compile.eval.text import eval_tokens
+    from sfmp_compile.plan import plan as make_model_plan
     model, tok = load_model("smollm2")
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, model.config.vocab_size, (1, a.context + 1), generator=g)
-    prompt = torch.randint(0, model.config.vocab_size, (1, max(a.prefill, 1)), generator=g)
+    ev = eval_tokens(tok, a.eval_tokens) if a.eval_tokens else None
+    src = ev if ev is not None else torch.randint(0, model.config.vocab_size, (1, 4096), generator=torch.Generator().manual_seed(0))
+    ids, prompt = src[:, : a.context + 1], src[:, : max(a.prefill, 1)]
 
-    def timings(m):
-        dec = _step_timer(m, ids, a.context, a.repeats)
-        pre = _prefill_timer(m, prompt, 3) if a.prefill else float("nan")
-        return dec, pre
-
-    rows = {}
+    rows, extra = {}, {}
     fp32_bytes = _weight_bytes(model)
-    rows["fp32 eager"] = (*timings(model), fp32_bytes)
+    th = _timings(model, ids, prompt, a)
+    ppl_fp32 = _ppl(model, ev) if ev is not None else None
+    rows["fp32 eager"] = {**th["1"], "threads": th, "weight_bytes": fp32_bytes, "ppl": ppl_fp32, "linear_bpw": 32.0}
     torch._dynamo.reset()
-    cm = torch.compile(model)
-    _step_timer(cm, ids, a.context, 2)
-    rows["fp32 inductor"] = (*timings(cm), fp32_bytes)
-    torch._dynamo.reset()
-    q = copy.deepcopy(model)
-    live_before = _live_tensor_bytes()
-    be = sfmp_backend(bits=a.bits, salience="weight", release_weights=True)
-    cq = torch.compile(q, backend=be)
-    _step_timer(cq, ids, a.context, 2)
-    # Resident weights: what is left of the float model (the tied embedding) plus the backend's
-    # cache, which holds each CPU layer only in its int4 form; every compiled graph takes its
-    # constants from that cache. Cross-check: the storage bytes of ALL live tensors the quantized
-    # compile added (would count any copy Inductor or a recompile made).
-    fp32_linears = sum(lp.shape[0] * lp.shape[1] * 4 for lp in be.plan.layers.values())
-    float_left = _weight_bytes(q)
-    added = _live_tensor_bytes() - live_before + be.released_bytes  # released floats were in live_before
-    rows[f"sfmp {a.bits:g}-bit inductor (int4 CPU kernel)"] = (*timings(cq), float_left + be.resident_bytes)
-    rows["  of which: quantized linears (resident)"] = (float("nan"), float("nan"), be.resident_bytes)
-    print(f"quantized linears resident {be.resident_bytes / 2**20:.1f} MiB = {be.resident_bytes / fp32_linears:.3f} "
-          f"of fp32 linears ({fp32_linears / 2**20:.1f} MiB); true-bit checkpoint form {be.packed_bytes / 2**20:.1f} MiB; "
-          f"float left {float_left / 2**20:.1f} MiB; live tensors the quantized compile added (beyond the freed floats) "
-          f"{added / 2**20:.1f} MiB")
-    extra = {"fp32_linear_bytes": fp32_linears, "quantized_resident_bytes": be.resident_bytes,
-             "resident_fraction_of_fp32": be.resident_bytes / fp32_linears, "true_bit_bytes": be.packed_bytes,
-             "live_tensor_bytes_added": added, "threads": 1, "context": a.context, "prefill_tokens": a.prefill,
-             "bits": a.bits}
-    print(f"SmolLM2 on CPU, 1 thread: decode step at context {a.context} (min of {a.repeats}), "
-          f"prefill of {a.prefill} tokens (min of 3)")
-    print(f"{'model':45s} {'ms/token':>9s} {'x fp32 eager':>12s} {'prefill ms':>11s} {'x fp32 eager':>12s} "
-          f"{'weights MiB':>12s}")
-    d0, p0 = rows["fp32 eager"][:2]
-    for k, (d, pf, b) in rows.items():
-        print(f"{k:45s} {d * 1e3:9.2f} {d0 / d:12.2f} {pf * 1e3:11.1f} {p0 / pf:12.2f} {b / 2**20:12.1f}")
-    out = {k: {"ms": d * 1e3, "prefill_ms": pf * 1e3, "weight_bytes": b} for k, (d, pf, b) in rows.items()}
-    json.dump({**out, "memory": extra}, open(a.json, "w"), indent=1)
+    th = _timings(torch.compile(model), ids, prompt, a)
+    rows["fp32 inductor"] = {**th["1"], "threads": th, "weight_bytes": fp32_bytes, "ppl": ppl_fp32, "linear_bpw": 32.0}
+    if ev is not None:
+        extra["head_8bit_ppl_cost_pct"] = _head_cost(model, ev, ppl_fp32)
+
+    q, cq, be = _sfmp(model, ids, prompt, ev, a, "sfmp 3-bit", rows, extra, bits=3.0)
+    extra["profile"] = _profile(cq, ids, a.context)
+    packed = be.packed_bytes
+    extra.update(quantized_resident_bytes=be.resident_bytes, true_bit_bytes=packed,
+                 resident_over_true_bit=be.resident_bytes / packed, budget_linear_bpw=rows["sfmp 3-bit"]["linear_bpw"],
+                 head_bytes=sum(e.layer.stored_bytes for e in be._cache.values() if e.name in be.fixed_layers))
+    if ev is not None:  # the same quantized weights on the exact op: what the int8 activations cost
+        from sfmp_compile import sfmp_backend
+        from sfmp_compile.eval.metrics import sqnr_db
+        window = ev[:, :512]
+        with torch.inference_mode():
+            fast = cq(window).logits
+            torch._dynamo.reset()
+            ref = copy.deepcopy(model)
+            exact = torch.compile(ref, backend=sfmp_backend(plan=be.plan, cpu_kernel="reference", model=ref))(window).logits
+        extra["sqnr_vs_reference_db"] = sqnr_db(exact, fast)
+    del q, cq, be
+    for target in (3.5, 4.0):
+        make = lambda b: make_model_plan(model, bits=b, salience="weight")  # noqa: E731
+        b, plan = code_bits_for_bpw(target, make)
+        _sfmp(model, ids, prompt, ev, a, f"sfmp BPW {target:g}", rows, extra, plan=plan)
+        print(f"  code bits {b:.4f}, plan BPW {plan_bpw(plan):.3f}")
+    _sfmp(model, ids, prompt, ev, a, "sfmp 3-bit int4 kernel", rows, extra, bits=3.0, cpu_kernel="int4")
+
+    if a.llamacpp:
+        import importlib.util
+        import pathlib
+        spec = importlib.util.spec_from_file_location("llamacpp_peer", pathlib.Path(__file__).with_name("llamacpp_peer.py"))
+        peer = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(peer)
+        got = peer.run_llamacpp(context=a.context, prefill=a.prefill, repeats=a.repeats,
+                                eval_ids=ev[0].tolist() if ev is not None else None)
+        for k, r in got.items():
+            rows[k] = {**r["threads"]["1"], "threads": r["threads"], "weight_bytes": r.get("weight_bytes"),
+                       "ppl": r.get("ppl"), "linear_bpw": r.get("linear_bpw")}
+
+    print(f"\nSmolLM2 on CPU: decode step at context {a.context} (min of {a.repeats}), prefill of {a.prefill} tokens "
+          f"(min of 3), PPL on {a.eval_tokens} held-out tokens")
+    print(f"{'model':26s} {'1T ms/tok':>9s} {'2T ms/tok':>9s} {'1T pre ms':>9s} {'2T pre ms':>9s} {'MiB':>7s} "
+          f"{'lin BPW':>7s} {'PPL':>8s}")
+    for k, r in rows.items():
+        t1, t2 = r["threads"]["1"], r["threads"]["2"]
+        ppl = f"{r['ppl']:8.3f}" if r.get("ppl") else f"{'-':>8s}"
+        wb = f"{r['weight_bytes'] / 2**20:7.1f}" if r.get("weight_bytes") else f"{'-':>7s}"
+        print(f"{k:26s} {t1['ms']:9.2f} {t2['ms']:9.2f} {t1['prefill_ms']:9.1f} {t2['prefill_ms']:9.1f} {wb} "
+              f"{r['linear_bpw'] or float('nan'):7.3f} {ppl}")
+    print("memory:", {k: v for k, v in extra.items() if k != "profile"})
+    print("one 3-bit decode step, top ops by self time (1 thread):")
+    for p in extra["profile"]:
+        print(f"  {p['op'][:60]:60s} {p['calls']:5d} {p['self_ms']:8.3f} ms")
+    extra.update(threads=[1, 2], context=a.context, prefill_tokens=a.prefill, eval_tokens=a.eval_tokens)
+    json.dump({**rows, "memory": extra}, open(a.json, "w"), indent=1)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Mapping
 
@@ -36,16 +36,16 @@ from .graph_variants import GraphVariants
 from .layouts import SFMPWeight
 from .ops.cpu_int4 import register_inductor_decompositions
 from .ops.dispatch import CPU_KERNELS, preferred_layout
-from .plan import LayerPlan, Plan, make_plan, skipped
+from .plan import LayerPlan, Plan, fixed_width_plan, make_plan, skip_width, skipped
 from .quantize import quantize_weight
 from .salience import SALIENCES
 from .passes.calibrate import graph_input_moments
 from .passes.find_linears import LinearSite, find_linear_sites
-from .passes.fold_permutations import FoldReport, count_gathers, fold_permutations, gather_counts
+from .passes.fold_permutations import gather_counts
 from .passes.fx_utils import copy_graph_module, graph_constants
 from .passes.names import NameResolver, is_relative
 from .passes.release import params_of_non_linears, release_linear_weights
-from .passes.rewrite_linears import rewrite_linears
+from .passes.pipeline import rewrite_graph
 from .passes.tie_orders import tie_groups
 
 INNER = ("inductor", "aot_eager", "eager")
@@ -125,21 +125,19 @@ class SFMPBackend:
         self.calibration = list(calibration) if calibration is not None else None
         self.inner = inner
         self.dump_dir = dump_dir if dump_dir is not None else os.environ.get("SFMP_DUMP_DIR") or None
-        self.release_weights, self.fold = bool(release_weights), bool(fold)
+        self.release_weights, self.fold, self.tie = bool(release_weights), bool(fold), bool(tie)
         if cpu_kernel not in CPU_KERNELS:
             raise SFMPConfigError(f"cpu_kernel must be one of {CPU_KERNELS}, got {cpu_kernel!r}")
         self.cpu_kernel = cpu_kernel
-        self.tie = bool(tie)
         self.resolver = NameResolver(model)
         self._keep_float = params_of_non_linears(model) if model is not None else set()
+        self.fixed_layers: dict[str, LayerPlan] = {}  # skip_bits layers (outside the plan's budget)
         self._cache: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self._names: dict[str, int] = {}  # layer name -> id of the parameter that holds it
         self.plan = Plan(self.config, {})
         self.reports: list[GraphReport] = []
         self.timings: dict[str, float] = {}
-        self.quantize_calls = 0
-        self.released_bytes = 0
-        self._planned_graphs = 0
+        self.quantize_calls = self.released_bytes = self._planned_graphs = 0
         self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ helpers
@@ -156,22 +154,22 @@ class SFMPBackend:
 
     def _cached(self, p: torch.Tensor) -> _Entry | None:
         e = self._cache.get(p)
-        if e is None:
-            return None
-        if e.version != p._version and p.untyped_storage().nbytes() > 0:
-            return None  # the weight changed in place since it was quantized: quantize again
-        return e
+        # a weight changed in place since it was quantized is quantized again
+        return None if e is None or (e.version != p._version and p.untyped_storage().nbytes() > 0) else e
 
     def _unique_name(self, name: str, p: torch.Tensor) -> str:
-        owner = self._names.get(name)
-        if owner is None or owner == id(p):
-            self._names[name] = id(p)
-            return name
-        i = 2
-        while f"{name}#{i}" in self._names and self._names[f"{name}#{i}"] != id(p):
+        i, cand = 1, name
+        while self._names.get(cand, id(p)) != id(p):  # taken by another parameter: name#2, name#3, ...
             i += 1
-        self._names[f"{name}#{i}"] = id(p)
-        return f"{name}#{i}"
+            cand = f"{name}#{i}"
+        self._names[cand] = id(p)
+        return cand
+
+    def _fixed_width(self, name: str) -> int | None:
+        """skip_bits width of a layer outside the budget (not in the plan, or skipped), else None."""
+        plan = self.user_plan
+        outside = (name not in plan.layers) if plan is not None else skipped(name, self.config.skip)
+        return skip_width(name, self.config) if outside else None
 
     # ------------------------------------------------------------------ planning
     def _saliences(self, gm, example_inputs, sites: list[LinearSite], weights: dict[str, torch.Tensor], report):
@@ -247,17 +245,14 @@ class SFMPBackend:
             if entry is not None:
                 s.name = entry.name
                 continue
-            if self.user_plan is not None:
-                name = self.resolver.resolve(s.name, self.user_plan.layers)
-                if name is None:
-                    s.skip_reason = "not in the plan"
-                    continue
+            name = self.resolver.resolve(s.name, self.user_plan.layers) if self.user_plan is not None else s.name
+            if name is not None and self.user_plan is not None:
                 if self.user_plan.layers[name].shape != (s.out_features, s.in_features):
                     raise ValueError(f"{name}: the plan is for shape {self.user_plan.layers[name].shape}, the graph's "
                                      f"weight is {(s.out_features, s.in_features)}")
                 s.name = name
-            elif skipped(s.name, self.config.skip):
-                s.skip_reason = f"skip pattern {list(self.config.skip)}"
+            elif self._fixed_width(s.name) is None and (name is None or skipped(s.name, self.config.skip)):
+                s.skip_reason = "not in the plan" if name is None else f"skip pattern {list(self.config.skip)}"
                 continue
             if s.weight.untyped_storage().nbytes() == 0:
                 raise RuntimeError(f"{s.name}: its float weight was released (release_weights=True) by another "
@@ -267,15 +262,20 @@ class SFMPBackend:
         cached_names = {s.name for s in sites if s.quantizable and s.form != "sfmp" and s.name not in new}
 
         if new:
-            layer_plans = self._plan_new(gm, example_inputs, sites, new, report)
+            # Skipped layers with a skip_bits width sit outside the budget: fixed width, RTN, no reordering.
+            fixed = {n: fixed_width_plan(s.out_features, s.in_features, b, self.config) for n, s in new.items()
+                     if (b := self._fixed_width(n)) is not None}
+            budget = {n: s for n, s in new.items() if n not in fixed}
+            layer_plans = {**(self._plan_new(gm, example_inputs, sites, budget, report) if budget else {}), **fixed}
             t0 = time.perf_counter()
             for name, s in new.items():
-                w = SFMPWeight.from_packed(quantize_weight(s.linear_weight(), layer_plans[name], self.config))
+                cfg = replace(self.config, quantizer="rtn") if name in fixed else self.config
+                w = SFMPWeight.from_packed(quantize_weight(s.linear_weight(), layer_plans[name], cfg, name=name))
                 self.quantize_calls += 1
                 dev = s.weight.device
                 self._cache[s.weight] = _Entry(name, w.to_layout(preferred_layout(w, dev, self.cpu_kernel)).to(dev),
                                                s.weight._version)
-                self.plan.layers[name] = layer_plans[name]
+                (self.fixed_layers if name in fixed else self.plan.layers)[name] = layer_plans[name]
             t0 = self._tick(report, "quantization", t0)
 
         # Rewrite and fold.
@@ -288,12 +288,8 @@ class SFMPBackend:
                 work.append((s, None))
             else:
                 work.append((s, self._cache[s.weight].layer))
-        records = rewrite_linears(gm, work, self.cpu_kernel)
-        fold = FoldReport()
-        if self.fold:
-            fold = fold_permutations(gm, graph_constants(gm, example_inputs))
-        else:
-            fold.gathers_before = fold.gathers_after = count_gathers(gm)
+        records, tied, fold = rewrite_graph(gm, work, example_inputs, self.cpu_kernel, self.fold)
+        report.notes += [f"{n}: the tied embedding reads the quantized weight" for n in tied]
         report.regions, report.not_folded = fold.regions, list(fold.not_folded)
         report.gathers_before, report.gathers_after = fold.gathers_before, fold.gathers_after
         report.gathers = gather_counts(gm)
@@ -315,7 +311,9 @@ class SFMPBackend:
         return compiled
 
     def _release(self, gm, sites, report) -> None:
-        freed, notes = release_linear_weights(sites, self._keep_float)
+        # A tied table whose every lookup now reads the quantized weight is no longer needed as float.
+        served = {id(s.weight) for s in sites if s.weight_node is not None and not s.weight_node.users}
+        freed, notes = release_linear_weights(sites, self._keep_float - served)
         self.released_bytes += freed
         report.notes += notes
         report.notes.append(f"released {freed} bytes of float weights")

@@ -16,6 +16,22 @@ class SFMPConfigError(ValueError):
     """A quantization option is out of range or inconsistent."""
 
 
+def _skip_bits(v) -> tuple[tuple[str, int], ...]:
+    """``skip_bits`` as (pattern, bits) pairs: from a mapping {pattern: bits}, pairs, or None / {} (float)."""
+    if v is None:
+        return ()
+    try:
+        pairs = tuple(v.items()) if isinstance(v, dict) else tuple(tuple(p) for p in v)
+    except TypeError:
+        raise SFMPConfigError(f"skip_bits must map layer patterns to bits, e.g. {{'lm_head': 8}}, got {v!r}") from None
+    for p in pairs:
+        if len(p) != 2 or not isinstance(p[0], str) or isinstance(p[1], bool) or not isinstance(p[1], int) \
+                or not 2 <= p[1] <= MAX_BITS:
+            raise SFMPConfigError(f"skip_bits entries are pattern: bits with bits an integer in 2..{MAX_BITS} "
+                                  f"(leave a pattern out to keep it float), got {p!r}")
+    return pairs
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """Everything that decides how a model is quantized.
@@ -25,6 +41,9 @@ class QuantConfig:
         widths such as (2, 3, 4) for the paper's 3-level scheme.
     block_rows: output rows per block (m_b). group_size: input columns per block and per
         scale/zero group (n_b); a multiple of 32 so every bit-plane row fills whole int32 words.
+    skip: layer-name patterns left out of SFMP's budget. skip_bits: {pattern: bits} for skipped
+        layers that are still quantized, uniformly and without reordering (default: lm_head, and an
+        embedding tied to it, at 8 bits); ``skip_bits={}`` keeps every skipped layer float.
     """
 
     bits: float = 3.0
@@ -37,6 +56,7 @@ class QuantConfig:
     reorder_rows: bool = True
     reorder_cols: bool = True
     skip: tuple[str, ...] = ("lm_head",)
+    skip_bits: tuple[tuple[str, int], ...] = (("lm_head", 8),)
     gptq_damp: float = 0.01
 
     def __post_init__(self):
@@ -75,6 +95,7 @@ class QuantConfig:
             object.__setattr__(self, "skip", (self.skip,))
         else:
             object.__setattr__(self, "skip", tuple(self.skip))
+        object.__setattr__(self, "skip_bits", _skip_bits(self.skip_bits))
 
     @property
     def levels(self) -> int:
@@ -84,6 +105,7 @@ class QuantConfig:
         d = asdict(self)
         d["bit_choices"] = list(self.bit_choices) if self.bit_choices else None
         d["skip"] = list(self.skip)
+        d["skip_bits"] = dict(self.skip_bits)
         return d
 
     @classmethod

@@ -57,6 +57,18 @@ def skipped(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(leaf, p) for p in patterns)
 
 
+def skip_width(name: str, config: QuantConfig) -> int | None:
+    """The fixed width a skipped layer is quantized to (``config.skip_bits``), or None: keep it float."""
+    return next((b for p, b in config.skip_bits if skipped(name, (p,))), None)
+
+
+def fixed_width_plan(out_features: int, in_features: int, bits: int, config: QuantConfig) -> LayerPlan:
+    """A layer outside SFMP's budget: every block ``bits`` wide, identity orders (no permutation cost)."""
+    grid = BlockGrid(out_features, in_features, config.block_rows, config.group_size)
+    return LayerPlan(torch.arange(out_features), torch.arange(in_features),
+                     torch.full(grid.shape, bits, dtype=torch.uint8))
+
+
 def find_linears(model: nn.Module, skip: Iterable[str] = ("lm_head",)) -> dict[str, nn.Module]:
     """Every quantizable linear layer by qualified name, minus the skipped ones."""
     skip = tuple(skip)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from . import cpu_build
-from .reference import fake_linear, register_packed_autograd
+from .reference import fake_embedding, fake_linear, register_packed_autograd
 from .signature import PACKED
 
 _registered = False
@@ -32,6 +32,7 @@ def available() -> bool:
         return False
     op = torch.ops.sfmp.linear_cpu.default
     torch.library.register_fake("sfmp::linear_cpu")(fake_linear)
+    torch.library.register_fake("sfmp::embedding_cpu")(fake_embedding)
     register_packed_autograd(op, 1 + len(PACKED) + 1)
     _registered = True
     return True

@@ -330,13 +330,86 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::
   return out.reshape(shape).to(x.scalar_type());
 }
 
+// Rows of W-hat in original coordinates, for an embedding tied to a quantized head: out[..., k] =
+// scale * (q - zero) of original row ids[...] and original column k. ids: int64 [...]; out fp32 [..., K].
+at::Tensor embedding_cpu(const at::Tensor& ids, const at::Tensor& qweight, const at::Tensor& bits,
+                         const at::Tensor& block_offset, const at::Tensor& group_order, const at::Tensor& segment_ptr,
+                         const at::Tensor& scales, const at::Tensor& zeros, const at::Tensor& row_perm,
+                         const at::Tensor& col_perm, int64_t out_features, int64_t in_features, int64_t block_rows,
+                         int64_t group_size) {
+  (void)group_order;
+  (void)segment_ptr;
+  const int64_t N = out_features, K = in_features, G = bits.size(1);
+  at::Tensor flat = ids.reshape({-1}).to(at::kLong).contiguous();
+  const int64_t T = flat.numel();
+  const int64_t* ip = flat.data_ptr<int64_t>();
+  for (int64_t t = 0; t < T; ++t)
+    TORCH_CHECK(ip[t] >= 0 && ip[t] < N, "sfmp::embedding_cpu: token id ", ip[t], " is out of range [0, ", N, ")");
+  std::vector<int32_t> inv;  // original row -> reordered row
+  if (row_perm.numel()) {
+    inv.resize(N);
+    const int32_t* rp = row_perm.data_ptr<int32_t>();
+    for (int64_t i = 0; i < N; ++i) inv[rp[i]] = static_cast<int32_t>(i);
+  }
+  const int32_t* cp = col_perm.numel() ? col_perm.data_ptr<int32_t>() : nullptr;
+  const int32_t* qw = qweight.data_ptr<int32_t>();
+  const uint8_t* bp = bits.data_ptr<uint8_t>();
+  const int32_t* op = block_offset.data_ptr<int32_t>();
+  const c10::Half* sp = reinterpret_cast<const c10::Half*>(scales.data_ptr<at::Half>());
+  const c10::Half* zp = reinterpret_cast<const c10::Half*>(zeros.data_ptr<at::Half>());
+  at::Tensor out = at::empty({T, K}, scales.options().dtype(at::kFloat));
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, T, 16, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t row = inv.empty() ? ip[t] : inv[ip[t]];
+      const int64_t r = row / block_rows, l = row % block_rows;
+      const int64_t rows = std::min(block_rows, N - r * block_rows);
+      float* dst = o + t * K;
+      for (int64_t j = 0; j < G; ++j) {
+        const int b = bp[r * G + j];
+        const int64_t c0 = j * group_size, ncols = std::min(group_size, K - c0);
+        const int64_t stored = (ncols + 31) / 32 * 32;
+        const float s = static_cast<float>(sp[j * N + row]), z = static_cast<float>(zp[j * N + row]);
+        const int32_t* plane = qw + op[r * G + j] + l;
+        std::vector<uint32_t> q(stored, 0);
+        int shift = 0;
+        for (int w : {8, 4, 2, 1}) {
+          if (!(b & w)) continue;
+          const int cpw = 32 / w;
+          const int64_t words = stored / cpw;
+          for (int64_t wi = 0; wi < words; ++wi) {
+            const uint32_t v = static_cast<uint32_t>(plane[wi * rows]);
+            for (int c = 0; c < cpw; ++c) q[wi * cpw + c] |= ((v >> (c * w)) & ((1u << w) - 1)) << shift;
+          }
+          plane += words * rows;
+          shift += w;
+        }
+        for (int64_t k = 0; k < ncols; ++k) {
+          const int64_t col = cp ? cp[c0 + k] : c0 + k;
+          dst[col] = s * (static_cast<float>(q[k]) - z);
+        }
+      }
+    }
+  });
+  auto shape = ids.sizes().vec();
+  shape.push_back(K);
+  return out.reshape(shape);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(sfmp, m) {
+  m.def(
+      "embedding_cpu(Tensor ids, Tensor qweight, Tensor bits, Tensor block_offset, Tensor group_order, "
+      "Tensor segment_ptr, Tensor scales, Tensor zeros, Tensor row_perm, Tensor col_perm, "
+      "int out_features, int in_features, int block_rows, int group_size) -> Tensor");
   m.def(
       "linear_cpu(Tensor x, Tensor qweight, Tensor bits, Tensor block_offset, Tensor group_order, "
       "Tensor segment_ptr, Tensor scales, Tensor zeros, Tensor row_perm, Tensor col_perm, "
       "int out_features, int in_features, int block_rows, int group_size, int portable=0) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(sfmp, CPU, m) { m.impl("linear_cpu", &linear_cpu); }
+TORCH_LIBRARY_IMPL(sfmp, CPU, m) {
+  m.impl("linear_cpu", &linear_cpu);
+  m.impl("embedding_cpu", &embedding_cpu);
+}

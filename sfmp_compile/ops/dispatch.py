@@ -105,6 +105,16 @@ def op_call(w: SFMPWeight, device, backend: str = "auto", cpu_kernel: str = "pac
     return k.op(), k.args(w)
 
 
+def embedding_call(w: SFMPWeight, device, cpu_kernel: str = "packed") -> tuple:
+    """``(op, args_after_ids)`` reading rows of ``w`` (packed layout) as an embedding on ``device``:
+    the C++ row decoder on CPU, else the reference (which dequantizes the whole weight)."""
+    if w.layout != "packed":
+        raise ValueError(f"an embedding reads the packed layout, not {w.layout!r}")
+    if kernel_for("packed", device, cpu_kernel) == "cpu":
+        return torch.ops.sfmp.embedding_cpu.default, _packed_args(w)
+    return torch.ops.sfmp.embedding_ref.default, _packed_args(w)
+
+
 # Callers holding a bare PackedWeight (tests, benchmarks) get its SFMPWeight, and prepared layouts
 # they ask for, memoised on the qweight tensor (they live as long as it does).
 _memo = WeakIdKeyDictionary()

@@ -87,3 +87,22 @@ def register_packed_autograd(op, n_args: int) -> None:
 
 
 register_packed_autograd(linear_ref, 1 + len(PACKED))
+
+
+@torch.library.custom_op("sfmp::embedding_ref", mutates_args=())
+@typed("ids", PACKED)
+def embedding_ref(ids: Tensor, *packed) -> Tensor:
+    """Rows ``ids`` of Ŵ in original coordinates (an embedding tied to a quantized head).
+    ids: int64 [...] -> fp32 [..., K]."""
+    p = _packed(packed)
+    torch._check(bool(((ids >= 0) & (ids < p.out_features)).all()), lambda: "token id out of range")
+    return p.dequantize(torch.float32)[ids]
+
+
+def fake_embedding(ids: Tensor, *args) -> Tensor:
+    """Shape-only twin of the sfmp embedding ops: [..., in_features] fp32."""
+    n_tensors = sum(isinstance(a, Tensor) for a in args)
+    return ids.new_empty((*ids.shape, args[n_tensors + 1]), dtype=torch.float32)
+
+
+embedding_ref.register_fake(fake_embedding)

@@ -8,7 +8,7 @@ from torch import nn
 
 from sfmp_compile.quantize import quantize, quantize_weight
 
-SMALL = dict(block_rows=32, group_size=32)  # tiny models get several blocks per layer
+SMALL = dict(block_rows=32, group_size=32, skip_bits={})  # several blocks per layer; lm_head kept float
 
 
 def capture(model_or_fn, *args, **kwargs):
@@ -44,9 +44,15 @@ def dequantized_twin(model: nn.Module, plan) -> nn.Module:
     return twin
 
 
-def quantized_twin(model: nn.Module, plan) -> nn.Module:
-    """``quantize(copy_of_model, plan=plan)``: the eager SFMPLinear model with the same quantized weights."""
-    return quantize(copy.deepcopy(model), plan=plan)
+def quantized_twin(model: nn.Module, plan, cpu_kernel: str = "reference") -> nn.Module:
+    """``quantize(copy_of_model, plan=plan)``: the eager SFMPLinear model with the same quantized weights,
+    its CPU layers on ``cpu_kernel`` (default: the exact reference op)."""
+    from sfmp_compile.linear import SFMPLinear
+    q = quantize(copy.deepcopy(model), plan=plan)
+    for m in q.modules():
+        if isinstance(m, SFMPLinear):
+            m.prepare_for("cpu", cpu_kernel)
+    return q
 
 
 def assert_close_rel(a: torch.Tensor, b: torch.Tensor, rel: float) -> None:
