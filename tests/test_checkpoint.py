@@ -307,3 +307,20 @@ def test_refused_load_leaves_the_given_model_untouched(saved, tmp_path):
         load_quantized(str(d), model=skeleton)
     after = skeleton.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("cpu_kernel", ["int4", "reference"])
+def test_save_after_prepare_for_writes_the_same_checkpoint(saved, tmp_path, cpu_kernel):
+    """Preparing layers for a CPU kernel (int4 layout, or the reference) changes what is resident,
+    never what is saved: the checkpoint is bit-identical and loads to the original's outputs."""
+    from sfmp_compile.linear import SFMPLinear
+    m, d, x = saved
+    m2 = load_quantized(d)
+    for mod in m2.modules():
+        if isinstance(mod, SFMPLinear):
+            mod.prepare_for("cpu", cpu_kernel)
+    d2 = str(tmp_path / "again")
+    save_quantized(m2, d2)
+    a, b = load_quantized(d).state_dict(), load_quantized(d2).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(load_quantized(d2)(x).logits, m(x).logits)
