@@ -1,0 +1,74 @@
+"""A lean compiled decode step for Hugging Face causal LMs, the way gpt-fast does it.
+
+What a plain ``torch.compile(model)`` decode pays besides the weights: a DynamicCache that grows
+(new shapes, copies), Dynamo's guard check over every module attribute on each call, and Python
+around the graph. Here the KV cache is a ``StaticCache`` of fixed length written in place, the
+whole step (embedding, layers, head) is one ``fullgraph`` graph per input length, the position is a
+tensor (so a new position is no recompile), and guards on module attributes are dropped
+(``torch.compiler.skip_guard_on_all_nn_modules_unsafe``: the model must not be changed between
+steps, which is what a decode loop does anyway).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+class StaticDecoder:
+    """Prefill and single-token decode of ``model`` through one compiled graph per input length.
+
+    model: a transformers causal LM (eval mode). max_len: KV-cache length (prompt + new tokens).
+    backend: a ``torch.compile`` backend (e.g. ``sfmp_backend(bits=3)``), default Inductor.
+    """
+
+    def __init__(self, model: nn.Module, max_len: int, backend: str | Callable = "inductor",
+                 skip_module_guards: bool = True):
+        from transformers import StaticCache
+        if max_len <= 0:
+            raise ValueError(f"max_len must be positive, got {max_len}")
+        self.model, self.max_len = model, max_len
+        self.cache = StaticCache(config=model.config, max_cache_len=max_len)
+        opts = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe} if skip_module_guards else None
+        self._step = torch.compile(self._forward, backend=backend, fullgraph=True, dynamic=False, options=opts)
+        self.pos = 0
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        out = self.model(ids, past_key_values=self.cache, cache_position=positions, use_cache=True)
+        return out.logits[:, -1]
+
+    def reset(self) -> None:
+        """Forget the cached tokens (the cache tensors are zeroed in place, no new graph)."""
+        self.cache.reset()
+        self.pos = 0
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        """Feed ``ids`` (int64 [1, T]) after what is cached; returns the last position's logits [1, vocab]."""
+        t = ids.shape[-1]
+        if self.pos + t > self.max_len:
+            raise ValueError(f"{self.pos + t} tokens exceed the cache length {self.max_len}")
+        positions = torch.arange(self.pos, self.pos + t, device=ids.device)
+        with torch.inference_mode():
+            logits = self._step(ids, positions)
+        self.pos += t
+        return logits
+
+    def truncate(self, pos: int) -> None:
+        """Continue as if only the first ``pos`` tokens had been fed (their cache entries stay valid;
+        later ones are overwritten by the next call, and masked by position until then)."""
+        if not 0 <= pos <= self.pos:
+            raise ValueError(f"cannot truncate to {pos} of {self.pos} cached tokens")
+        self.pos = pos
+
+    @torch.inference_mode()
+    def generate(self, ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        """Greedy continuation of ``ids`` (int64 [1, T]): returns int64 [1, T + max_new_tokens]."""
+        self.reset()
+        logits = self(ids)
+        out = [ids]
+        for _ in range(max_new_tokens):
+            nxt = logits.argmax(-1, keepdim=True)
+            out.append(nxt)
+            logits = self(nxt)
+        return torch.cat(out, dim=1)
