@@ -48,9 +48,9 @@ class StaticDecoder:
         t = ids.shape[-1]
         if self.pos + t > self.max_len:
             raise ValueError(f"{self.pos + t} tokens exceed the cache length {self.max_len}")
-        positions = torch.arange(self.pos, self.pos + t, device=ids.device)
-        with torch.inference_mode():
-            logits = self._step(ids, positions)
+        with torch.inference_mode():  # fresh inference tensors of standard strides: nothing for guards to tell apart
+            positions = torch.arange(self.pos, self.pos + t, device=ids.device)
+            logits = self._step(ids.clone(memory_format=torch.contiguous_format), positions)
         self.pos += t
         return logits
 
@@ -59,6 +59,9 @@ class StaticDecoder:
         later ones are overwritten by the next call, and masked by position until then)."""
         if not 0 <= pos <= self.pos:
             raise ValueError(f"cannot truncate to {pos} of {self.pos} cached tokens")
+        for layer in self.cache.layers:  # each layer writes at its own counter, not at cache_position
+            if getattr(layer, "is_initialized", False):
+                layer.cumulative_length.fill_(pos)
         self.pos = pos
 
     @torch.inference_mode()
