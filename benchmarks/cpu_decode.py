@@ -3,12 +3,14 @@
 One decode step = a forward of one new token against a KV cache of ``--context`` tokens; prefill = a
 forward of ``--prefill`` tokens without a cache; each at 1 and 2 threads (min of repeats). SFMP rows
 are ``torch.compile(model, backend=sfmp_backend(...))`` with the default CPU kernel (the true-bit
-mixed-width C++ kernel over format v1, lm_head and the tied embedding at 8 bits), plus one row on
+mixed-width C++ kernel over format v1, lm_head and the tied embedding at 8 bits), timed through
+``eval.decode.StaticDecoder`` (static KV cache, one graph per length, no module guards) unless the
+row says "HF cache" (the model called with a DynamicCache, as a plain user would); one row runs on
 torch's int4 kernel for comparison. ``--llamacpp`` adds llama.cpp (F32, Q4_0, Q3_K_M, Q4_K_M) from
 ``benchmarks/llamacpp_peer.py`` (its own cached venv, built on first use) in the same run.
 
-JSON keys (stable): per row name ("fp32 eager", "fp32 inductor", "sfmp 3-bit", "sfmp BPW 3.5",
-"sfmp BPW 4.0", "sfmp 3-bit int4 kernel", "llama.cpp Q4_0", ...):
+JSON keys (stable): per row name ("fp32 eager", "fp32 inductor", "fp32 static decode", "sfmp 3-bit HF cache",
+"sfmp 3-bit", "sfmp BPW 3.5", "sfmp BPW 4.0", "sfmp 3-bit int4 kernel", "llama.cpp Q4_0", ...):
   ms, prefill_ms        1-thread decode ms/token and prefill ms
   threads               {"1": {"ms", "prefill_ms"}, "2": {...}}
   weight_bytes          resident weights (float left + quantized layers as held)
@@ -66,6 +68,30 @@ def _weight_bytes(model) -> int:
     return total
 
 
+def _static_timings(dec, ids, prompt, a) -> dict:
+    """Decode and prefill through an eval.decode.StaticDecoder (static cache, one graph per length)."""
+    th = {}
+    for n in (1, 2):
+        torch.set_num_threads(n)
+        dec.reset()
+        dec(ids[:, : a.context])
+        nxt = ids[:, a.context : a.context + 1]
+
+        def step():
+            dec.truncate(a.context)
+            dec(nxt)
+        step()  # warm-up (compiles the one-token graph)
+        dec_ms = _best(step, a.repeats) * 1e3
+
+        def prefill():
+            dec.reset()
+            dec(prompt)
+        prefill()
+        th[str(n)] = {"ms": dec_ms, "prefill_ms": _best(prefill, 3) * 1e3 if a.prefill else float("nan")}
+    torch.set_num_threads(1)
+    return th
+
+
 def _timings(model, ids, prompt, a) -> dict:
     th = {}
     for n in (1, 2):
@@ -96,32 +122,35 @@ def _head_cost(model, ev, ppl_fp32) -> float:
     return 100.0 * (_ppl(m, ev) / ppl_fp32 - 1.0)
 
 
-def _profile(model, ids, context) -> list[dict]:
+def _profile(dec, ids, context) -> list[dict]:
+    """Top ops of one decode step through the StaticDecoder ``dec`` (1 thread)."""
     from torch.profiler import ProfilerActivity, profile
-    from transformers import DynamicCache
-    with torch.inference_mode():
-        out = model(ids[:, :context], past_key_values=DynamicCache(), use_cache=True)
-        c = copy.deepcopy(out.past_key_values)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            model(ids[:, context : context + 1], past_key_values=c, use_cache=True)
+    dec.reset()
+    dec(ids[:, :context])
+    dec(ids[:, context : context + 1])
+    dec.truncate(context)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        dec(ids[:, context : context + 1])
     rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:10]
     return [{"op": e.key, "calls": e.count, "self_ms": e.self_cpu_time_total / 1e3} for e in rows]
 
 
-def _sfmp(model, ids, prompt, ev, a, name, rows, extra, **opts):
+def _sfmp(model, ids, prompt, ev, a, name, rows, extra, static=True, **opts):
     from sfmp_compile import sfmp_backend
+    from sfmp_compile.eval.decode import StaticDecoder
     torch._dynamo.reset()
     q = copy.deepcopy(model)
     be = sfmp_backend(salience="weight", release_weights=True, model=q, **opts)
     cq = torch.compile(q, backend=be)
-    th = _timings(cq, ids, prompt, a)
+    dec = StaticDecoder(q, max(a.prefill, a.context + 1) + 8, backend=be) if static else None
+    th = _static_timings(dec, ids, prompt, a) if static else _timings(cq, ids, prompt, a)
     budget = [e.layer for e in be._cache.values() if e.name in be.plan.layers]
     n_budget = sum(w.out_features * w.in_features for w in budget)
     bpw = 8 * sum(w.stored_bytes for w in budget) / n_budget
     rows[name] = {**th["1"], "threads": th, "weight_bytes": _weight_bytes(q) + be.resident_bytes,
                   "ppl": _ppl(cq, ev) if a.eval_tokens else None, "linear_bpw": bpw}
-    print(f"{name}: {th}, BPW {bpw:.3f}", flush=True)
-    return q, cq, be
+    print(f"[{time.strftime('%H:%M:%S')}] {name}: {th}, BPW {bpw:.3f}, PPL {rows[name]['ppl']}", flush=True)
+    return q, cq, be, dec
 
 
 def main(argv=None):
@@ -148,14 +177,21 @@ def main(argv=None):
     th = _timings(model, ids, prompt, a)
     ppl_fp32 = _ppl(model, ev) if ev is not None else None
     rows["fp32 eager"] = {**th["1"], "threads": th, "weight_bytes": fp32_bytes, "ppl": ppl_fp32, "linear_bpw": 32.0}
+    print(f"[{time.strftime('%H:%M:%S')}] fp32 eager: {th}, PPL {ppl_fp32}", flush=True)
     torch._dynamo.reset()
     th = _timings(torch.compile(model), ids, prompt, a)
     rows["fp32 inductor"] = {**th["1"], "threads": th, "weight_bytes": fp32_bytes, "ppl": ppl_fp32, "linear_bpw": 32.0}
+    from sfmp_compile.eval.decode import StaticDecoder
+    torch._dynamo.reset()
+    th = _static_timings(StaticDecoder(model, max(a.prefill, a.context + 1) + 8), ids, prompt, a)
+    rows["fp32 static decode"] = {**th["1"], "threads": th, "weight_bytes": fp32_bytes, "ppl": ppl_fp32,
+                                  "linear_bpw": 32.0}
     if ev is not None:
         extra["head_8bit_ppl_cost_pct"] = _head_cost(model, ev, ppl_fp32)
 
-    q, cq, be = _sfmp(model, ids, prompt, ev, a, "sfmp 3-bit", rows, extra, bits=3.0)
-    extra["profile"] = _profile(cq, ids, a.context)
+    _sfmp(model, ids, prompt, ev, a, "sfmp 3-bit HF cache", rows, extra, static=False, bits=3.0)
+    q, cq, be, dec = _sfmp(model, ids, prompt, ev, a, "sfmp 3-bit", rows, extra, bits=3.0)
+    extra["profile"] = _profile(dec, ids, a.context)
     packed = be.packed_bytes
     extra.update(quantized_resident_bytes=be.resident_bytes, true_bit_bytes=packed,
                  resident_over_true_bit=be.resident_bytes / packed, budget_linear_bpw=rows["sfmp 3-bit"]["linear_bpw"],
@@ -170,13 +206,13 @@ def main(argv=None):
             ref = copy.deepcopy(model)
             exact = torch.compile(ref, backend=sfmp_backend(plan=be.plan, cpu_kernel="reference", model=ref))(window).logits
         extra["sqnr_vs_reference_db"] = sqnr_db(exact, fast)
-    del q, cq, be
+    del q, cq, be, dec
     for target in (3.5, 4.0):
         make = lambda b: make_model_plan(model, bits=b, salience="weight")  # noqa: E731
         b, plan = code_bits_for_bpw(target, make)
         _sfmp(model, ids, prompt, ev, a, f"sfmp BPW {target:g}", rows, extra, plan=plan)
         print(f"  code bits {b:.4f}, plan BPW {plan_bpw(plan):.3f}")
-    _sfmp(model, ids, prompt, ev, a, "sfmp 3-bit int4 kernel", rows, extra, bits=3.0, cpu_kernel="int4")
+    _sfmp(model, ids, prompt, ev, a, "sfmp 3-bit int4 kernel", rows, extra, static=False, bits=3.0, cpu_kernel="int4")
 
     if a.llamacpp:
         import importlib.util

@@ -43,7 +43,8 @@ class QuantConfig:
         scale/zero group (n_b); a multiple of 32 so every bit-plane row fills whole int32 words.
     skip: layer-name patterns left out of SFMP's budget. skip_bits: {pattern: bits} for skipped
         layers that are still quantized, uniformly and without reordering (default: lm_head, and an
-        embedding tied to it, at 8 bits); ``skip_bits={}`` keeps every skipped layer float.
+        embedding tied to it, at 8 bits); ``skip_bits={}`` keeps every skipped layer float. Applied by
+        the compile backend; ``quantize()`` (the checkpoint path) still keeps skipped layers float.
     """
 
     bits: float = 3.0

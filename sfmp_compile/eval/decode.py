@@ -30,6 +30,14 @@ class StaticDecoder:
             raise ValueError(f"max_len must be positive, got {max_len}")
         self.model, self.max_len = model, max_len
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
+        # Allocated now, not lazily inside the first graph: that graph would guard on "not yet
+        # allocated" and a reset would cost one recompile.
+        cfg = model.config.get_text_config(decoder=True)
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        p = next(model.parameters())
+        with torch.inference_mode():
+            self.cache.early_initialization(1, kv_heads, head_dim, p.dtype, p.device)
         opts = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe} if skip_module_guards else None
         self._step = torch.compile(self._forward, backend=backend, fullgraph=True, dynamic=False, options=opts)
         self.pos = 0
@@ -40,7 +48,8 @@ class StaticDecoder:
 
     def reset(self) -> None:
         """Forget the cached tokens (the cache tensors are zeroed in place, no new graph)."""
-        self.cache.reset()
+        with torch.inference_mode():  # the cache tensors were made inside inference mode
+            self.cache.reset()
         self.pos = 0
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
@@ -59,9 +68,10 @@ class StaticDecoder:
         later ones are overwritten by the next call, and masked by position until then)."""
         if not 0 <= pos <= self.pos:
             raise ValueError(f"cannot truncate to {pos} of {self.pos} cached tokens")
-        for layer in self.cache.layers:  # each layer writes at its own counter, not at cache_position
-            if getattr(layer, "is_initialized", False):
-                layer.cumulative_length.fill_(pos)
+        with torch.inference_mode():
+            for layer in self.cache.layers:  # each layer writes at its own counter, not at cache_position
+                if getattr(layer, "is_initialized", False):
+                    layer.cumulative_length.fill_(pos)
         self.pos = pos
 
     @torch.inference_mode()
