@@ -269,7 +269,7 @@ class SFMPBackend:
             layer_plans = {**(self._plan_new(gm, example_inputs, sites, budget, report) if budget else {}), **fixed}
             t0 = time.perf_counter()
             for name, s in new.items():
-                cfg = replace(self.config, quantizer="rtn") if name in fixed else self.config
+                cfg = replace(self.config, quantizer="rtn", clip_search=False) if name in fixed else self.config
                 w = SFMPWeight.from_packed(quantize_weight(s.linear_weight(), layer_plans[name], cfg, name=name))
                 self.quantize_calls += 1
                 dev = s.weight.device
