@@ -11,17 +11,7 @@ from sfmp_compile.eval.models import tiny_llama
 from sfmp_compile.linear import SFMPLinear
 
 from .passes._helpers import SMALL, quantized_twin
-
-
-@pytest.fixture(autouse=True)
-def _fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
-def _ids(t=8, seed=0):
-    return torch.randint(0, 256, (1, t), generator=torch.Generator().manual_seed(seed))
+from .test_backend import _fresh_dynamo, _ids  # noqa: F401  (the fixture is autouse)
 
 
 def _backend():
