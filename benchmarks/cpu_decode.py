@@ -164,6 +164,8 @@ def main(argv=None):
     ap.add_argument("--eval-tokens", type=int, default=2048, help="held-out tokens for PPL (0: skip)")
     ap.add_argument("--llamacpp", action="store_true", help="add llama.cpp rows (builds its venv on first use)")
     ap.add_argument("--json", default="benchmarks/cpu_decode.json")
+    ap.add_argument("--quick", action="store_true", help="fp32 eager, SFMP 3-bit (HF cache) and llama.cpp "
+                    "F32/Q4_0/Q3_K_M only: no static-decode, BPW, int4 or SQNR rows")
     a = ap.parse_args(argv)
     torch.set_num_threads(2)
     from sfmp_compile.eval.baselines import code_bits_for_bpw, plan_bpw
@@ -172,6 +174,7 @@ def main(argv=None):
     from sfmp_compile.plan import plan as make_model_plan
     model, tok = load_model("smollm2")
     ev = eval_tokens(tok, a.eval_tokens) if a.eval_tokens else None
+    a.eval_ids = ev[0].tolist() if ev is not None else None
     src = ev if ev is not None else torch.randint(0, model.config.vocab_size, (1, 4096), generator=torch.Generator().manual_seed(0))
     ids, prompt = src[:, : a.context + 1], src[:, : max(a.prefill, 1)]
 
@@ -181,6 +184,8 @@ def main(argv=None):
     ppl_fp32 = _ppl(model, ev) if ev is not None else None
     rows["fp32 eager"] = {**th["1"], "threads": th, "weight_bytes": fp32_bytes, "ppl": ppl_fp32, "linear_bpw": 32.0}
     print(f"[{time.strftime('%H:%M:%S')}] fp32 eager: {th}, PPL {ppl_fp32}", flush=True)
+    if a.quick:
+        return _quick(model, ids, prompt, ev, a, rows, extra, ppl_fp32)
     torch._dynamo.reset()
     th = _timings(torch.compile(model), ids, prompt, a)
     rows["fp32 inductor"] = {**th["1"], "threads": th, "weight_bytes": fp32_bytes, "ppl": ppl_fp32, "linear_bpw": 32.0}
@@ -203,10 +208,10 @@ def main(argv=None):
         from sfmp_compile import sfmp_backend
         from sfmp_compile.eval.metrics import sqnr_db
         window = ev[:, :512]
+        ref = copy.deepcopy(model)
         with torch.inference_mode():
             fast = cq(window).logits
             torch._dynamo.reset()
-            ref = copy.deepcopy(model)
             exact = torch.compile(ref, backend=sfmp_backend(plan=be.plan, cpu_kernel="reference", model=ref))(window).logits
         extra["sqnr_vs_reference_db"] = sqnr_db(exact, fast)
     del q, cq, be, dec
@@ -217,14 +222,30 @@ def main(argv=None):
         print(f"  code bits {b:.4f}, plan BPW {plan_bpw(plan):.3f}")
     _sfmp(model, ids, prompt, ev, a, "sfmp 3-bit int4 kernel", rows, extra, static=False, bits=3.0, cpu_kernel="int4")
 
+    _finish(rows, extra, a)
+
+
+def _quick(model, ids, prompt, ev, a, rows, extra, ppl_fp32):
+    if ev is not None:
+        extra["head_8bit_ppl_cost_pct"] = _head_cost(model, ev, ppl_fp32)
+    q, cq, be, _ = _sfmp(model, ids, prompt, ev, a, "sfmp 3-bit HF cache", rows, extra, static=False, bits=3.0)
+    extra.update(quantized_resident_bytes=be.resident_bytes, true_bit_bytes=be.packed_bytes,
+                 resident_over_true_bit=be.resident_bytes / be.packed_bytes,
+                 budget_linear_bpw=rows["sfmp 3-bit HF cache"]["linear_bpw"],
+                 head_bytes=sum(e.layer.stored_bytes for e in be._cache.values() if e.name in be.fixed_layers))
+    del q, cq, be
+    _finish(rows, extra, a, formats=("F32", "Q4_0", "Q3_K_M"))
+
+
+def _finish(rows, extra, a, formats=None):
     if a.llamacpp:
         import importlib.util
         import pathlib
         spec = importlib.util.spec_from_file_location("llamacpp_peer", pathlib.Path(__file__).with_name("llamacpp_peer.py"))
         peer = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(peer)
-        got = peer.run_llamacpp(context=a.context, prefill=a.prefill, repeats=a.repeats,
-                                eval_ids=ev[0].tolist() if ev is not None else None)
+        got = peer.run_llamacpp(formats=formats or peer.FORMATS, context=a.context, prefill=a.prefill,
+                                repeats=a.repeats, eval_ids=a.eval_ids)
         for k, r in got.items():
             rows[k] = {**r["threads"]["1"], "threads": r["threads"], "weight_bytes": r.get("weight_bytes"),
                        "ppl": r.get("ppl"), "linear_bpw": r.get("linear_bpw")}
@@ -241,7 +262,7 @@ def main(argv=None):
               f"{r['linear_bpw'] or float('nan'):7.3f} {ppl}")
     print("memory:", {k: v for k, v in extra.items() if k != "profile"})
     print("one 3-bit decode step, top ops by self time (1 thread):")
-    for p in extra["profile"]:
+    for p in extra.get("profile", []):
         print(f"  {p['op'][:60]:60s} {p['calls']:5d} {p['self_ms']:8.3f} ms")
     extra.update(threads=[1, 2], context=a.context, prefill_tokens=a.prefill, eval_tokens=a.eval_tokens)
     json.dump({**rows, "memory": extra}, open(a.json, "w"), indent=1)

@@ -64,6 +64,11 @@ class _Entry:
     version: int
 
 
+def _version(p: torch.Tensor) -> int:
+    """The in-place version counter (inference tensors have none and cannot change in place)."""
+    return -1 if p.is_inference() else p._version
+
+
 class SFMPBackend:
     """The callable ``torch.compile`` backend returned by :func:`sfmp_backend`.
 
@@ -155,7 +160,7 @@ class SFMPBackend:
     def _cached(self, p: torch.Tensor) -> _Entry | None:
         e = self._cache.get(p)
         # a weight changed in place since it was quantized is quantized again
-        return None if e is None or (e.version != p._version and p.untyped_storage().nbytes() > 0) else e
+        return None if e is None or (e.version != _version(p) and p.untyped_storage().nbytes() > 0) else e
 
     def _unique_name(self, name: str, p: torch.Tensor) -> str:
         i, cand = 1, name
@@ -274,7 +279,7 @@ class SFMPBackend:
                 self.quantize_calls += 1
                 dev = s.weight.device
                 self._cache[s.weight] = _Entry(name, w.to_layout(preferred_layout(w, dev, self.cpu_kernel)).to(dev),
-                                               s.weight._version)
+                                               _version(s.weight))
                 (self.fixed_layers if name in fixed else self.plan.layers)[name] = layer_plans[name]
             t0 = self._tick(report, "quantization", t0)
 
