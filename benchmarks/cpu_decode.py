@@ -153,6 +153,7 @@ def _sfmp(model, ids, prompt, ev, a, name, rows, extra, static=True, **opts):
     rows[name] = {**th["1"], "threads": th, "weight_bytes": _weight_bytes(q) + be.resident_bytes,
                   "ppl": _ppl(cq, ev) if a.eval_tokens else None, "linear_bpw": bpw}
     print(f"[{time.strftime('%H:%M:%S')}] {name}: {th}, BPW {bpw:.3f}, PPL {rows[name]['ppl']}", flush=True)
+    _save(rows, extra, a)
     return q, cq, be, dec
 
 
@@ -237,6 +238,13 @@ def _quick(model, ids, prompt, ev, a, rows, extra, ppl_fp32):
     _finish(rows, extra, a, formats=("F32", "Q4_0", "Q3_K_M"))
 
 
+def _save(rows, extra, a) -> None:
+    """Write what is measured so far (a later crash keeps the finished rows; the last write is complete)."""
+    meta = dict(extra, threads=[1, 2], context=a.context, prefill_tokens=a.prefill, eval_tokens=a.eval_tokens)
+    with open(a.json, "w") as f:
+        json.dump({**rows, "memory": meta}, f, indent=1)
+
+
 def _finish(rows, extra, a, formats=None):
     if a.llamacpp:
         import importlib.util
@@ -264,8 +272,7 @@ def _finish(rows, extra, a, formats=None):
     print("one 3-bit decode step, top ops by self time (1 thread):")
     for p in extra.get("profile", []):
         print(f"  {p['op'][:60]:60s} {p['calls']:5d} {p['self_ms']:8.3f} ms")
-    extra.update(threads=[1, 2], context=a.context, prefill_tokens=a.prefill, eval_tokens=a.eval_tokens)
-    json.dump({**rows, "memory": extra}, open(a.json, "w"), indent=1)
+    _save(rows, extra, a)
 
 
 if __name__ == "__main__":
