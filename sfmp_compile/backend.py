@@ -36,7 +36,7 @@ from .graph_variants import GraphVariants
 from .layouts import SFMPWeight
 from .ops.cpu_int4 import register_inductor_decompositions
 from .ops.dispatch import CPU_KERNELS, preferred_layout
-from .plan import LayerPlan, Plan, fixed_width_plan, make_plan, skip_width, skipped
+from .plan import LayerPlan, Plan, fixed_width, fixed_width_plan, make_plan, skipped
 from .quantize import quantize_weight
 from .salience import SALIENCES
 from .passes.calibrate import graph_input_moments
@@ -170,12 +170,6 @@ class SFMPBackend:
         self._names[cand] = id(p)
         return cand
 
-    def _fixed_width(self, name: str) -> int | None:
-        """skip_bits width of a layer outside the budget (not in the plan, or skipped), else None."""
-        plan = self.user_plan
-        outside = (name not in plan.layers) if plan is not None else skipped(name, self.config.skip)
-        return skip_width(name, self.config) if outside else None
-
     # ------------------------------------------------------------------ planning
     def _saliences(self, gm, example_inputs, sites: list[LinearSite], weights: dict[str, torch.Tensor], report):
         """(saliences, col_weights) for the new layers of this graph."""
@@ -256,7 +250,7 @@ class SFMPBackend:
                     raise ValueError(f"{name}: the plan is for shape {self.user_plan.layers[name].shape}, the graph's "
                                      f"weight is {(s.out_features, s.in_features)}")
                 s.name = name
-            elif self._fixed_width(s.name) is None and (name is None or skipped(s.name, self.config.skip)):
+            elif fixed_width(s.name, self.config, self.user_plan) is None and (name is None or skipped(s.name, self.config.skip)):
                 s.skip_reason = "not in the plan" if name is None else f"skip pattern {list(self.config.skip)}"
                 continue
             if s.weight.untyped_storage().nbytes() == 0:
@@ -269,7 +263,7 @@ class SFMPBackend:
         if new:
             # Skipped layers with a skip_bits width sit outside the budget: fixed width, RTN, no reordering.
             fixed = {n: fixed_width_plan(s.out_features, s.in_features, b, self.config) for n, s in new.items()
-                     if (b := self._fixed_width(n)) is not None}
+                     if (b := fixed_width(n, self.config, self.user_plan)) is not None}
             budget = {n: s for n, s in new.items() if n not in fixed}
             layer_plans = {**(self._plan_new(gm, example_inputs, sites, budget, report) if budget else {}), **fixed}
             t0 = time.perf_counter()

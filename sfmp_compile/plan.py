@@ -57,9 +57,11 @@ def skipped(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(leaf, p) for p in patterns)
 
 
-def skip_width(name: str, config: QuantConfig) -> int | None:
-    """The fixed width a skipped layer is quantized to (``config.skip_bits``), or None: keep it float."""
-    return next((b for p, b in config.skip_bits if skipped(name, (p,))), None)
+def fixed_width(name: str, config: QuantConfig, plan: "Plan | None" = None) -> int | None:
+    """The ``config.skip_bits`` width of a layer outside SFMP's budget (not in ``plan`` when one is
+    given, else matching ``config.skip``), or None: in the budget, or kept float."""
+    outside = name not in plan.layers if plan is not None else skipped(name, config.skip)
+    return next((b for p, b in config.skip_bits if skipped(name, (p,))), None) if outside else None
 
 
 def fixed_width_plan(out_features: int, in_features: int, bits: int, config: QuantConfig) -> LayerPlan:

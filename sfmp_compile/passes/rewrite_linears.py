@@ -73,9 +73,7 @@ def _op_args(op, args: tuple, empty: fx.Node, constant) -> tuple:
 def _packed_op_for(op, device, cpu_kernel: str):
     """An eager-traced packed-layout op on CPU (the reference or the C++ kernel, whichever the module
     chose) becomes the one this compile asked for; every other op is kept."""
-    packed_cpu = (torch.ops.sfmp.linear_ref.default, getattr(torch.ops.sfmp, "linear_cpu", None))
-    if torch.device(device).type != "cpu" or op not in [o.default if hasattr(o, "default") else o
-                                                         for o in packed_cpu if o is not None]:
+    if torch.device(device).type != "cpu" or op._schema.name not in ("sfmp::linear_ref", "sfmp::linear_cpu"):
         return op
     return KERNELS[kernel_for("packed", device, cpu_kernel)].op()
 
