@@ -75,6 +75,7 @@ def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, overwrite: bo
         save_file(state, os.path.join(tmp, WEIGHTS), metadata={"format": "pt", "sfmp_format_version": str(FORMAT_VERSION)})
         if hasattr(model, "config") and hasattr(model.config, "save_pretrained"):
             model.config.save_pretrained(tmp)
+            _mark_config_quantized(os.path.join(tmp, CONFIG), model)
             # config.json rebuilds the architecture (eps, rope, activation...): an edit there
             # changes the logits as surely as an edited weight, so it is signed too
             meta["files"] = {CONFIG: file_digest(os.path.join(tmp, CONFIG))}
@@ -89,6 +90,30 @@ def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, overwrite: bo
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+# config.json's quantization_config: transformers hands a checkpoint carrying it to the quantizer
+# registered for "sfmp" (hf_quantizer.py, registered by ``import sfmp_compile``).
+HF_QUANT_METHOD = "sfmp"
+# transformers 5 only warns about a quant_method it does not know and would then build the model
+# with RANDOM weights (the packed tensors unexpected, the float ones missing). config.json therefore
+# names a weights file that does not exist, so a load without the quantizer fails, and the name says
+# why; the registered quantizer points transformers back at model.safetensors.
+HF_WEIGHTS_TRIPWIRE = "sfmp-checkpoint--import-sfmp_compile-before-from_pretrained.safetensors"
+
+
+def _mark_config_quantized(path: str, model: nn.Module) -> None:
+    """Add to config.json what makes transformers route it to the SFMP quantizer (or refuse it)."""
+    with open(path) as f:
+        cfg = json.load(f)
+    cfg["quantization_config"] = {"quant_method": HF_QUANT_METHOD, "format_version": FORMAT_VERSION}
+    cfg["transformers_weights"] = HF_WEIGHTS_TRIPWIRE
+    if isinstance(getattr(model, "dtype", None), torch.dtype):
+        # from_pretrained's dtype="auto" reads this; without it, it would take the first floating
+        # tensor of the file, which may be a layer's fp16 scales
+        cfg["dtype"] = str(model.dtype).removeprefix("torch.")
+    with open(path, "w") as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
 
 
 @contextlib.contextmanager
