@@ -152,9 +152,32 @@ def test_generate_eager_and_compiled(saved):
     with torch.no_grad():
         eager = hf.generate(ids, **kw)
         assert torch.equal(eager, load_quantized(d).generate(ids, **kw))
-        be = sfmp_backend(inner="aot_eager")
+        # skip_bits={}: the float lm_head quantize() left stays float, as in the checkpoint (by
+        # default the backend would quantize it to 8 bits: another model)
+        be = sfmp_backend(inner="aot_eager", skip_bits={})
         hf.compile(backend=be)  # in place, so generate() calls the compiled module
         compiled = hf.generate(ids, **kw)
     assert eager.shape[1] == ids.shape[1] + 4
     assert torch.equal(compiled, eager)
-    assert be.reports and be.quantize_calls == 0  # it ran the checkpoint's layers, compiled
+    assert be.reports and be.quantize_calls == 0  # compiled from the checkpoint's layers, nothing re-quantized
+
+
+@pytest.mark.slow
+def test_real_smollm2_from_pretrained_and_generate(tmp_path):
+    """SmolLM2 (tied embedding, real tokenizer files, ragged 576-wide blocks): layer 0 quantized
+    (enough to exercise the path; the whole model takes minutes), the rest float."""
+    from transformers import AutoTokenizer
+    from sfmp_compile.eval.models import load_model
+    model, tok = load_model("smollm2")
+    quantize(model, bits=3.5, salience="weight", clip_search=False, skip=("lm_head", "model.layers.[1-9]*"))
+    d = save_quantized(model, str(tmp_path / "smol"), tokenizer=tok)
+    hf = AutoModelForCausalLM.from_pretrained(d)
+    ref = load_quantized(d)
+    assert isinstance(hf.model.layers[0].mlp.down_proj, SFMPLinear) and hf.lm_head.weight is hf.model.embed_tokens.weight
+    tok = AutoTokenizer.from_pretrained(d)
+    enc = tok("The capital of France is", return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(hf(**enc).logits, ref(**enc).logits)
+        got = hf.generate(**enc, max_new_tokens=5, do_sample=False)
+        assert torch.equal(got, ref.generate(**enc, max_new_tokens=5, do_sample=False))
+    assert "Paris" in tok.decode(got[0, enc.input_ids.shape[1]:])
