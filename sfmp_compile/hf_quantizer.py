@@ -6,14 +6,15 @@ quantization config and an ``HfQuantizer`` for ``quant_method: "sfmp"``, the met
 ``save_quantized`` writes into config.json. transformers then hands every SFMP checkpoint to
 :class:`SFMPHfQuantizer`:
 
-  1. ``update_attn_implementation`` (the one hook that sees the config before transformers
-     resolves the weights file) points ``transformers_weights`` back at model.safetensors: the
-     checkpoint names a file that does not exist, so a load WITHOUT this quantizer fails instead
-     of building random weights (checkpoint.HF_WEIGHTS_TRIPWIRE says why);
-  2. before any weight is loaded, ``load_quantized`` reads the directory: every CheckpointError
-     check of the reference path runs (tensors against sfmp.json's checksums, config.json
-     against its digest, the skeleton on the meta device first), and a refused checkpoint raises
-     the same CheckpointError from ``from_pretrained``. Its ``SFMPLinear`` modules replace the
+  1. ``update_attn_implementation`` (the one hook that sees the config before transformers reads
+     a file or enters its model-building contexts) runs ``load_quantized`` on the directory: every
+     CheckpointError check of the reference path runs (tensors against sfmp.json's checksums,
+     config.json against its digest, the skeleton on the meta device first), and a refused
+     checkpoint raises the same CheckpointError from ``from_pretrained``. It also points
+     ``transformers_weights`` back at model.safetensors: the checkpoint names a file that does not
+     exist, so a load WITHOUT this quantizer fails instead of building random weights
+     (checkpoint.HF_WEIGHTS_TRIPWIRE says why);
+  2. before any weight is loaded, the checked model's ``SFMPLinear`` modules replace the
      ``nn.Linear`` layers of transformers' (meta-device) model, which must then match the checked
      model tensor for tensor in shape and dtype (an explicit ``dtype=`` unlike the saved one is
      refused: the packed scales are fp16 whatever it says);
@@ -34,7 +35,6 @@ import shutil
 import tempfile
 from types import MethodType
 
-import torch
 from torch import nn
 from transformers.quantizers import HfQuantizer
 from transformers.quantizers.auto import register_quantization_config, register_quantizer

@@ -77,6 +77,7 @@ def test_save_pretrained_round_trip(saved, tmp_path):
     hf.save_pretrained(out)
     assert {p.name for p in out.iterdir()} == {"config.json", "generation_config.json", "model.safetensors",
                                               "sfmp.json", "tokenizer_config.json"}
+    assert json.loads((out / "config.json").read_text())["transformers_weights"] == HF_WEIGHTS_TRIPWIRE
     ref = load_quantized(d)
     _same_model(ref, AutoModelForCausalLM.from_pretrained(out), x)
     _same_model(ref, load_quantized(str(out)), x)
