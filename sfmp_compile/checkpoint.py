@@ -4,7 +4,8 @@ Layout of a checkpoint directory:
   sfmp.json          format marker, format version, quantization config, per-layer geometry,
                      tied-tensor aliases, a SHA-256 of every stored tensor and of config.json
   model.safetensors  the whole state dict (packed buffers of SFMPLinear layers + every other tensor)
-  config.json, tokenizer files   for transformers models (so load_quantized can rebuild the model)
+  config.json, tokenizer files   for transformers models (so load_quantized can rebuild the model;
+                     config.json's quantization_config routes from_pretrained to hf_quantizer.py)
 
 Loading treats the directory as untrusted input: every check runs before model memory is
 allocated (a skeleton rebuilt from config.json is first built on the meta device and compared with
