@@ -9,7 +9,6 @@ import contextlib
 import copy
 import io
 import json
-import math
 import os
 import subprocess
 import sys
