@@ -136,11 +136,18 @@ def _parameters_on_meta():
         nn.Module.register_parameter = original
 
 
-def _skeleton_from_config(ckpt_dir: str, meta_only: bool, digest: str | None = None) -> nn.Module:
+# Config fields that count modules: building them costs time even on the meta device (10**6 layers
+# hung the load), and a model has at least one stored tensor per layer or expert.
+_MODULE_COUNTS = ("num_hidden_layers", "num_local_experts", "num_experts", "n_routed_experts")
+
+
+def _skeleton_from_config(ckpt_dir: str, meta_only: bool, digest: str | None = None,
+                          n_tensors: int | None = None) -> nn.Module:
     """The transformers model config.json describes. meta_only: everything on the meta device
     (no memory, whatever sizes the config claims) for checking; else parameters on meta and
     buffers real, to be filled by load_state_dict(assign=True). digest: config.json's SHA-256
-    from sfmp.json, when the checkpoint has one."""
+    from sfmp.json, when the checkpoint has one. n_tensors: how many tensors the checkpoint
+    stores; a config claiming more layers (or experts) than that is refused before building."""
     path = regular_file(ckpt_dir, CONFIG)
     if path is None:
         raise CheckpointError(f"{ckpt_dir} has no config.json: pass model=<skeleton module> to load_quantized")
@@ -153,6 +160,10 @@ def _skeleton_from_config(ckpt_dir: str, meta_only: bool, digest: str | None = N
         no_init_weights = contextlib.nullcontext
     try:
         config = AutoConfig.from_pretrained(ckpt_dir)
+        for name in _MODULE_COUNTS if n_tensors is not None else ():
+            v = getattr(config, name, None)
+            if isinstance(v, int) and v > n_tensors:
+                raise CheckpointError(f"{path}: {name}={v} but the checkpoint stores only {n_tensors} tensors")
         with no_init_weights(), (torch.device("meta") if meta_only else _parameters_on_meta()):
             return AutoModelForCausalLM.from_config(config)
     except CheckpointError:
@@ -235,6 +246,13 @@ def _plan(ckpt_dir: str, meta: dict, tensors: dict, model: nn.Module, uniform_dt
             raise CheckpointError(f"{ckpt_dir}: tensors {owner[ids[k]]} and {k} are one tied parameter of the model "
                                   "but are both stored (save_quantized stores a tie once)")
         owner[ids.get(k)] = k
+    # A NaN/inf parameter or bias is never a model save_quantized wrote from a working one (it
+    # refuses non-finite weights to quantize); loaded, it would turn every logit NaN. Buffers may
+    # hold infinities legitimately (masks), so only parameters are checked.
+    params = {id(v) for v in model.parameters()}
+    for k, v in list(tensors.items()) + [(f"{n}.bias", b) for n, (_, b) in packed.items() if b is not None]:
+        if v.is_floating_point() and ids.get(k) in params and not torch.isfinite(v).all():
+            raise CheckpointError(f"{ckpt_dir}: tensor {k} holds NaN or infinite values")
     floats = {v.dtype for k, v in tensors.items() if v.is_floating_point()}
     floats |= {b.dtype for _, b in packed.values() if b is not None}
     if uniform_dtype and len(floats) > 1:
@@ -270,7 +288,7 @@ def load_quantized(ckpt_dir: str, model: nn.Module | None = None, device: str | 
         # nothing; only after every check passes is the real one built (its parameters then come
         # from the checked tensors, so its size is bounded by the file).
         digest = meta.get("files", {}).get(CONFIG)
-        _plan(ckpt_dir, meta, tensors, _skeleton_from_config(ckpt_dir, True, digest), uniform_dtype=True)
+        _plan(ckpt_dir, meta, tensors, _skeleton_from_config(ckpt_dir, True, digest, len(tensors)), uniform_dtype=True)
         verify_checksums(ckpt_dir, tensors, meta.get("checksums", {}))
         model = _skeleton_from_config(ckpt_dir, False, digest)
         packed, rest = _plan(ckpt_dir, meta, tensors, model, uniform_dtype=True)

@@ -10,6 +10,10 @@ from dataclasses import dataclass, asdict
 SALIENCE_KINDS: list[str] = []
 QUANTIZERS = ("rtn", "gptq")
 MIN_BITS, MAX_BITS = 1, 8
+# Larger blocks only pad: a block wider than a layer acts as the whole layer, but the quantizers
+# allocate [rows, groups * group_size] (and row-blocks likewise), so 2**31 allocated hundreds of GB
+# before anything said no (issue 13's hostile run). These caps are far above any real layer.
+MAX_GROUP_SIZE, MAX_BLOCK_ROWS = 1 << 17, 1 << 20
 
 
 class SFMPConfigError(ValueError):
@@ -83,6 +87,9 @@ class QuantConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise SFMPConfigError(f"{name} must be a positive integer, got {v!r}")
+            cap = MAX_GROUP_SIZE if name == "group_size" else MAX_BLOCK_ROWS
+            if v > cap:
+                raise SFMPConfigError(f"{name}={v} is larger than {cap} (a block wider than the layer only pads)")
         if self.group_size % 32:
             raise SFMPConfigError(f"group_size must be a multiple of 32 (packed int32 words), got {self.group_size}")
         if self.salience not in SALIENCE_KINDS:
@@ -92,10 +99,14 @@ class QuantConfig:
         d = self.gptq_damp
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d) or d < 0:
             raise SFMPConfigError(f"gptq_damp must be a finite number >= 0 (λ = gptq_damp·mean diag H), got {d!r}")
-        if isinstance(self.skip, str):
-            object.__setattr__(self, "skip", (self.skip,))
-        else:
-            object.__setattr__(self, "skip", tuple(self.skip))
+        skip = (self.skip,) if isinstance(self.skip, str) else self.skip
+        try:
+            skip = tuple(skip)
+        except TypeError:
+            skip = None
+        if skip is None or not all(isinstance(p, str) for p in skip):
+            raise SFMPConfigError(f"skip must be a layer-name pattern or a list of them, got {self.skip!r}")
+        object.__setattr__(self, "skip", skip)
         object.__setattr__(self, "skip_bits", _skip_bits(self.skip_bits))
 
     @property

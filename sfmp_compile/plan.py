@@ -16,7 +16,7 @@ from torch import nn
 
 from .allocation import allocate, average_bits
 from .blocks import BlockGrid
-from .config import QuantConfig
+from .config import QuantConfig, SFMPConfigError
 from .reordering import canonical as canonical_order, salience_orders
 from .salience import SALIENCES, compute_salience, input_second_moments, is_linear, linear_weight
 
@@ -211,7 +211,9 @@ def plan(model: nn.Module, bits: float = 3.0, *, calibration: Iterable | None = 
     kind = salience if isinstance(salience, str) else None
     if salience is None:
         kind = "activation" if calibration is not None else "weight"
-    config = QuantConfig(bits=bits, salience=kind or "weight", **options)
+    elif kind is None and not isinstance(salience, Mapping):
+        raise SFMPConfigError(f"salience must be one of {list(SALIENCES)} or a dict name -> tensor, got {type(salience).__name__}")
+    config = QuantConfig(bits=bits, salience="weight" if kind is None else kind, **options)
     layers = find_linears(model, config.skip)
     if not layers:
         raise ValueError("the model has no linear layers to quantize (after skipping " + ", ".join(config.skip) + ")")

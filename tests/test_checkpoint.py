@@ -144,6 +144,18 @@ def test_huge_config_is_refused_before_allocating(saved, tmp_path, vocab):
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 512 * 1024
 
 
+def test_config_claiming_more_layers_than_stored_tensors_is_refused_before_building(saved, tmp_path):
+    """issue 13's hostile run: num_hidden_layers = 10**6 (re-signed) hung the load building a
+    million-layer skeleton on the meta device."""
+    import time
+    d = _copy(saved[1], tmp_path)
+    _edit_config(d, num_hidden_layers=10**6)
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError, match=r"num_hidden_layers=1000000 but the checkpoint stores only \d+ tensors"):
+        load_quantized(str(d))
+    assert time.perf_counter() - t0 < 20
+
+
 def test_unbuildable_config_is_a_checkpoint_error(saved, tmp_path):
     d = _copy(saved[1], tmp_path)
     _edit_config(d, hidden_size="wide")
@@ -202,6 +214,18 @@ def test_wrong_shape_or_dtype_bias_is_refused(saved_gpt2, tmp_path, bias):
     from sfmp_compile.eval.models import tiny_gpt2
     with pytest.raises(CheckpointError, match="c_attn.bias"):  # into a given model, named exactly
         load_quantized(str(d), model=tiny_gpt2())
+
+
+@pytest.mark.parametrize("key", ["transformer.h.0.attn.c_attn.bias", "transformer.ln_f.weight"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_parameters_are_refused(saved_gpt2, tmp_path, key, value):
+    """issue 13's hostile run: a NaN bias (checksums recomputed) loaded and turned every logit NaN."""
+    from sfmp_compile.eval.models import tiny_gpt2
+    d = _copy(saved_gpt2[1], tmp_path)
+    _edit_tensors(d, lambda t: t[key].view(-1).__setitem__(0, value), fix_checksums=True)
+    for model in (None, tiny_gpt2()):
+        with pytest.raises(CheckpointError, match=f"{key} holds NaN or infinite values"):
+            load_quantized(str(d), model=model)
 
 
 def test_both_halves_of_a_tie_stored_is_refused(saved_gpt2, tmp_path):

@@ -21,6 +21,11 @@ from sfmp_compile.config import QuantConfig, SFMPConfigError
     (dict(gptq_damp=float("nan")), "gptq_damp must be a finite number"),
     (dict(gptq_damp=float("inf")), "gptq_damp must be a finite number"),
     (dict(gptq_damp="0.01"), "gptq_damp must be a finite number"),
+    # issue 13's hostile run: these reached the quantizers (a 512 GB allocation, a raw TypeError)
+    (dict(group_size=2**31), "larger than"),
+    (dict(block_rows=2**31), "larger than"),
+    (dict(skip=5), "skip must be a layer-name pattern"),
+    (dict(skip=["lm_head", 3]), "skip must be a layer-name pattern"),
 ])
 def test_bad_options_get_one_clear_error(kwargs, message):
     with pytest.raises(SFMPConfigError, match=message):

@@ -123,3 +123,13 @@ def test_tied_plans_meet_the_budget_and_keep_shared_orders(seed, bits, three, re
     for n, lp in p.layers.items():
         assert torch.equal(lp.row_order.sort().values, torch.arange(w[n].shape[0]))
         assert torch.equal(lp.col_order.sort().values, torch.arange(w[n].shape[1]))
+
+
+@pytest.mark.parametrize("salience", ["", 3, ["weight"]])
+def test_a_salience_that_is_no_name_or_dict_is_one_config_error(salience):
+    """issue 13's hostile run: "" raised a raw KeyError from the salience table, 3 a TypeError."""
+    from sfmp_compile import plan
+    from sfmp_compile.config import SFMPConfigError
+    from sfmp_compile.eval.models import tiny_llama
+    with pytest.raises(SFMPConfigError, match="salience must be one of"):
+        plan(tiny_llama(), 3.0, salience=salience)

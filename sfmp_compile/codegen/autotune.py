@@ -20,8 +20,10 @@ import itertools
 import json
 import math
 import os
+import stat
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -70,11 +72,23 @@ _defaults: dict | None = None
 def _load_json(path: Path) -> dict:
     """The JSON object in ``path``, or {} when it is missing, unreadable or not an object (a cache
     is rebuilt, never trusted)."""
+    if not _regular_or_missing(path) or not path.exists():
+        return {}  # a FIFO would block the read forever, a device stream without end
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _regular_or_missing(path: Path) -> bool:
+    """True when ``path`` is a regular file (symlinks followed) or does not exist."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
 
 
 def _valid_configs(table) -> dict:
@@ -169,7 +183,18 @@ def save_tuned(device, key: str, cfg: Config, ms: float) -> None:
     tuning at once keep every entry), written to a temporary file and renamed (readers never see a
     half-written table)."""
     path = tuned_cache_path(device)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        path = None
+    if path is None or not _regular_or_missing(path):
+        # something that is no regular file holds the table's name (or its folder cannot be made):
+        # keep the entry for this process rather than fail a launch or replace what is there
+        warnings.warn(f"sfmp autotune: {tuned_cache_path(device)} is not a regular file; the tuned config "
+                      "is kept in memory only", stacklevel=2)
+        with _lock:
+            _tuned.setdefault(str(tuned_cache_path(device)), {})[key] = {**cfg.to_dict(), "ms": round(ms, 5)}
+        return
     with _lock, FileLock(str(path) + ".lock"):
         data = _load_json(path)
         if not isinstance(data.get("meta"), dict):

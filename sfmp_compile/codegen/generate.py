@@ -126,9 +126,7 @@ def get_kernel(key):
             return k
         src = emit_source(key)
         sha = hashlib.sha256(src.encode()).hexdigest()[:12]
-        d = cache_dir() / "kernels"
-        d.mkdir(parents=True, exist_ok=True)
-        path = _source_file(d, f"{key.name}_{sha}", src)
+        path = _source_file(_kernel_dir(), f"{key.name}_{sha}", src)
         modname = f"sfmp_compile_generated.{key.name}_{sha}"
         spec = importlib.util.spec_from_file_location(modname, path)
         mod = importlib.util.module_from_spec(spec)
@@ -139,6 +137,30 @@ def get_kernel(key):
         for cb in _on_load:
             cb(key, k)
         return k
+
+
+_fallback_dir: Path | None = None
+
+
+def _kernel_dir() -> Path:
+    """``<cache_dir>/kernels``, created; when it cannot be (a file holds the name, no permission), a
+    private temporary directory for this process, with a warning: a broken cache costs a re-emit,
+    never a failed launch."""
+    global _fallback_dir
+    d = cache_dir() / "kernels"
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        if d.is_dir():
+            return d
+    except OSError:
+        pass
+    if _fallback_dir is None:
+        import tempfile
+        import warnings
+        _fallback_dir = Path(tempfile.mkdtemp(prefix="sfmp-kernels-"))
+        warnings.warn(f"sfmp kernel cache {d} is not a usable directory; kernel sources go to {_fallback_dir} "
+                      "for this process", stacklevel=3)
+    return _fallback_dir
 
 
 def _source_file(d: Path, stem: str, src: str) -> Path:

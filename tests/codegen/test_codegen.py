@@ -181,3 +181,36 @@ def test_tuned_table_ignores_garbage_and_keeps_every_entry_across_processes(tmp_
     autotune._tuned.clear()
     assert len(autotune._tuned_table(dev)) == 40
     autotune._tuned.clear()
+
+
+@pytest.mark.parametrize("squatter", ["fifo", "directory"])
+def test_a_tuned_table_that_is_no_regular_file_is_neither_read_nor_replaced(tmp_path, monkeypatch, squatter):
+    """issue 13's hostile run: a FIFO named like the table hung the first read forever; a directory
+    made save_tuned raise IsADirectoryError. Now neither is read, the save keeps the entry in memory
+    (with a warning) and leaves the squatter alone."""
+    import os
+    monkeypatch.setenv("SFMP_CACHE_DIR", str(tmp_path))
+    dev = torch.device("cuda")  # a device object only; nothing is launched
+    path = autotune.tuned_cache_path(dev)
+    path.parent.mkdir(parents=True)
+    os.mkfifo(path) if squatter == "fifo" else path.mkdir()
+    autotune._tuned.clear()
+    assert autotune._tuned_table(dev) == {}
+    with pytest.warns(UserWarning, match="not a regular file"):
+        autotune.save_tuned(dev, "k", Config(1, 64, 128), 0.1)
+    assert "k" in autotune._tuned_table(dev) and (path.is_fifo() if squatter == "fifo" else path.is_dir())
+    autotune._tuned.clear()
+
+
+def test_a_kernel_cache_dir_that_is_a_file_falls_back_to_a_private_dir(tmp_path, monkeypatch):
+    """issue 13's hostile run: ``<cache>/kernels`` being a file raised FileExistsError on every launch."""
+    monkeypatch.setenv("SFMP_CACHE_DIR", str(tmp_path))
+    (tmp_path / "kernels").write_text("x")
+    monkeypatch.setattr(generate, "_fallback_dir", None)
+    key = KernelKey("decode", (1, 6))  # a set no other test uses
+    generate._kernels.pop(key, None)
+    with pytest.warns(UserWarning, match="not a usable directory"):
+        assert callable(get_kernel(key))
+    assert generate.kernel_path(key).read_text() == emit_source(key)
+    assert (tmp_path / "kernels").read_text() == "x"
+    generate._kernels.pop(key, None)

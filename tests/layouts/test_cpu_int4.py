@@ -58,3 +58,20 @@ def test_dequantize_is_the_packed_weight_up_to_bf16_scales(N, K, group_size, wid
     scale = p.scales.float().t().repeat_interleave(group_size, dim=1)[:, :K]
     # bf16 keeps 8 significant bits of s and of s * (8 - z); |q - 8| and |8 - z| are at most 8 here
     assert bool(((got - want).abs() <= 2 ** -8 * 16 * scale + 1e-7).all())
+
+
+@settings(max_examples=15, deadline=None)
+@given(N=st.integers(1, 130), K=st.integers(1, 200), group_size=st.sampled_from([32, 64]),
+       widths=st.sampled_from([(1,), (2,), (1, 2, 3)]), seed=st.integers(0, 2**16))
+def test_low_width_groups_round_only_the_scale(N, K, group_size, widths, seed):
+    """<= 3-bit groups are stored shifted (q' = q - z + 8, zero' = 0): the layout's weight is
+    (q - z) * bf16(s) exactly, with no second bf16 rounding of s * (8 - z) (issue 13: 1-bit layers
+    reached 29-33 dB SQNR through it)."""
+    p = random_packed(N, K, 64, group_size, widths, False, seed)
+    w = SFMPWeight.from_packed(p, "int4")
+    gc = cpu_int4.int4_group(group_size, K)
+    assert not w.data["sz"][:, :N, 1].any()
+    got = cpu_int4.dequantize(w.data["w4"], w.data["sz"], gc)[:N, :K]
+    s = p.scales.to(torch.bfloat16).float().t().repeat_interleave(group_size, dim=1)[:, :K]
+    z = p.zeros.float().t().repeat_interleave(group_size, dim=1)[:, :K]
+    assert torch.equal(got, (p.codes().float() - z) * s)

@@ -9,11 +9,11 @@ from sfmp_compile.ops.dispatch import KERNELS, sfmp_linear
 from sfmp_compile.ops.reference import linear_ref, packed_args
 from tests.codegen._util import random_packed, sqnr_db
 
-SQNR_FLOOR_DB = 35.0  # bf16 activations + bf16 scale/zero inside the int4 op
-# Layers whose lowest width is 1 or 2 bits lose more to the bf16 rounding of s * (8 - z) against
-# (q - 8) * s (fewer code levels per rounding step): measured worst cases on small random layers are
-# 29 dB (1-bit) and 34.8 dB (2-bit); issue 13 asks for the 35 dB floor there too.
-LOW_WIDTH_FLOOR_DB = {1: 28.0, 2: 32.0}
+SQNR_FLOOR_DB = 35.0  # bf16 activations + bf16 scales inside the int4 op
+# The promise at every width (issue 13: 1- and 2-bit layers reached only 29-33 dB while zero' =
+# s * (8 - z) was rounded to bf16 apart from s). With codes shifted to zero' = 0 the worst of 480
+# random layers per width set measured 47.9 dB (1-bit 48.8, 2-bit 49.4; 32.2 / 37.5 before).
+MEASURED_FLOOR_DB = 45.0
 
 
 def _cpu(p):
@@ -23,7 +23,7 @@ def _cpu(p):
 
 @settings(max_examples=30, deadline=None)
 @given(N=st.integers(16, 160), K=st.integers(32, 300), group_size=st.sampled_from([32, 64, 128]),
-       widths=st.sampled_from([(2,), (2, 3), (3, 4), (2, 3, 4), (1, 4)]), permute=st.booleans(),
+       widths=st.sampled_from([(1,), (2,), (2, 3), (3, 4), (2, 3, 4), (1, 4), (4,)]), permute=st.booleans(),
        M=st.sampled_from([1, 3, 17, 64]), dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
        seed=st.integers(0, 2**16))
 def test_int4_op_meets_the_sqnr_floor(N, K, group_size, widths, permute, M, dtype, seed):
@@ -35,7 +35,7 @@ def test_int4_op_meets_the_sqnr_floor(N, K, group_size, widths, permute, M, dtyp
     w, args = _cpu(p)
     y = torch.ops.sfmp.linear_cpu_int4(x, *args)
     assert y.dtype == dtype and y.shape == (M, N)
-    assert sqnr_db(y.float(), ref) >= LOW_WIDTH_FLOOR_DB.get(min(widths), SQNR_FLOOR_DB)
+    assert sqnr_db(y.float(), ref) >= MEASURED_FLOOR_DB
     assert torch.equal(sfmp_linear(x, w), y)  # the eager fast path is the op's body
 
 
