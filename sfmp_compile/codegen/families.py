@@ -12,6 +12,8 @@ Every family module has the same small handle:
   launch(L, cfg)          optional: its own host side (else launch.standard_launch)
   SERVES                  optional: the other bucket families whose launches it can take (by config)
   NEEDS_GROUP_SUMS        optional: the launcher passes per-(row, group) activation sums
+  ALL_WIDTHS              optional, default True: False = never used for the all-widths kernel
+                          (too slow to compile); the bucket's own family runs it instead
 
 Adding a family: its module, one entry in ``FAMILIES`` (and, if it serves a new M range, in
 ``family_for``); shipped tile defaults in default_configs.json are optional.
