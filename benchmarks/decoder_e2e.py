@@ -294,6 +294,9 @@ def main(argv=None) -> dict:
             why = f"{type(e).__name__}: {str(e)[:300]}"
             rows.append(dict(method=method, phase=None, why=why))
             print(f"{method:<16} not run: {why}", flush=True)
+        if args.json:  # a run cut short by its time limit keeps the finished methods
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(dict(meta=dict(partial=True), rows=rows), indent=1))
         torch._dynamo.reset()
         if dev.type == "cuda":
             torch.cuda.empty_cache()

@@ -124,6 +124,12 @@ def copy_bandwidth_gbs() -> float:
 
 # --- GPU ------------------------------------------------------------------------------------------
 
+def save_partial(path: str, rows: list) -> None:
+    """The rows so far, meta {"partial": true}; the finished run overwrites it."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(dict(meta=dict(partial=True), rows=rows), indent=1))
+
+
 def _cfg_str(cfg) -> str:
     return (f"BN{cfg.BLOCK_N} BM{cfg.BLOCK_M} BK{cfg.BLOCK_K} SK{cfg.SPLIT_K} w{cfg.num_warps} "
             f"st{cfg.num_stages}{' pg' if cfg.pregather else ''}{f' U{cfg.U}' if cfg.U != 1 else ''}")
@@ -269,6 +275,7 @@ def run_gpu(args) -> dict:
                 ms_dequant_cublas=t_dqc, dequant_cublas_vs_fp16=t_fp16 / t_dqc if t_dqc else None,
                 peers=peer_rows))
             r = rows[-1]
+            save_partial(args.json, rows)  # a run cut short by its time limit keeps its finished rows
             # first column: the run's --gemv-family setting (device_check.sh's A/B summary greps it)
             print(f"{tag:<5} {N:>6}x{K:<6} {bpw:>4} M={M:<5} {ran:<7} {t_sfmp * 1e3:9.1f} us  {r['gbs']:7.0f} GB/s "
                   f"({r['pct_copy_bw']:5.1f}%)  {r['tflops']:7.1f} TF/s  x{r['speedup_vs_fp16']:.2f} fp16  "
