@@ -19,8 +19,9 @@ Adding a family: its module, one entry in ``FAMILIES`` (and, if it serves a new 
 ``family_for``); shipped tile defaults in default_configs.json are optional.
 
 M buckets (M = rows of x after flattening leading dims): m1 = 1 -> gemv (bit-plane FMA GEMV, no
-tensor cores), m16 = 2..16 -> decode (BLOCK_M = 16, the smallest mma tile), above -> prefill
-(m64, m256, m1024, mlarge: tile choices differ per bucket).
+tensor cores), m16 = 2..16 -> the decode bucket (BLOCK_M = 16, the smallest mma tile), whose launches
+run prefill's tensor-core body by default (its configs name family "prefill"; decode's own tf32 body
+is the tuner's alternative), above -> prefill (m64, m256, m1024, mlarge: tile choices differ per bucket).
 """
 from __future__ import annotations
 
