@@ -142,8 +142,8 @@ class SFMPFactory:
         out = {}
         for name, shape in self.shapes.items():
             p = self.templates[shape]
-            t = {k: v.to(dev, copy=True) for k, v in p.tensors().items()}
-            t["qweight"] = torch.randint(-2**31, 2**31 - 1, t["qweight"].shape, device=dev, dtype=torch.int32)
+            t = {k: v.to(dev, copy=True) for k, v in p.tensors().items() if k != "qweight"}
+            t["qweight"] = torch.randint(-2**31, 2**31 - 1, p.qweight.shape, device=dev, dtype=torch.int32)
             out[name] = SFMPLinear(PackedWeight(**t, **p.meta())).prepare_for(dev, cpu_kernel=self.cpu_kernel)
         return out
 

@@ -9,7 +9,7 @@
 #    triton is missing (the bare device machine may not have them; it has no internet);
 # 2. GPU correctness first: pytest tests/codegen tests/ops -m "not slow" with compiled (not
 #    interpreted) kernels, every family, the fp16 tensor-core bound of tests/codegen/test_prefill_m16.py
-#    included (120 s);
+#    included, the kernel tests first (140 s);
 # 3. the L2-cold kernel table with peers: benchmarks/kernels.py on 4096x14336 and 14336x4096, 3.0 BPW,
 #    M in {1, 16, 2048}, time-boxed autotuning of the goal shape (m1: gemv and gemvu together; m16:
 #    prefill's tensor-core body and decode's together), SFMP beside fp16, dequant+matmul,
@@ -134,8 +134,12 @@ has() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 rc_tests=0
 if has tests; then
   if "$PY" -c 'import pytest, hypothesis' >/dev/null 2>&1; then
+    # The kernels' tests first (pytest keeps the order of the files named), so a time-out cuts the
+    # least important; the CPU dry run of the benchmarks (test_gpu_benchmarks.py) is not run here.
     echo "== pytest tests/codegen tests/ops -m 'not slow' (compiled kernels)"
-    timeout 120 "$PY" -m pytest tests/codegen tests/ops -m "not slow" -q --maxfail=5 --durations=15 \
+    timeout 140 "$PY" -m pytest tests/codegen/test_kernels.py tests/codegen/test_prefill_m16.py \
+        tests/codegen/test_dequant.py tests/codegen/test_gemvu.py tests/codegen/test_codegen.py tests/ops \
+        -m "not slow" -q --maxfail=5 --durations=15 \
         --junitxml="$OUT/junit.xml" 2>&1 | tee "$OUT/pytest.txt" | tail -40
     rc_tests=${PIPESTATUS[0]}
     echo "pytest exit code: $rc_tests" | tee -a "$OUT/pytest.txt"
