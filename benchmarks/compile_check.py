@@ -10,6 +10,10 @@ ops (HMMA / HGMMA) and LOP3s. Must run WITHOUT TRITON_INTERPRET (interpreted ker
     python benchmarks/compile_check.py --quick    # one kernel per bucket family (gemv, decode, prefill)
     python benchmarks/compile_check.py --family gemvu   # the representative kernels of one family
     python benchmarks/compile_check.py --f16x2    # does Triton emit HADD2/HFMA2 for fp16 fields?
+    python benchmarks/compile_check.py --m16      # M = 16 at the goal layer: decode's tf32 field dots vs
+                                                  # prefill's fp16 tensor-core body (the m16 default)
+    python benchmarks/compile_check.py --all-widths  # compile seconds of every default body's
+                                                  # all-widths kernel (torch.compile's fallback)
     python benchmarks/compile_check.py --goal     # the M = 1 bodies, gemv vs gemvu, at the 4096x14336
                                                   # 3.0-BPW layer's launch facts (load widths, regs,
                                                   # spills, per-loop instructions per weight)
@@ -90,6 +94,13 @@ GOAL = [
     ("gemvu", (2, 3), 256, 16, 2, 2, 1, True, False, "gemvu BN256 w2 U1 PIPE"),
     ("gemvu", (2, 3), 256, 16, 2, 2, 2, True, False, "gemvu BN256 w2 U2 PIPE"),
     ("gemvu", (2, 3), 256, 16, 2, 1, 2, False, False, "gemvu BN256 w2 U2, not ALIGNED"),
+]
+# M = 16 at the goal layer: (family, BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages, label).
+M16 = [
+    ("decode", 64, 128, 4, 4, 3, "decode BN64 (tf32 field dots, the old m16 default)"),
+    ("prefill", 64, 128, 4, 4, 3, "prefill BM16 BN64"),
+    ("prefill", 128, 128, 4, 4, 3, "prefill BM16 BN128 (decode.FALLBACK, the shipped m16 default)"),
+    ("prefill", 256, 64, 4, 8, 3, "prefill BM16 BN256 BK64 w8"),
 ]
 _BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
@@ -240,6 +251,63 @@ def goal_report(cc: int = 90) -> int:
     return failures
 
 
+def m16_report(cc: int = 90) -> int:
+    """The m16 bodies at the goal layer (M = 16, widths {2, 3}, fp16): registers, spills, I2F, mma,
+    and each segment loop's SASS instructions per weight (loop instructions / (BLOCK_K x BLOCK_N /
+    threads)); the 2-bit walk's loop first, then the 3-bit walk's."""
+    failures = 0
+    print("| config | regs | STL | smem B | I2F | mma | loop instr (2-bit / 3-bit) | instr per weight (2-bit / 3-bit) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for fam, bn, bk, sk, warps, stages, label in M16:
+        try:
+            r = compile_kernel(fam, (2, 3), 16, bn, bk, sk, warps, stages, "fp16", cc=cc,
+                               args=dict(GOAL_ARGS, M=16), detail=True)
+        except Exception as e:  # noqa: BLE001
+            failures += 1
+            print(f"| {label} | FAIL {type(e).__name__}: {str(e)[:300]} |")
+            continue
+        n = [sum(c.values()) for c in r["loops"] if sum(c.values()) > 1]
+        per = bk * bn / (32 * warps)
+        print(f"| {label} | {r['regs']} | {r['spills']} | {r['shared']} | {r['i2f']} | {r['mma']} | "
+              f"{' / '.join(map(str, n))} | {' / '.join(f'{k / per:.2f}' for k in n)} |", flush=True)
+    return failures
+
+
+# The all-widths kernel of each bucket's default body (what torch.compile launches when a layer's width
+# set is unknown at trace time): (family, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages, dtype).
+ALL_WIDTHS = [
+    ("gemv", 1, 32, 128, 8, 1, 4, "fp16"),        # the shipped H200 gemv|m1 tile
+    ("gemv", 1, 64, 128, 4, 2, 4, "bf16"),        # the generic gemv|m1 tile
+    ("prefill", 16, 128, 128, 4, 4, 3, "fp16"),   # m16: decode.FALLBACK / decode|m16 (prefill's body)
+    ("prefill", 64, 128, 64, 1, 8, 3, "bf16"),    # prefill.FALLBACK
+    ("dequant", 1, 64, 128, 32, 4, 2, "fp16"),    # dequant.FALLBACK (M >= PREFILL_DEQUANT_M)
+]
+
+
+def all_widths_report(cc: int = 90) -> int:
+    """Compile time of each default body's all-widths kernel for sm_<cc>: wall seconds and CPU
+    seconds (this process + ptxas; the compile is one thread, so CPU seconds are what a quiet
+    machine's wall clock would show when a loaded one's wall time is not)."""
+    import resource
+
+    def cpu() -> float:
+        a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+    failures = 0
+    for fam, bm, bn, bk, sk, warps, stages, dtype in ALL_WIDTHS:
+        try:
+            c0 = cpu()
+            r = compile_kernel(fam, tuple(range(1, 9)), bm, bn, bk, sk, warps, stages, dtype, cc=cc)
+            print(f"OK   {fam:<7} widths 1..8 {dtype} BM{bm} BN{bn} BK{bk} SK{sk} w{warps} st{stages}: "
+                  f"{r['seconds']:.1f} s wall, {cpu() - c0:.1f} s CPU  regs {r['regs']} spills {r['spills']}",
+                  flush=True)
+        except Exception as e:  # noqa: BLE001
+            failures += 1
+            print(f"FAIL {fam} widths 1..8: {type(e).__name__}: {str(e)[:500]}", flush=True)
+    return failures
+
+
 def f16x2_probe(cc: int = 90, paired: bool = False) -> dict:
     """Does Triton pack fp16 field arithmetic into f16x2 (HADD2 / HFMA2) without inline PTX?
 
@@ -293,11 +361,17 @@ def main(argv=None) -> int:
     ap.add_argument("--family", action="append", choices=sorted(FAMILIES), default=None,
                     help="only the representative kernels of this family (repeatable)")
     ap.add_argument("--goal", action="store_true", help="only the gemv-vs-gemvu table at the goal layer")
+    ap.add_argument("--m16", action="store_true", help="only the M = 16 table (decode vs prefill bodies) at the goal layer")
+    ap.add_argument("--all-widths", action="store_true", help="compile time of each default body's all-widths kernel")
     ap.add_argument("--f16x2", action="store_true", help="only the fp16x2 field-arithmetic probe (next step for the gemv)")
     args = ap.parse_args(argv)
     print(f"# triton {triton.__version__}  target sm_{args.cc}")
     if args.goal:
         return 1 if goal_report(args.cc) else 0
+    if args.all_widths:
+        return 1 if all_widths_report(args.cc) else 0
+    if args.m16:
+        return 1 if m16_report(args.cc) else 0
     if args.f16x2:
         for paired in (False, True):
             r = f16x2_probe(args.cc, paired)

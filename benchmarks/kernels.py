@@ -10,7 +10,8 @@ GPU (default when CUDA is available): fp16 activations, M in {1, 16, 128, 2048};
 (CUDA-graph replay, so Triton's Python launch cost is excluded for every method alike), achieved
 GB/s on the bytes a call must move (all packed tensors + x + y) and % of the measured device copy
 bandwidth, TFLOP/s, speedup vs torch.matmul fp16 and vs dequantize-then-matmul (uint8 codes ->
-fp16 weight in torch -> matmul; the reference SFMP's prefill strategy). ``--tune`` autotunes the
+fp16 weight in torch -> matmul; the reference SFMP's prefill strategy), and the peers
+(torchao int4 weight-only, gemlite 4-bit; benchmarks/peers.py) x fp16 and % of copy bandwidth. ``--tune`` autotunes the
 3.0-BPW down_proj cases first (time-boxed by ``--tune-budget``); others reuse the nearest tuned
 entry or the shipped defaults. Which body serves M = 1 is configuration: by default the tuned /
 shipped tables decide (a tile ``Config`` may name ``family="gemvu"``) and ``--tune`` compares the
@@ -33,7 +34,9 @@ Writes a table to stdout and JSON to --json (default benchmarks/kernels.json):
         bucket's), ms, ms_fp16, ms_dequant_matmul, bytes_moved, gbs, pct_copy_bw, tflops,
         speedup_vs_fp16, speedup_vs_dequant, ms_dequant_cublas and dequant_cublas_vs_fp16 (the
         dequant kernel + one cuBLAS GEMM that sfmp::linear_triton runs from PREFILL_DEQUANT_M rows
-        on; null below that M).
+        on; null below that M), peers ({name: {ms, gbs, pct_copy_bw, speedup_vs_fp16, act_dtype}, or
+        {why, act_dtype} when it is not installed or fails on the device}: benchmarks/peers.py).
+  meta (GPU) also: peers (the peer packages' versions, or why not importable).
   rows (CPU): N, K, bpw, widths, M, ms, ms_fp32, ms_bf16, ms_dequant_matmul, bytes_moved, gbs,
         tflops, speedup_vs_fp32, speedup_vs_bf16, speedup_vs_dequant_matmul, resident_bits_per_weight.
 (The gemv_family keys replace the variant / kernel_variant keys of runs before the kernel
@@ -43,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import sys
@@ -53,91 +55,18 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/synthetic.py, benchmarks/peers.py
 
-from sfmp_compile.blocks import BlockGrid  # noqa: E402
-from sfmp_compile.format import PackedWeight, validate  # noqa: E402
+from sfmp_compile.format import PackedWeight  # noqa: E402
+from synthetic import BLOCK_ROWS, GROUP, layer, self_check, widths_of  # noqa: E402  (benchmarks/synthetic.py)
+import peers  # noqa: E402  (benchmarks/peers.py)
 
 LLAMA_SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (1024, 4096)]
 SMOL_SHAPES = [(576, 576), (192, 576), (1536, 576), (576, 1536)]
 BPWS = [2.5, 3.0, 3.5, 4.0]
 GPU_MS = [1, 16, 128, 2048]
 CPU_MS = [1, 16, 128, 512]  # 512: the prefill switch (dequantize + bf16 GEMM), where it fits
-BLOCK_ROWS, GROUP = 512, 128
 TUNE_SHAPE, TUNE_BPW = (4096, 14336), 3.0  # the decode goal case: down_proj at 3.0 BPW
-
-
-# --- synthetic layers ---------------------------------------------------------------------------
-
-def bit_map(R: int, G: int, bpw: float, group: int, gen) -> torch.Tensor:
-    """[R, G] bits with exactly the fraction of high-width blocks that hits ``bpw``."""
-    code_bits = bpw - 32.0 / group
-    lo = int(math.floor(code_bits + 1e-9))
-    n_hi = round((code_bits - lo) * R * G)
-    bits = torch.full((R * G,), lo, dtype=torch.int64)
-    bits[torch.randperm(R * G, generator=gen)[:n_hi]] = lo + 1
-    return bits.view(R, G)
-
-
-def synthetic_packed(N: int, K: int, bits: torch.Tensor, block_rows: int, group: int, seed: int = 0) -> PackedWeight:
-    """A valid PackedWeight with random code words, built without packing real codes.
-
-    Kernel speed does not depend on code values, and format.pack on a 14336x4096 layer costs
-    seconds; so the walk metadata is derived exactly as pack() does and qweight is random words.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    grid = BlockGrid(N, K, block_rows, group)
-    R, G = grid.shape
-    order = torch.sort(bits * G + torch.arange(G), dim=1).indices
-    seg = torch.zeros(R, 10, dtype=torch.int64)
-    for b in range(1, 10):
-        seg[:, b] = (bits < b).sum(dim=1)
-    offsets = torch.zeros(R, G, dtype=torch.int64)
-    cursor = 0
-    for r in range(R):
-        nr = grid.rows_in(r)
-        for b in range(1, 9):
-            js = order[r, seg[r, b]: seg[r, b + 1]].tolist()
-            full = [j for j in js if grid.cols_in(j) == group]
-            ragged = [j for j in js if grid.cols_in(j) != group]
-            for grp in (full, ragged):
-                for j in grp:
-                    offsets[r, j] = cursor
-                    cursor += nr * grid.stored_cols(j) * b // 32
-    qweight = torch.randint(-2**31, 2**31 - 1, (cursor,), dtype=torch.int32, generator=gen)
-    scales = (torch.rand(G, N, generator=gen) * 0.01 + 1e-3).half()
-    zeros = torch.floor(torch.rand(G, N, generator=gen) * 2.0 ** grid.expand_rows(bits).t().float()).half()
-    p = PackedWeight(qweight=qweight, bits=bits.to(torch.uint8), block_offset=offsets.to(torch.int32),
-                     group_order=order.to(torch.int32), segment_ptr=seg.to(torch.int32), scales=scales,
-                     zeros=zeros, row_perm=torch.randperm(N, generator=gen).to(torch.int32),
-                     col_perm=torch.randperm(K, generator=gen).to(torch.int32),
-                     out_features=N, in_features=K, block_rows=block_rows, group_size=group)
-    validate(p, "synthetic layer")
-    return p
-
-
-def _self_check() -> None:
-    """The synthetic metadata equals format.pack's on a small ragged layer (so timings are real)."""
-    from sfmp_compile.format import pack
-    gen = torch.Generator().manual_seed(1)
-    N, K = 600, 300
-    grid = BlockGrid(N, K, 256, 128)
-    bits = bit_map(*grid.shape, 3.0, 128, gen)
-    ref = pack(torch.zeros(N, K, dtype=torch.uint8), bits, torch.ones(N, grid.n_groups),
-               torch.zeros(N, grid.n_groups), None, None, 256, 128)
-    syn = synthetic_packed(N, K, bits, 256, 128)
-    for f in ("block_offset", "group_order", "segment_ptr", "bits"):
-        assert torch.equal(getattr(ref, f), getattr(syn, f)), f
-    assert ref.qweight.numel() == syn.qweight.numel()
-
-
-def layer(N, K, bpw, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    grid = BlockGrid(N, K, BLOCK_ROWS, GROUP)
-    return synthetic_packed(N, K, bit_map(*grid.shape, bpw, GROUP, gen), BLOCK_ROWS, GROUP, seed)
-
-
-def widths_of(p) -> tuple[int, ...]:
-    return tuple(sorted(set(p.bits.flatten().tolist())))
 
 
 # --- timing ----------------------------------------------------------------------------------------
@@ -194,6 +123,12 @@ def copy_bandwidth_gbs() -> float:
 
 
 # --- GPU ------------------------------------------------------------------------------------------
+
+def save_partial(path: str, rows: list) -> None:
+    """The rows so far, meta {"partial": true}; the finished run overwrites it."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(dict(meta=dict(partial=True), rows=rows), indent=1))
+
 
 def _cfg_str(cfg) -> str:
     return (f"BN{cfg.BLOCK_N} BM{cfg.BLOCK_M} BK{cfg.BLOCK_K} SK{cfg.SPLIT_K} w{cfg.num_warps} "
@@ -328,6 +263,7 @@ def run_gpu(args) -> dict:
             # What sfmp::linear_triton runs from PREFILL_DEQUANT_M rows on: the dequant kernel + cuBLAS.
             t_dqc = (time_cold(lambda: sfmp_call(fam="dequant", cfg=None), p.nbytes + xb, dev)
                      if M >= PREFILL_DEQUANT_M else None)
+            peer_rows = {} if args.no_peers else peers.time_peers(N, K, M, dev, t_fp16, copy_bw, tag, time_cold)
             moved = p.nbytes + (M * K + M * N) * 2
             rows.append(dict(
                 N=N, K=K, bpw=bpw, widths=list(widths), M=M, family=fam,
@@ -336,8 +272,10 @@ def run_gpu(args) -> dict:
                 gbs=moved / (t_sfmp * 1e-3) / 1e9, pct_copy_bw=100 * moved / (t_sfmp * 1e-3) / 1e9 / copy_bw,
                 tflops=2 * M * N * K / (t_sfmp * 1e-3) / 1e12,
                 speedup_vs_fp16=t_fp16 / t_sfmp, speedup_vs_dequant=t_deq / t_sfmp,
-                ms_dequant_cublas=t_dqc, dequant_cublas_vs_fp16=t_fp16 / t_dqc if t_dqc else None))
+                ms_dequant_cublas=t_dqc, dequant_cublas_vs_fp16=t_fp16 / t_dqc if t_dqc else None,
+                peers=peer_rows))
             r = rows[-1]
+            save_partial(args.json, rows)  # a run cut short by its time limit keeps its finished rows
             # first column: the run's --gemv-family setting (device_check.sh's A/B summary greps it)
             print(f"{tag:<5} {N:>6}x{K:<6} {bpw:>4} M={M:<5} {ran:<7} {t_sfmp * 1e3:9.1f} us  {r['gbs']:7.0f} GB/s "
                   f"({r['pct_copy_bw']:5.1f}%)  {r['tflops']:7.1f} TF/s  x{r['speedup_vs_fp16']:.2f} fp16  "
@@ -356,6 +294,7 @@ def run_gpu(args) -> dict:
                           l2_bytes=l2_bytes(dev), l2_cold_factor=L2_COLD_FACTOR,
                           naming="N x K = (out_features, in_features)",
                           distinct_kernel_sources=distinct_kernels(),
+                          peers="none (--no-peers)" if args.no_peers else peers.versions(),
                           tuned_cache=str(autotune.tuned_cache_path(dev))), rows=rows)
 
 
@@ -432,6 +371,7 @@ def main(argv=None) -> None:
                          "tables decide and --tune compares gemv's and gemvu's configs together. "
                          "gemvu = U groups per [U, words, rows] load, 128-bit loads where aligned, "
                          "split-K partials without atomics (opt-in, codegen/gemvu.py).")
+    ap.add_argument("--no-peers", action="store_true", help="GPU: skip the torchao / gemlite peers")
     ap.add_argument("--shapes", type=lambda s: [tuple(int(v) for v in t.split("x")) for t in s.split(",")],
                     default=None, help="GPU: NxK list, e.g. 4096x14336,4096x4096")
     ap.add_argument("--bpws", type=lambda s: [float(v) for v in s.split(",")], default=None,
@@ -439,7 +379,7 @@ def main(argv=None) -> None:
     ap.add_argument("--ms", type=lambda s: [int(v) for v in s.split(",")], default=None,
                     help="GPU: M list, e.g. 1,16,2048")
     args = ap.parse_args(argv)
-    _self_check()
+    self_check()
     dev = args.device
     if dev == "auto":
         dev = "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,5 +1,9 @@
 """Decode family (M <= 16): bandwidth-bound GEMV / split-K GEMM over the packed weight.
 
+The m16 bucket is named after this family, but by default (FALLBACK, default_configs.json) its
+launches run prefill's tensor-core body (a config with family "prefill"); this body is the tuner's
+alternative and runs when a config names no family.
+
 Mapping: program (pid_n, pid_k, pid_m) owns BLOCK_N consecutive rows of ONE row-block (so every
 row of the tile shares the bit map) and the groups ``i = pid_k, pid_k + SPLIT_K, ...`` of each
 width segment of that row-block. Weight words are read once, coalesced along N (the format stores
@@ -25,7 +29,9 @@ M_MAX = 16
 NEEDS_GROUP_SUMS = True  # xs_ptr: fp32 [M, G] activation sums per (row, group), from the launcher
 # Under the interpreter SPLIT_K = 2, so the atomic split-K path is what CPU tests exercise.
 INTERPRETER = Config(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPLIT_K=2, num_warps=4, num_stages=1)
-FALLBACK = Config(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPLIT_K=0, num_warps=4, num_stages=3)
+# With no tuned or shipped entry, M 2..16 runs prefill's tensor-core body (fewer instructions per
+# weight on sm_90, see prefill.py); this body is what a config without "family" (or the tuner) picks.
+FALLBACK = Config(BLOCK_M=16, BLOCK_N=128, BLOCK_K=128, SPLIT_K=0, num_warps=4, num_stages=3, family="prefill")
 
 PROLOGUE = '''
     pid_n = tl.program_id(0)

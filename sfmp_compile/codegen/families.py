@@ -12,13 +12,16 @@ Every family module has the same small handle:
   launch(L, cfg)          optional: its own host side (else launch.standard_launch)
   SERVES                  optional: the other bucket families whose launches it can take (by config)
   NEEDS_GROUP_SUMS        optional: the launcher passes per-(row, group) activation sums
+  ALL_WIDTHS              optional, default True: False = never used for the all-widths kernel
+                          (too slow to compile); the bucket's own family runs it instead
 
 Adding a family: its module, one entry in ``FAMILIES`` (and, if it serves a new M range, in
 ``family_for``); shipped tile defaults in default_configs.json are optional.
 
 M buckets (M = rows of x after flattening leading dims): m1 = 1 -> gemv (bit-plane FMA GEMV, no
-tensor cores), m16 = 2..16 -> decode (BLOCK_M = 16, the smallest mma tile), above -> prefill
-(m64, m256, m1024, mlarge: tile choices differ per bucket).
+tensor cores), m16 = 2..16 -> the decode bucket (BLOCK_M = 16, the smallest mma tile), whose launches
+run prefill's tensor-core body by default (its configs name family "prefill"; decode's own tf32 body
+is the tuner's alternative), above -> prefill (m64, m256, m1024, mlarge: tile choices differ per bucket).
 """
 from __future__ import annotations
 

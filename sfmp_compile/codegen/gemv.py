@@ -19,7 +19,7 @@ from .templates import STORE, TILE_SETUP, chunks, col_source, field_products, gr
 from .tiles import Config, pow2_at_least
 
 FAMILY = "gemv"
-VERSION = "1.3"
+VERSION = "1.4"
 SIGNATURE_EXTRA = ""
 INTERPRETER = Config(BLOCK_M=1, BLOCK_N=64, BLOCK_K=128, SPLIT_K=2, num_warps=4, num_stages=1)
 FALLBACK = Config(BLOCK_M=1, BLOCK_N=64, BLOCK_K=128, SPLIT_K=0, num_warps=2, num_stages=4)
@@ -165,7 +165,11 @@ def emit_body(widths: tuple[int, ...]) -> str:
              "    acc0 = tl.zeros((BLOCK_N,), dtype=tl.float32)  # zero-point terms\n"]
     parts += [f"    acc{w} = tl.zeros((BLOCK_K * {w} // 32, BLOCK_N), dtype=tl.float32)  # {w}-bit planes\n"
               for w in pw]
-    parts += [gemv_segment_pipelined(b) for b in widths]
+    # The all-widths kernel (torch.compile's fallback for a width set unknown at trace time) walks
+    # its segments single-buffered: the register double buffer doubles eight unrolled walks and
+    # pushed its sm_90 compile over a minute (benchmarks/compile_check.py --all-widths).
+    segment = gemv_segment if len(widths) == 8 else gemv_segment_pipelined
+    parts += [segment(b) for b in widths]
     total = " + ".join(["acc0"] + [f"tl.sum(acc{w}, axis=0)" for w in pw])
     parts.append(f"    acc = ({total})[None, :]\n")
     parts.append(STORE.strip("\n") + "\n")

@@ -21,6 +21,10 @@ from .tiles import Config, pow2_at_least
 
 FAMILY = "gemvu"
 SERVES = ("gemv",)  # the bucket families whose launches it can take
+# Not for the all-widths kernel (torch.compile's fallback when a layer's width set is unknown at trace
+# time): its eight unrolled segment walks took 458 s to compile for sm_90 on 2 cores (gemv's: 41 s);
+# launch.launch runs the bucket's own family there instead (families.py, NO_ALL_WIDTHS).
+ALL_WIDTHS = False
 VERSION = "1.4"
 INTERPRETER = Config(BLOCK_M=1, BLOCK_N=64, BLOCK_K=128, SPLIT_K=2, num_warps=4, num_stages=1, U=2, family=FAMILY)
 # 4 rows per thread, tiles double-buffered (num_stages >= 2 -> PIPE), x gathered through col_perm

@@ -192,6 +192,11 @@ def launch(x: Tensor, layer: KernelLayer, widths, *, family: str | None = None, 
                                  *shape_key, layer.col_perm.numel() > 0)
     cfg = config or autotune.get_config(*shape_key)
     fam = FAMILIES[cfg.family or bucket]
+    if len(widths) == 8 and not getattr(fam, "ALL_WIDTHS", True):
+        # the all-widths kernel of this body compiles too slowly (gemvu: 458 s for sm_90): the
+        # bucket's own body with its fallback tiles, whatever a table says
+        cfg = FAMILIES[bucket].FALLBACK
+        fam = FAMILIES[cfg.family or bucket]
     if aligned4 is None:
         aligned4 = (type(layer.block_offset) is torch.Tensor and not torch.compiler.is_compiling()
                     and layout_aligned4(layer.block_offset, N, layer.block_rows))
