@@ -18,7 +18,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
@@ -68,7 +67,7 @@ inline int width_slot(int w) { return w == 1 ? 0 : w == 2 ? 1 : w == 4 ? 2 : 3; 
 
 // The pattern word for plane width w, global word t, shift position i: bytes b = 0..3 hold
 // xq[t * (32/w) + b * (8/w) + i]. Its index in Acts::pat is t * (8/w) + i.
-void build_acts(const float* x, const Layer& L, int64_t Kp, unsigned width_set, Acts& a) {
+void build_acts(const float* x, const Layer& L, int64_t Kp, unsigned width_set, Acts& a, float* residual) {
   std::vector<int8_t> xq(Kp, 0);
   a.xs.assign(L.G, 0.f);
   a.xsum.assign(L.G, 0);
@@ -82,9 +81,13 @@ void build_acts(const float* x, const Layer& L, int64_t Kp, unsigned width_set, 
     }
     if (!finite) {
       a.xs[j] = NAN;  // a non-finite input stays non-finite in the output
+      if (residual) std::fill(residual + c0, residual + c1, 0.f);
       continue;
     }
-    if (!(amax > 0.f)) continue;
+    if (!(amax > 0.f)) {
+      if (residual) std::fill(residual + c0, residual + c1, 0.f);
+      continue;
+    }
     float inv = 127.f / amax;
     int32_t s = 0;
     for (int64_t k = c0; k < c1; ++k) {
@@ -95,6 +98,8 @@ void build_acts(const float* x, const Layer& L, int64_t Kp, unsigned width_set, 
     }
     a.xs[j] = amax / 127.f;
     a.xsum[j] = s;
+    if (residual)  // what int8 missed, |r| <= xs / 2: quantized again, it carries ~7 more bits
+      for (int64_t k = c0; k < c1; ++k) residual[k] = x[k] - a.xs[j] * static_cast<float>(xq[k]);
   }
   for (int w : {1, 2, 4, 8}) {
     if (!(width_set & (1u << width_slot(w)))) continue;
@@ -266,7 +271,8 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::
                       const at::Tensor& block_offset, const at::Tensor& group_order, const at::Tensor& segment_ptr,
                       const at::Tensor& scales, const at::Tensor& zeros, const at::Tensor& row_perm,
                       const at::Tensor& col_perm, int64_t out_features, int64_t in_features, int64_t block_rows,
-                      int64_t group_size, int64_t portable) {
+                      int64_t group_size, int64_t flags) {
+  const bool portable = flags & 1, residual = flags & 2;
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) == in_features, "sfmp::linear_cpu: x has ", x.dim() ? x.size(-1) : 0,
               " features, the layer takes ", in_features);
   TORCH_CHECK(qweight.is_contiguous() && scales.is_contiguous() && zeros.is_contiguous() &&
@@ -282,7 +288,7 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::
 
   at::Tensor xf = x.reshape({-1, K}).to(at::kFloat).contiguous();
   const int64_t M = xf.size(0);
-  at::Tensor out = at::zeros({M, N}, xf.options());
+  at::Tensor out = at::empty({M, N}, xf.options());  // every row is written by its chunk
   auto shape = x.sizes().vec();
   shape.back() = N;
   if (M == 0 || N == 0) return out.reshape(shape).to(x.scalar_type());
@@ -295,18 +301,24 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::
 
   const float* xp = xf.data_ptr<float>();
   const int32_t* cp = col_perm.numel() ? col_perm.data_ptr<int32_t>() : nullptr;
-  std::vector<Acts> acts(M);
+  // Residual mode: each row x becomes two int8 rows, x ~ xs*xq + xs2*xq2 (xq2 quantizes what xq
+  // missed), run as two activation rows over one decode of the weights, their outputs added: about
+  // 15-bit activations for the price of a second maddubs per weight vector.
+  const int64_t A = residual ? 2 : 1, MA = M * A;
+  std::vector<Acts> acts(MA);
   at::parallel_for(0, M, 1, [&](int64_t m0, int64_t m1) {
-    std::vector<float> xg(Kp, 0.f);
+    std::vector<float> xg(Kp, 0.f), rg(residual ? Kp : 0, 0.f);
     for (int64_t m = m0; m < m1; ++m) {
       const float* row = xp + m * K;
       for (int64_t k = 0; k < K; ++k) xg[k] = cp ? row[cp[k]] : row[k];
-      build_acts(xg.data(), L, Kp, width_set, acts[m]);
+      build_acts(xg.data(), L, Kp, width_set, acts[m * A], residual ? rg.data() : nullptr);
+      if (residual) build_acts(rg.data(), L, Kp, width_set, acts[m * A + 1], nullptr);
     }
   });
 
-  // y in reordered rows; scattered through row_perm afterwards.
-  at::Tensor yr = row_perm.numel() ? at::empty({M, N}, xf.options()) : out;
+  // y in reordered rows (A per input row); summed and scattered through row_perm afterwards.
+  const bool direct = !row_perm.numel() && !residual;
+  at::Tensor yr = direct ? out : at::empty({MA, N}, xf.options());
   float* yp = yr.data_ptr<float>();
   std::vector<std::pair<int64_t, int64_t>> tiles;
   for (int64_t r = 0; r < R; ++r)
@@ -314,18 +326,21 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::
   const int64_t T = static_cast<int64_t>(tiles.size());
   at::parallel_for(0, T, 4, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t)
-      for (int64_t m0 = 0; m0 < M; m0 += MAX_MT) {
-        const int mt = static_cast<int>(std::min<int64_t>(MAX_MT, M - m0));
+      for (int64_t m0 = 0; m0 < MA; m0 += MAX_MT) {
+        const int mt = static_cast<int>(std::min<int64_t>(MAX_MT, MA - m0));
         float* ys[MAX_MT];
         for (int m = 0; m < mt; ++m) ys[m] = yp + (m0 + m) * N;
-        run_chunk(L, tiles[t].first, tiles[t].second, mt, acts.data() + m0, ys, portable != 0);
+        run_chunk(L, tiles[t].first, tiles[t].second, mt, acts.data() + m0, ys, portable);
       }
   });
-  if (row_perm.numel()) {
-    const int32_t* rp = row_perm.data_ptr<int32_t>();
+  if (!direct) {
+    const int32_t* rp = row_perm.numel() ? row_perm.data_ptr<int32_t>() : nullptr;
     float* op = out.data_ptr<float>();
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t i = 0; i < N; ++i) op[m * N + rp[i]] = yp[m * N + i];
+    for (int64_t m = 0; m < M; ++m) {
+      const float* hi = yp + m * A * N;
+      const float* lo = residual ? hi + N : nullptr;
+      for (int64_t i = 0; i < N; ++i) op[m * N + (rp ? rp[i] : i)] = lo ? hi[i] + lo[i] : hi[i];
+    }
   }
   return out.reshape(shape).to(x.scalar_type());
 }
@@ -403,13 +418,16 @@ TORCH_LIBRARY_FRAGMENT(sfmp, m) {
       "embedding_cpu(Tensor ids, Tensor qweight, Tensor bits, Tensor block_offset, Tensor group_order, "
       "Tensor segment_ptr, Tensor scales, Tensor zeros, Tensor row_perm, Tensor col_perm, "
       "int out_features, int in_features, int block_rows, int group_size) -> Tensor");
+  // The overload name is the schema's version: compiled graphs that Inductor caches call the op by
+  // name with the arguments of its schema then, and its cache key does not see a schema, so a
+  // changed schema gets a new overload name (v2: the trailing int became "flags").
   m.def(
-      "linear_cpu(Tensor x, Tensor qweight, Tensor bits, Tensor block_offset, Tensor group_order, "
+      "linear_cpu.v2(Tensor x, Tensor qweight, Tensor bits, Tensor block_offset, Tensor group_order, "
       "Tensor segment_ptr, Tensor scales, Tensor zeros, Tensor row_perm, Tensor col_perm, "
-      "int out_features, int in_features, int block_rows, int group_size, int portable=0) -> Tensor");
+      "int out_features, int in_features, int block_rows, int group_size, int flags=0) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(sfmp, CPU, m) {
-  m.impl("linear_cpu", &linear_cpu);
+  m.impl("linear_cpu.v2", &linear_cpu);
   m.impl("embedding_cpu", &embedding_cpu);
 }

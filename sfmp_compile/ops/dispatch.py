@@ -5,13 +5,16 @@
   ======== ========= ================================== ====================================
   packed   cuda      triton (sfmp::linear_triton)       fp32 accumulation, activation dtype
   packed   cpu       cpu    (sfmp::linear_cpu, C++)     int8 activations, exact int32 sums
+                     precise (the same op, flags=2)     int8 + int8 residual activations
   packed   any other ref    (sfmp::linear_ref)          exact fp32 (the oracle)
   int4     cpu       int4   (sfmp::linear_cpu_int4)     bf16 activations (SQNR >= 35 dB)
   ======== ========= ================================== ====================================
 
 On CPU the user picks with ``cpu_kernel`` (:data:`CPU_KERNELS`): "packed" (the default: the C++
-kernel, true-bit resident weights; the reference where it cannot be built), "int4" (torch's int4
-kernel, layers of <= 4-bit blocks widened to 4 bits) or "reference" (the exact op).
+kernel, true-bit resident weights; the reference where it cannot be built), "precise" (the same
+kernel with residual activations: the model's logits within ~75 dB of the exact op instead of
+~30, for 1.3-1.5x the kernel time), "int4" (torch's int4 kernel, layers of <= 4-bit blocks widened
+to 4 bits) or "reference" (the exact op).
 ``interp`` (sfmp::linear_triton_interp) runs the generated kernels on CPU through Triton's
 interpreter, for tests; it is never chosen automatically. A layout with no kernel on the input's
 device (the int4 layout on a GPU) runs from its packed form there.
@@ -63,13 +66,15 @@ KERNELS = {
                      lambda w: (*_packed_args(w), width_mask(w))),
     "interp": Kernel("packed", lambda: torch.ops.sfmp.linear_triton_interp.default,
                      lambda w: (*_packed_args(w), width_mask(w))),
-    "cpu": Kernel("packed", lambda: torch.ops.sfmp.linear_cpu.default, lambda w: (*_packed_args(w), 0)),
+    "cpu": Kernel("packed", cpu.linear_op, lambda w: (*_packed_args(w), cpu.flags())),
+    "precise": Kernel("packed", cpu.linear_op,
+                      lambda w: (*_packed_args(w), cpu.flags(residual=True))),
     "int4": Kernel("int4", lambda: torch.ops.sfmp.linear_cpu_int4.default, _int4_args),
 }
 # (layout, device type) -> kernel; device type None = any other device.
 TABLE = {("packed", "cuda"): "triton", ("packed", "cpu"): "cpu", ("packed", None): "ref", ("int4", "cpu"): "int4"}
 BACKENDS = ("auto", *KERNELS)
-CPU_KERNELS = ("packed", "int4", "reference")
+CPU_KERNELS = ("packed", "precise", "int4", "reference")
 
 
 def kernel_for(layout: str, device, cpu_kernel: str = "packed") -> str | None:
@@ -80,7 +85,7 @@ def kernel_for(layout: str, device, cpu_kernel: str = "packed") -> str | None:
     name = TABLE.get((layout, dev)) or TABLE.get((layout, None))
     if name == "cpu" and (cpu_kernel == "reference" or not cpu.available()):
         return "ref"
-    return name
+    return "precise" if name == "cpu" and cpu_kernel == "precise" else name
 
 
 def preferred_layout(w: SFMPWeight, device, cpu_kernel: str = "packed") -> str:
@@ -97,7 +102,7 @@ def op_call(w: SFMPWeight, device, backend: str = "auto", cpu_kernel: str = "pac
     """``(op, args_after_x)`` for ``w`` on ``device``: the graph or caller runs ``op(x, *args)``.
     ``w`` must already be in the kernel's layout (see :func:`preferred_layout`)."""
     name = kernel_for(w.layout, device, cpu_kernel) if backend == "auto" else backend
-    if name == "cpu" and not cpu.available():
+    if name in ("cpu", "precise") and not cpu.available():
         raise RuntimeError("the CPU kernel could not be built here (see the warning above); use backend='ref'")
     if name is None or KERNELS[name].layout != w.layout:
         raise ValueError(f"no {backend!r} kernel for the {w.layout!r} layout on {torch.device(device).type}")
@@ -110,7 +115,7 @@ def embedding_call(w: SFMPWeight, device, cpu_kernel: str = "packed") -> tuple:
     the C++ row decoder on CPU, else the reference (which dequantizes the whole weight)."""
     if w.layout != "packed":
         raise ValueError(f"an embedding reads the packed layout, not {w.layout!r}")
-    if kernel_for("packed", device, cpu_kernel) == "cpu":
+    if kernel_for("packed", device, cpu_kernel) in ("cpu", "precise"):
         return torch.ops.sfmp.embedding_cpu.default, _packed_args(w)
     return torch.ops.sfmp.embedding_ref.default, _packed_args(w)
 

@@ -23,6 +23,7 @@ import torch.fx as fx
 from ..blocks import BlockGrid
 from ..format import PackedWeight
 from ..layouts import SFMPWeight
+from ..ops import cpu
 from ..ops.dispatch import KERNELS, kernel_for, op_call
 from .find_linears import LinearSite
 from .fx_utils import (ROLE_BIAS, ROLE_GEMM, ROLE_IN, ROLE_OUT, attach_constant, copy_value_meta, erase_if_unused,
@@ -70,12 +71,15 @@ def _op_args(op, args: tuple, empty: fx.Node, constant) -> tuple:
                  for n, a in zip(names, args))
 
 
-def _packed_op_for(op, device, cpu_kernel: str):
-    """An eager-traced packed-layout op on CPU (the reference or the C++ kernel, whichever the module
-    chose) becomes the one this compile asked for; every other op is kept."""
+def _packed_op_for(op, device, cpu_kernel: str) -> tuple:
+    """``(op, overrides)``: an eager-traced packed-layout op on CPU (the reference or the C++ kernel,
+    whichever the module chose) becomes the one this compile asked for, with the C++ kernel's
+    ``flags`` argument set for it; every other op is kept as it is."""
     if torch.device(device).type != "cpu" or op._schema.name not in ("sfmp::linear_ref", "sfmp::linear_cpu"):
-        return op
-    return KERNELS[kernel_for("packed", device, cpu_kernel)].op()
+        return op, {}
+    name = kernel_for("packed", device, cpu_kernel)
+    new = KERNELS[name].op()
+    return new, ({"flags": cpu.flags(residual=name == "precise")} if new._schema.name == "sfmp::linear_cpu" else {})
 
 
 def _rewrite_one(gm: fx.GraphModule, site: LinearSite, w: SFMPWeight | None, cache: dict,
@@ -89,8 +93,10 @@ def _rewrite_one(gm: fx.GraphModule, site: LinearSite, w: SFMPWeight | None, cac
         row_perm, col_perm, bits = pk["_row_perm"], pk["_col_perm"], pk["_bits"]
         empty = _empty_perm(gm, device, cache, node)
         op = node.target if isinstance(node.target, torch._ops.OpOverload) else node.target.default
-        op = _packed_op_for(op, device, cpu_kernel)
+        op, overrides = _packed_op_for(op, device, cpu_kernel)
         defaults = {a.name: a.default_value for a in op._schema.arguments[1:] if a.has_default_value()}
+        defaults.update(overrides)
+        pk = {k: v for k, v in pk.items() if k not in overrides}
         names = [a.name for a in op._schema.arguments[1:]]
         op_args = tuple(empty if n in _PERMS else pk[n] if n in pk else defaults[n] for n in names)
         geometry = (pk["out_features"], pk["in_features"], pk.get("block_rows"), pk.get("group_size"))

@@ -11,6 +11,7 @@ from tests.codegen._util import random_packed, sqnr_db
 pytestmark = pytest.mark.skipif(not cpu.available(), reason="no C++ compiler for the CPU kernel")
 
 SQNR_FLOOR_DB = 38.0  # int8 activations, per (row, group) absmax: ~42-48 dB measured on Gaussian x
+RESIDUAL_FLOOR_DB = 70.0  # int8 + int8 residual ("precise"): ~15-bit activations
 WIDTH_SETS = [(1,), (2,), (3,), (4,), (5,), (6,), (7,), (8,), (2, 3, 4), (1, 2, 3, 4, 5, 6, 7, 8), (3, 8)]
 
 
@@ -47,6 +48,11 @@ def test_kernel_equals_the_reference(N, K, block_rows, group_size, widths, permu
     if N * K >= 4096:  # a floor over a layer's outputs (tiny 1-bit layers cancel to small sums)
         assert sqnr_db(y, ref) >= SQNR_FLOOR_DB
     assert torch.equal(cpu.linear_cpu(x, *packed_args(p), portable=True), y)
+    # residual activations: the second int8 row carries what the first missed
+    yr = cpu.linear_cpu(x, *packed_args(p), residual=True)
+    if N * K >= 4096:
+        assert sqnr_db(yr, ref) >= RESIDUAL_FLOOR_DB
+    assert torch.equal(cpu.linear_cpu(x, *packed_args(p), portable=True, residual=True), yr)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -57,10 +63,13 @@ def test_dtypes_shapes_and_non_finite_inputs(dtype):
     assert y.dtype == dtype and y.shape == (2, 3, 40)
     assert sqnr_db(y.float(), linear_ref(x.float(), *packed_args(p))) >= SQNR_FLOOR_DB - 6  # bf16 output rounding
     assert cpu.linear_cpu(x[:0], *packed_args(p)).shape == (0, 3, 40)
+    assert cpu.linear_cpu(x[:0], *packed_args(p), residual=True).shape == (0, 3, 40)
     x = torch.randn(2, 70)
     x[1, 5] = float("nan")
-    y = cpu.linear_cpu(x, *packed_args(p))
-    assert y[0].isfinite().all() and y[1].isnan().any()  # a NaN input is never hidden
+    x[0, 40:] = 0.0  # an all-zero group: no scale, nothing to add
+    for residual in (False, True):
+        y = cpu.linear_cpu(x, *packed_args(p), residual=residual)
+        assert y[0].isfinite().all() and y[1].isnan().any()  # a NaN input is never hidden
     with pytest.raises(RuntimeError, match="71 features, the layer takes 70"):
         cpu.linear_cpu(torch.randn(2, 71), *packed_args(p))
 
@@ -70,14 +79,14 @@ def test_compiled_equals_eager_and_gradient_matches_the_reference():
     args = packed_args(p)
     x = torch.randn(3, 96)
     torch._dynamo.reset()
-    f = torch.compile(lambda t: torch.ops.sfmp.linear_cpu(t, *args, 0) * 2.0 + 1.0, fullgraph=True)
+    f = torch.compile(lambda t: cpu.linear_op()(t, *args, 0) * 2.0 + 1.0, fullgraph=True)
     torch.testing.assert_close(f(x), cpu.linear_cpu(x, *args) * 2.0 + 1.0, rtol=1e-6, atol=1e-6)
     xg = x.clone().requires_grad_(True)
     cpu.linear_cpu(xg, *args).sum().backward()
     xr = x.clone().requires_grad_(True)
     linear_ref(xr, *args).sum().backward()
     torch.testing.assert_close(xg.grad, xr.grad)  # frozen weights: dX = dY @ W, exact either way
-    torch.library.opcheck(torch.ops.sfmp.linear_cpu.default, (x, *args, 0),
+    torch.library.opcheck(cpu.linear_op(), (x, *args, 0),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
