@@ -19,7 +19,8 @@ JSON keys (stable): per row name ("fp32 eager", "fp32 inductor", "fp32 static de
 "memory": quantized_resident_bytes, true_bit_bytes (format v1 bytes of every quantized layer,
   head included), resident_over_true_bit, budget_linear_bpw, head_bytes; "head_8bit_ppl_cost_pct": PPL of
   fp32 with only lm_head/embedding at 8 bits vs fp32; "sqnr_vs_reference_db": compiled 3-bit logits
-  vs the same model on the exact reference op; "profile": top ops of one 3-bit decode step (1 thread).
+  vs the same model on the exact reference op; "sqnr_precise_vs_reference_db": the same with
+  ``cpu_kernel="precise"`` (residual int8 activations); "profile": top ops of one 3-bit decode step (1 thread).
 Usage: python benchmarks/cpu_decode.py [--llamacpp] [--eval-tokens 2048] [--json F]
 """
 from __future__ import annotations
@@ -210,11 +211,17 @@ def main(argv=None):
         from sfmp_compile.eval.metrics import sqnr_db
         window = ev[:, :512]
         ref = copy.deepcopy(model)
+        precise = copy.deepcopy(model)
         with torch.inference_mode():
             fast = cq(window).logits
             torch._dynamo.reset()
             exact = torch.compile(ref, backend=sfmp_backend(plan=be.plan, cpu_kernel="reference", model=ref))(window).logits
+            torch._dynamo.reset()
+            residual = torch.compile(precise, backend=sfmp_backend(plan=be.plan, cpu_kernel="precise",
+                                                                   model=precise))(window).logits
         extra["sqnr_vs_reference_db"] = sqnr_db(exact, fast)
+        extra["sqnr_precise_vs_reference_db"] = sqnr_db(exact, residual)
+        del ref, precise
     del q, cq, be, dec
     for target in (3.5, 4.0):
         make = lambda b: make_model_plan(model, bits=b, salience="weight")  # noqa: E731
