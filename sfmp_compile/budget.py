@@ -150,10 +150,10 @@ class Budget:
         return f"BPW {self.bpw:g}" if self.bpw is not None else f"{self.size_mb:g} MiB"
 
 
-def float_bytes_outside(model: nn.Module, layers: Iterable[str]) -> int:
-    """Bytes of every tensor a checkpoint of ``model`` stores besides the weights of ``layers``
-    (their biases stay float and count here): the model's state dict, tied tensors once."""
-    drop = {f"{n}.weight" for n in layers}
+def stored_bytes(model: nn.Module, exclude: Iterable[str] = ()) -> int:
+    """Bytes of the tensors a checkpoint of ``model`` stores (its state dict, tied tensors once), less
+    the state-dict keys in ``exclude``."""
+    drop = set(exclude)
     seen, total = set(), 0
     for k, v in model.state_dict().items():
         if k in drop:
@@ -164,6 +164,12 @@ def float_bytes_outside(model: nn.Module, layers: Iterable[str]) -> int:
         seen.add(key)
         total += v.numel() * v.element_size()
     return total
+
+
+def float_bytes_outside(model: nn.Module, layers: Iterable[str]) -> int:
+    """Bytes a checkpoint of the float ``model`` stores besides the weights of ``layers`` (the
+    quantized ones; their biases stay float and count here)."""
+    return stored_bytes(model, {f"{n}.weight" for n in layers})
 
 
 def target_bpw(budget: Budget, n_weights: int, other_bytes: int) -> float:
@@ -190,6 +196,8 @@ def plan_maker(weights: Mapping[str, torch.Tensor], saliences: Mapping[str, torc
         ch = (fixed or default_bit_choices(b)) if three else None
         if ch is not None:
             b = min(max(b, ch[0]), ch[-1])
+            if b - ch[0] < 1e-3:  # at its floor the 3-level scan has no room; it is the 2-level plan there
+                ch = None
         cfg = replace(config, bits=b, bit_choices=ch)
         return make_plan(weights, saliences, cfg, col_weights, regroup=default_regroup(cfg))
     return make
