@@ -222,7 +222,9 @@ def plan_for_budget(model: nn.Module, budget: Budget, *, calibration: Iterable |
     code-bit target solved. options: QuantConfig fields (not ``bits``). Returns (plan, info) with
     info: code_bits (the solved target), target_bpw, other_bytes (float tensors stored beside the
     quantized linears), n_weights, and for a size budget target_bytes."""
-    config, weights, sal, col_weights, timings = plan_inputs(model, 3.0, calibration=calibration, salience=salience,
+    choices = options.get("bit_choices")
+    start = float(choices[1]) if choices else 3.0  # any valid target: the solver replaces it
+    config, weights, sal, col_weights, timings = plan_inputs(model, start, calibration=calibration, salience=salience,
                                                              **options)
     n = sum(w.numel() for w in weights.values())
     other = float_bytes_outside(model, weights)
