@@ -22,7 +22,7 @@ from torch import nn
 
 from .blocks import BlockGrid
 from .config import MAX_BITS, MIN_BITS, QuantConfig, SFMPConfigError
-from .plan import LayerPlan, Plan, default_regroup, make_plan, plan_inputs
+from .plan import LayerPlan, Plan, default_regroup, find_linears, make_plan, plan_inputs
 from .quantize import default_bit_choices
 
 MIB = 2 ** 20
@@ -224,11 +224,12 @@ def plan_for_budget(model: nn.Module, budget: Budget, *, calibration: Iterable |
     quantized linears), n_weights, and for a size budget target_bytes."""
     choices = options.get("bit_choices")
     start = float(choices[1]) if choices else 3.0  # any valid target: the solver replaces it
+    names = find_linears(model, QuantConfig(bits=start, **options).skip)
+    n = sum(m.weight.numel() for m in names.values())
+    other = float_bytes_outside(model, names)
+    bpw = target_bpw(budget, n, other)  # an impossible size is refused before any calibration pass
     config, weights, sal, col_weights, timings = plan_inputs(model, start, calibration=calibration, salience=salience,
                                                              **options)
-    n = sum(w.numel() for w in weights.values())
-    other = float_bytes_outside(model, weights)
-    bpw = target_bpw(budget, n, other)
     what = "--bpw" if budget.bpw is not None else f"--size-mb {budget.size_mb:g}"
     bits, p = solve(plan_maker(weights, sal, config, col_weights, levels), bpw, what)
     p.timings.update(timings)

@@ -237,10 +237,10 @@ def cmd_inspect(args) -> int:
     print(inspect_text(quantization_report(model)))
     plot = args.plot or str(Path(args.dir) / "bitmaps.png")
     try:
-        bitmap_figure(model, plot)
+        widths = bitmap_figure(model, plot)
     except OSError as e:
         raise CLIError(f"cannot write {plot}: {e}") from None
-    print(f"bit-map heatmap: {plot}")
+    print(f"bit-map heatmap: {plot} (one colour per width present: {', '.join(f'{b}-bit' for b in widths)})")
     return 0
 
 
