@@ -262,12 +262,14 @@ def cmd_bench(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    _check_bits(args.bits)
+    from .budget import Budget
+    Budget(bpw=args.bpw)
     from .eval.demo import run_demo, set_threads
     set_threads(args.threads)
-    run_demo(args.model, args.bits, text_path=args.text, n_calibration=args.calib_sequences, seq_len=args.seq_len,
-             n_eval_tokens=args.eval_tokens, context=args.context, group_size=args.group_size,
-             block_rows=args.block_rows, inner=args.inner, prompt=args.prompt, new_tokens=args.new_tokens)
+    run_demo(args.model, args.bpw, salience=args.salience, quantizer=args.quantizer, text_path=args.text,
+             n_calibration=args.calib_sequences, seq_len=args.seq_len, n_eval_tokens=args.eval_tokens,
+             context=args.context, group_size=args.group_size, block_rows=args.block_rows, prompt=args.prompt,
+             new_tokens=args.new_tokens, decode=not args.no_decode)
     return 0
 
 
@@ -343,15 +345,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("extra", nargs="*", help="arguments passed to each script")
     b.set_defaults(func=cmd_bench)
 
-    d = sub.add_parser("demo", help="SmolLM2 at 3 bits through torch.compile: text, PPL, sizes")
+    d = sub.add_parser("demo", help="SmolLM2: SFMP at BPW 3.5 beside uniform 3-bit at the same memory, and fp32")
     d.add_argument("--model", default="smollm2")
-    d.add_argument("--bits", type=float, default=3.0)
+    d.add_argument("--bpw", type=float, default=3.5, help="SFMP's budget, bits per weight, everything stored")
+    d.add_argument("--salience", choices=SALIENCE_KINDS, default="activation")
+    d.add_argument("--quantizer", choices=QUANTIZERS, default="gptq")
     d.add_argument("--group-size", type=_positive, default=64)
     d.add_argument("--block-rows", type=_positive, default=512)
-    d.add_argument("--inner", default="inductor", choices=("inductor", "aot_eager", "eager"))
     d.add_argument("--prompt", default="The capital of France is")
     d.add_argument("--new-tokens", type=_positive, default=24)
+    d.add_argument("--no-decode", action="store_true", help="skip the compiled decode timing (two compiles)")
     d.add_argument("--threads", type=_positive, default=None, help="torch CPU threads (default: auto)")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
     _common_data(d, cal=8, seq=256, ev=2048, ctx=512)
     d.set_defaults(func=cmd_demo)
     return ap
