@@ -48,6 +48,8 @@ def _eos(model, tok) -> set[int]:
 @torch.inference_mode()
 def _static_generate(dec: StaticDecoder, ids: torch.Tensor, max_new_tokens: int, eos: set[int], streamer) -> list[int]:
     dec.reset()
+    if streamer is not None:
+        streamer.put(ids[0])  # the prompt, which a TextStreamer with skip_prompt=True expects first and drops
     logits = dec(ids)
     new = []
     for _ in range(max_new_tokens):
