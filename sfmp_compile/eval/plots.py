@@ -52,6 +52,7 @@ def bitmap_figure(model: nn.Module, path: str) -> list[int]:
     plt = _pyplot()
     from matplotlib.colors import BoundaryNorm, ListedColormap
     from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
     per_type: dict[str, list[torch.Tensor]] = {}
     for name, m in model.named_modules():
         if isinstance(m, SFMPLinear):
@@ -78,6 +79,7 @@ def bitmap_figure(model: nn.Module, path: str) -> list[int]:
         ax.imshow(img.numpy(), aspect="auto", interpolation="nearest", cmap=cmap, norm=norm)
         ax.set_title(f"{t}\n{len(maps)} layers", fontsize=9)
         ax.set_xlabel("group (reordered)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # groups are whole
         ax.set_yticks([])
     axes[0][0].set_ylabel("layers top→bottom (row-blocks stacked)")
     fig.legend(handles=[Patch(color=colours[index[b]], label=f"{b}-bit") for b in widths], loc="upper right",
