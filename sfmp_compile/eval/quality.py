@@ -77,6 +77,8 @@ def method_rows(bench: Bench, configs: Sequence[QuantConfig], compare: Sequence[
     runs = [(cfg, lambda cfg=cfg: sfmp_at_code_bits(bench, cfg)) for cfg in configs if not budgets]
     runs += [(configs[0], lambda b=b: sfmp_at_budget(bench, configs[0], b, levels)) for b in budgets]
     rows, done_uniform = [], set()
+    other = float_bytes_outside(bench.model, bench.weights)  # what a checkpoint stores besides the linears
+    size = lambda rec: {**rec, "size_mib": (rec["quantized_bytes"] + other) / MIB}  # noqa: E731
     for cfg, run in runs:
         r = run()
         r["series"] = f"SFMP {r['levels']}-level ({cfg.salience})"
@@ -84,7 +86,7 @@ def method_rows(bench: Bench, configs: Sequence[QuantConfig], compare: Sequence[
         if "layerwise" in compare:
             lw = bench.layerwise(r["bpw"], salience=cfg.salience, quantizer=cfg.quantizer)
             lw["series"] = f"layer-wise ({cfg.salience})"
-            rows.append(lw)
+            rows.append(size(lw))
         if "uniform" in compare:
             code_bits = r["code_bits_target"]
             for w in sorted({math.floor(code_bits), math.ceil(code_bits)}):
@@ -93,7 +95,7 @@ def method_rows(bench: Bench, configs: Sequence[QuantConfig], compare: Sequence[
                 done_uniform.add(w)
                 u = bench.uniform(w, cfg.quantizer)
                 u["series"] = "uniform"
-                rows.append(u)
+                rows.append(size(u))
     return rows
 
 
