@@ -117,6 +117,12 @@ def run_demo(model_name: str = "smollm2", bpw: float = 3.5, *, salience: str = "
     conts = {name: greedy_continuation(m, tok, prompt, new_tokens)
              for name, m in bar([("fp32", model), (sfmp_name, sfmp), (uni_name, uni)], desc="continuations",
                                 unit="model")}
+    # Quality first, so it is on screen while the two compiles of the decode timing run.
+    out("")
+    out(demo_table(list(cols.items())))
+    out(f"\nprompt: {prompt!r}")
+    for name, text in conts.items():
+        out(f"  {name:<14}: {text!r}")
     if decode:
         prompt_ids = tok(prompt, return_tensors="pt")["input_ids"]
         with bar(total=2, desc="compile + time decode", unit="model") as b:
@@ -126,14 +132,8 @@ def run_demo(model_name: str = "smollm2", bpw: float = 3.5, *, salience: str = "
             torch._dynamo.reset()
             cols["fp32"]["decode_ms"] = decode_ms(model, prompt_ids, "inductor")
             b.update(1)
-    out("")
-    out(demo_table(list(cols.items())))
-    if decode:
-        out(f"decode ms/token: one token at a time through a static KV cache (decode.StaticDecoder), torch.compile "
-            f"with sfmp_backend() for SFMP (true-bit CPU kernel on CPU) and Inductor for fp32, {torch.get_num_threads()}"
-            " thread(s)")
-    out(f"\nprompt: {prompt!r}")
-    for name, text in conts.items():
-        out(f"  {name:<14}: {text!r}")
+        out(f"\ndecode ms/token: {sfmp_name} {cols[sfmp_name]['decode_ms']:.1f} (torch.compile with sfmp_backend(); on "
+            f"CPU the true-bit kernel) vs fp32 {cols['fp32']['decode_ms']:.1f} (Inductor); one token at a time "
+            f"through a static KV cache (decode.StaticDecoder), {torch.get_num_threads()} thread(s)")
     out(f"\ndemo done in {time.perf_counter() - t_start:.0f} s")
     return cols

@@ -104,10 +104,10 @@ def size_summary(reference: torch.nn.Module, model: torch.nn.Module | None = Non
 
 def demo_table(columns: Sequence[tuple[str, Mapping]]) -> str:
     """Models side by side, one column each: held-out PPL, KL to fp32, code bits, BPW, the linears'
-    and the whole checkpoint's MiB, code bits per layer type, decode ms/token.
+    and the whole checkpoint's MiB, code bits per layer type.
 
-    columns: (header, values) with values' keys ppl, kl, weight_bits, bpw, linear_bytes, model_bytes,
-    by_type (layer type -> code bits) and decode_ms; a missing value prints "-".
+    columns: (header, values) with values' keys ppl, kl, weight_bits, bpw, linear_bytes, model_bytes
+    and by_type (layer type -> code bits); a missing value prints "-".
     """
     mib = lambda b: None if b is None else f"{b / 2**20:.2f}"  # noqa: E731
     num = lambda v, f: None if v is None else format(v, f)  # noqa: E731
@@ -116,8 +116,7 @@ def demo_table(columns: Sequence[tuple[str, Mapping]]) -> str:
              ("code bits (avg width)", lambda c: num(c.get("weight_bits"), ".3f")),
              ("BPW (everything stored)", lambda c: num(c.get("bpw"), ".3f")),
              ("quantized linears, MiB", lambda c: mib(c.get("linear_bytes"))),
-             ("whole checkpoint, MiB", lambda c: mib(c.get("model_bytes"))),
-             ("decode ms/token", lambda c: num(c.get("decode_ms"), ".1f"))]
+             ("whole checkpoint, MiB", lambda c: mib(c.get("model_bytes")))]
     types = list(dict.fromkeys(t for _, c in columns for t in (c.get("by_type") or {})))
     lines += [(f"bits {t}", lambda c, t=t: num((c.get("by_type") or {}).get(t), ".2f")) for t in types]
     rows = [{"k": k, **{str(i): fn(c) for i, (_, c) in enumerate(columns)}} for k, fn in lines]

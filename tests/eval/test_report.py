@@ -41,7 +41,7 @@ def test_size_summary_from_a_plan_equals_the_quantized_models_report(quantized):
     assert from_model["other"] - from_plan["other"] == sum(b.numel() * b.element_size() for b in ref.buffers())
     assert from_plan["by_type"] == pytest.approx(from_model["by_type"], rel=1e-12)
     assert from_model["bytes"] + from_model["other"] < from_model["model_fp32"]
-    table = demo_table([("fp32", {"ppl": 10.0, "decode_ms": 5.0}),
+    table = demo_table([("fp32", {"ppl": 10.0}),
                         ("SFMP BPW 3.5", {"ppl": 12.0, "kl": 0.1, "bpw": from_model["bpw"],
                                           "linear_bytes": from_model["bytes"], "by_type": from_model["by_type"]})])
     lines = table.splitlines()
