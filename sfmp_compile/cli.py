@@ -348,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="SmolLM2: SFMP at BPW 3.5 beside uniform 3-bit at the same memory, and fp32")
     d.add_argument("--model", default="smollm2")
     d.add_argument("--bpw", type=float, default=3.5, help="SFMP's budget, bits per weight, everything stored")
-    d.add_argument("--salience", choices=SALIENCE_KINDS, default="activation")
+    # Fisher: with GPTQ at BPW 3.5 it beat uniform 3-bit in benchmarks/RESULTS.md; activation lost here (README).
+    d.add_argument("--salience", choices=SALIENCE_KINDS, default="fisher")
     d.add_argument("--quantizer", choices=QUANTIZERS, default="gptq")
     d.add_argument("--group-size", type=_positive, default=64)
     d.add_argument("--block-rows", type=_positive, default=512)

@@ -67,7 +67,7 @@ def _column(model, ref_logits, ids, context) -> dict:
             "by_type": report_bits_by_type(rep)}
 
 
-def run_demo(model_name: str = "smollm2", bpw: float = 3.5, *, salience: str = "activation", quantizer: str = "gptq",
+def run_demo(model_name: str = "smollm2", bpw: float = 3.5, *, salience: str = "fisher", quantizer: str = "gptq",
              text_path: str | None = None, n_calibration: int = 8, seq_len: int = 256, n_eval_tokens: int = 2048,
              context: int = 512, group_size: int = 64, block_rows: int = 512, prompt: str = "The capital of France is",
              new_tokens: int = 24, decode: bool = True, out: Callable[[str], None] = print) -> dict:
