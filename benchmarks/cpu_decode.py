@@ -170,7 +170,7 @@ def main(argv=None):
                     "F32/Q4_0/Q3_K_M only: no static-decode, BPW, int4 or SQNR rows")
     a = ap.parse_args(argv)
     torch.set_num_threads(2)
-    from sfmp_compile.eval.baselines import code_bits_for_bpw, plan_bpw
+    from sfmp_compile.budget import code_bits_for_bpw, plan_bpw
     from sfmp_compile.eval.models import load_model
     from sfmp_compile.eval.text import eval_tokens
     from sfmp_compile.plan import plan as make_model_plan

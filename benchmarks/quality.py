@@ -376,7 +376,7 @@ calibration {s['calibration']}, {s['eval_tokens']} held-out tokens from the last
 PPL and KL(fp32 ‖ quantized, nats/token) on the held-out tokens; the quantized model is evaluated with its exact
 dequantized weights in fp32. BPW = `quantization_report(model)["bpw"]`: codes, fp16 scales and zeros,
 int32 row/column permutations, bit maps, offsets. SFMP's BPW target is converted to a code-bit target by
-subtracting the overhead measured on the plan itself (`baselines.code_bits_for_bpw`); layer-wise uses the same
+subtracting the overhead measured on the plan itself (`budget.code_bits_for_bpw`); layer-wise uses the same
 budget (identity orders, so it has no permutation cost). 3-level widths are (2,3,4), or (1,2,3) when the
 code-bit target is below 2 (BPW 2.5).
 

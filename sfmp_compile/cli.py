@@ -1,14 +1,20 @@
-"""The ``sfmp`` command line: quantize, eval, inspect, bench, demo.
+"""The ``sfmp`` command line: quantize, generate, eval, inspect, bench, demo.
 
-  sfmp quantize MODEL --bits 2.75 [--levels 3 | --bit-choices 2,3,4] [--salience fisher]
-                [--quantizer gptq] [--group-size 128] [--block-rows 512] --out DIR
-  sfmp eval MODEL_OR_DIR [--compare uniform,layerwise] [--bits 2.75,3.25] [--json F] [--plot F.png]
+  sfmp quantize MODEL (--bits 2.75 | --bpw 3.5 | --size-mb 60) [--levels 3 | --bit-choices 2,3,4]
+                [--salience fisher] [--quantizer gptq] [--group-size 128] [--block-rows 512] --out DIR
+  sfmp generate MODEL_OR_DIR --prompt TEXT [--max-new-tokens N] [--compile]
+  sfmp eval MODEL_OR_DIR [--compare uniform,layerwise] [--bits 2.75,3.25 | --bpw 3,3.5 | --size-mb 50,60]
+            [--json F] [--plot F.png]
   sfmp inspect DIR [--plot F.png]
   sfmp bench
   sfmp demo
 
 MODEL is "smollm2" (SmolLM2-135M-Instruct, the default real model), "tiny" (a random 2-layer
-Llama with a character tokenizer, for tests), or a local transformers model directory. Text comes
+Llama with a character tokenizer, for tests), a local transformers model directory, or a hub id
+when the hub can serve it (one clear error when it cannot). --bits is the average code width;
+--bpw counts every stored bit of the quantized linears, --size-mb (MiB) the whole checkpoint's
+tensors; each is a cap met to within one block (``budget.py``). Long steps show progress bars
+on a terminal (``--quiet``: none; ``SFMP_PROGRESS=1`` forces them, e.g. into a log). Text comes
 from the Wikipedia excerpt in gensim's wheel (calibration from its first articles, evaluation from
 its last) unless ``--text FILE`` is given (first half calibrates, second half evaluates).
 User errors (missing model or text, bad options, an existing output path, a corrupt or missing
@@ -27,6 +33,7 @@ import time
 from pathlib import Path
 
 from .config import MAX_BITS, MIN_BITS, QUANTIZERS, SALIENCE_KINDS, QuantConfig, SFMPConfigError
+from .progress import quiet
 
 EXIT_USAGE = 2
 
@@ -65,15 +72,19 @@ def _check_bits(b: float) -> None:
         raise CLIError(f"--bits {b:g} is out of range: the average code width must be in ({MIN_BITS}, {MAX_BITS}]")
 
 
-def _config(args, bits: float, levels: int | None = None) -> QuantConfig:
-    """Validate every quantization option up front, before any model is loaded; ``levels`` overrides --levels."""
+def _config(args, bits: float, levels: int | None = None, budget_levels: bool = False) -> QuantConfig:
+    """Validate every quantization option up front, before any model is loaded; ``levels`` overrides
+    --levels. budget_levels: the code bits are solved later (--bpw / --size-mb), so 3 levels without
+    --bit-choices leave the widths to follow them."""
     from .quantize import default_bit_choices
     _check_bits(bits)
     choices = _bit_choices(getattr(args, "bit_choices", None))
     levels = levels or getattr(args, "levels", None)
     if choices is not None and levels == 2:
         raise CLIError("--levels 2 and --bit-choices contradict each other (bit choices mean 3 levels)")
-    if choices is None and levels == 3:
+    if choices is not None and budget_levels:
+        QuantConfig(bits=float(choices[1]), bit_choices=choices)  # checked now; the bits are solved later
+    elif choices is None and levels == 3 and not budget_levels:
         choices = default_bit_choices(bits)
     return QuantConfig(bits=bits, bit_choices=choices, block_rows=args.block_rows, group_size=args.group_size,
                        salience=args.salience, quantizer=args.quantizer)
@@ -118,23 +129,33 @@ def _check_writable_file(path: str | None, what: str) -> None:
         raise CLIError(f"{what}: directory {parent} does not exist")
 
 
-class _Ticking(list):
-    """A calibration list that ticks a progress bar each time one of its items is consumed."""
+def _budget(args):
+    """The memory budget of --bpw / --size-mb (the first value of a list), or None for --bits."""
+    from .budget import Budget
+    if getattr(args, "bpw", None) is not None:
+        return Budget(bpw=_floats(args.bpw, "--bpw")[0])
+    if getattr(args, "size_mb", None) is not None:
+        return Budget(size_mb=_floats(args.size_mb, "--size-mb")[0])
+    return None
 
-    def __init__(self, items, bar):
-        super().__init__(items)
-        self.bar = bar
 
-    def __iter__(self):
-        for x in super().__iter__():
-            yield x
-            self.bar.update(1)
+def _budgets(args) -> list:
+    """Every budget of a comma-separated --bpw or --size-mb list."""
+    from .budget import Budget
+    if args.bpw is not None:
+        return [Budget(bpw=b) for b in _floats(args.bpw, "--bpw")]
+    if args.size_mb is not None:
+        return [Budget(size_mb=b) for b in _floats(args.size_mb, "--size-mb")]
+    return []
 
 
 def cmd_quantize(args) -> int:
-    config = _config(args, args.bits)
+    budget = _budget(args)
+    if budget is not None and "," in (args.bpw or args.size_mb or ""):
+        raise CLIError("quantize takes one budget, not a list")
+    config = _config(args, args.bits if budget is None else 3.0, budget_levels=budget is not None)
     _check_out(args.out, args.overwrite)
-    from tqdm.auto import tqdm
+    from .budget import MIB, plan_for_budget, stored_bytes
     from .checkpoint import save_quantized
     from .eval.models import load_named
     from .plan import plan as make_plan
@@ -143,18 +164,33 @@ def cmd_quantize(args) -> int:
     model, tok = load_named(args.model)
     # Calibration serves the salience, the clip search's column weights and GPTQ's Hessians.
     cal = _calibration(tok, args)
-    with tqdm(desc=f"calibration passes ({config.salience} salience)", unit="seq", file=sys.stderr) as bar:
-        plan = make_plan(model, config.bits, calibration=_Ticking(cal, bar), salience=config.salience,
-                         bit_choices=config.bit_choices, block_rows=config.block_rows, group_size=config.group_size,
-                         quantizer=config.quantizer)
-    n_layers = len(plan.layers)
-    with tqdm(total=n_layers, desc=f"quantize ({config.quantizer})", unit="layer", file=sys.stderr) as bar:
-        quantize(model, plan=plan, calibration=cal, progress=lambda name: bar.update(1))
+    opts = dict(calibration=cal, salience=config.salience, block_rows=config.block_rows,
+                group_size=config.group_size, quantizer=config.quantizer)
+    if budget is None:
+        plan = make_plan(model, config.bits, bit_choices=config.bit_choices, **opts)
+        target = f"code bits {config.bits:g}"
+    else:
+        plan, info = plan_for_budget(model, budget, levels=args.levels, bit_choices=config.bit_choices, **opts)
+        target = budget.describe() + f" (code bits {info['code_bits']:.3f})"
+    quantize(model, plan=plan, calibration=cal)
     rep = quantization_report(model)
+    size = stored_bytes(model)
     save_quantized(model, args.out, tokenizer=tok, overwrite=args.overwrite)
-    print(f"quantized {n_layers} layers of {args.model}: weight_bits {rep['weight_bits']:.3f}, BPW {rep['bpw']:.3f}, "
-          f"{rep['quantized_bytes'] / 2**20:.2f} MiB packed (fp32 {rep['float_bytes_fp32'] / 2**20:.2f} MiB) "
-          f"in {time.perf_counter() - t0:.1f} s -> {args.out}")
+    print(f"quantized {len(plan.layers)} layers of {args.model} in {time.perf_counter() - t0:.1f} s -> {args.out}\n"
+          f"  target   {target}\n"
+          f"  achieved weight_bits {rep['weight_bits']:.3f}, BPW {rep['bpw']:.3f}, checkpoint {size / MIB:.2f} MiB "
+          f"({rep['quantized_bytes'] / MIB:.2f} MiB packed linears; fp32 {rep['float_bytes_fp32'] / MIB:.2f} MiB)")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .eval.generate import generate, load_for_generation
+    model, tok = load_for_generation(args.model)
+    print(args.prompt, end="", flush=True)
+    r = generate(model, tok, args.prompt, args.max_new_tokens, compiled=args.compile)
+    warm = f", compile {r['compile_s']:.1f} s before" if "compile_s" in r else ""
+    print(f"[{len(r['new_ids'])} tokens in {r['seconds']:.2f} s: {r['tokens_per_s']:.2f} tokens/s, "
+          f"{r['backend']}{warm}]", file=sys.stderr)
     return 0
 
 
@@ -164,8 +200,11 @@ def cmd_eval(args) -> int:
     if bad:
         raise CLIError(f"--compare takes uniform and/or layerwise, got {','.join(bad)}")
     bits_list = _floats(args.bits, "--bits") if args.bits else []
+    budgets = _budgets(args)
     for b in bits_list:
         _config(args, b)
+    if budgets:
+        bits_list = [3.0]  # only its other options are used: each budget solves its own code bits
     _check_writable_file(args.json, "--json")
     _check_writable_file(args.plot, "--plot")
     from .eval.plots import plot_ppl_vs_bpw
@@ -174,7 +213,8 @@ def cmd_eval(args) -> int:
     if not bits_list and not is_checkpoint(args.model):
         bits_list = [3.0]
     levels = args.levels or (3 if args.bit_choices else 2)
-    rows, fp32 = evaluate(args.model, [_config(args, b, levels) for b in bits_list], compare, reference=args.reference,
+    configs = [_config(args, b, levels, budget_levels=bool(budgets)) for b in bits_list]
+    rows, fp32 = evaluate(args.model, configs, compare, budgets=budgets, levels=levels, reference=args.reference,
                           text_path=args.text, n_calibration=args.calib_sequences, seq_len=args.seq_len,
                           n_eval_tokens=args.eval_tokens, context=args.context, group_size=args.group_size,
                           block_rows=args.block_rows, verbose=not args.quiet)
@@ -197,10 +237,10 @@ def cmd_inspect(args) -> int:
     print(inspect_text(quantization_report(model)))
     plot = args.plot or str(Path(args.dir) / "bitmaps.png")
     try:
-        bitmap_figure(model, plot)
+        widths = bitmap_figure(model, plot)
     except OSError as e:
         raise CLIError(f"cannot write {plot}: {e}") from None
-    print(f"bit-map heatmap: {plot}")
+    print(f"bit-map heatmap: {plot} (one colour per width present: {', '.join(f'{b}-bit' for b in widths)})")
     return 0
 
 
@@ -222,12 +262,14 @@ def cmd_bench(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    _check_bits(args.bits)
+    from .budget import Budget
+    Budget(bpw=args.bpw)
     from .eval.demo import run_demo, set_threads
     set_threads(args.threads)
-    run_demo(args.model, args.bits, text_path=args.text, n_calibration=args.calib_sequences, seq_len=args.seq_len,
-             n_eval_tokens=args.eval_tokens, context=args.context, group_size=args.group_size,
-             block_rows=args.block_rows, inner=args.inner, prompt=args.prompt, new_tokens=args.new_tokens)
+    run_demo(args.model, args.bpw, salience=args.salience, quantizer=args.quantizer, text_path=args.text,
+             n_calibration=args.calib_sequences, seq_len=args.seq_len, n_eval_tokens=args.eval_tokens,
+             context=args.context, group_size=args.group_size, block_rows=args.block_rows, prompt=args.prompt,
+             new_tokens=args.new_tokens, decode=not args.no_decode)
     return 0
 
 
@@ -239,6 +281,16 @@ def _common_quant(p):
     p.add_argument("--quantizer", choices=QUANTIZERS, default="rtn")
     p.add_argument("--group-size", type=_positive, default=128, help="input columns per block and scale group")
     p.add_argument("--block-rows", type=_positive, default=512, help="output rows per block")
+
+
+def _budget_options(p, required: bool, many: bool):
+    """--bits / --bpw / --size-mb: one of them (comma-separated lists where ``many``)."""
+    s = "comma-separated " if many else ""
+    m = p.add_mutually_exclusive_group(required=required)
+    m.add_argument("--bits", type=str if many else float, default=None, help=f"{s}average code bits, e.g. 2.75")
+    m.add_argument("--bpw", default=None, help=f"{s}bits per weight, everything stored for the quantized linears "
+                   "(codes, scales, zeros, permutations, maps), e.g. 3.5")
+    m.add_argument("--size-mb", default=None, help=f"{s}whole-checkpoint tensor size in MiB (2^20 bytes)")
 
 
 def _common_data(p, cal=16, seq=512, ev=8192, ctx=512):
@@ -255,24 +307,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("quantize", help="quantize a model and save it (load with load_quantized)")
     q.add_argument("model", help="'smollm2', 'tiny' or a local model directory")
-    q.add_argument("--bits", type=float, required=True, help="average code bits, e.g. 2.75")
+    _budget_options(q, required=True, many=False)
     _common_quant(q)
     _common_data(q)
     q.add_argument("--out", required=True, help="output directory (must not exist)")
     q.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=cmd_quantize)
 
     e = sub.add_parser("eval", help="perplexity/KL of SFMP (and baselines) or of a saved checkpoint")
     e.add_argument("model", help="'smollm2', 'tiny', a local model directory, or an sfmp checkpoint directory")
-    e.add_argument("--bits", default=None, help="comma-separated SFMP code-bit targets, e.g. 2.75,3.25")
+    _budget_options(e, required=False, many=True)
     e.add_argument("--compare", default=None, help="baselines at the same budget: uniform,layerwise")
     e.add_argument("--reference", default=None, help="float model for KL/baselines when MODEL is a checkpoint")
     _common_quant(e)
     _common_data(e)
     e.add_argument("--json", default=None, help="write the results as JSON")
     e.add_argument("--plot", default=None, help="write a PPL-vs-BPW PNG")
-    e.add_argument("--quiet", action="store_true")
+    e.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     e.set_defaults(func=cmd_eval)
+
+    g = sub.add_parser("generate", help="stream a greedy continuation of a prompt and print tokens/s")
+    g.add_argument("model", help="an sfmp checkpoint directory, 'smollm2', 'tiny', a local model directory or a hub id")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--max-new-tokens", type=_positive, default=64)
+    g.add_argument("--compile", action="store_true",
+                   help="static-cache decode under torch.compile (sfmp_backend() for a quantized model)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.set_defaults(func=cmd_generate)
 
     i = sub.add_parser("inspect", help="per-layer bits/BPW of a checkpoint and a bit-map heatmap PNG")
     i.add_argument("dir")
@@ -283,15 +345,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("extra", nargs="*", help="arguments passed to each script")
     b.set_defaults(func=cmd_bench)
 
-    d = sub.add_parser("demo", help="SmolLM2 at 3 bits through torch.compile: text, PPL, sizes")
+    d = sub.add_parser("demo", help="SmolLM2: SFMP at BPW 3.5 beside uniform 3-bit at the same memory, and fp32")
     d.add_argument("--model", default="smollm2")
-    d.add_argument("--bits", type=float, default=3.0)
+    d.add_argument("--bpw", type=float, default=3.5, help="SFMP's budget, bits per weight, everything stored")
+    # Fisher: with GPTQ at BPW 3.5 it beat uniform 3-bit in benchmarks/RESULTS.md; activation lost here (README).
+    d.add_argument("--salience", choices=SALIENCE_KINDS, default="fisher")
+    d.add_argument("--quantizer", choices=QUANTIZERS, default="gptq")
     d.add_argument("--group-size", type=_positive, default=64)
     d.add_argument("--block-rows", type=_positive, default=512)
-    d.add_argument("--inner", default="inductor", choices=("inductor", "aot_eager", "eager"))
     d.add_argument("--prompt", default="The capital of France is")
     d.add_argument("--new-tokens", type=_positive, default=24)
+    d.add_argument("--no-decode", action="store_true", help="skip the compiled decode timing (two compiles)")
     d.add_argument("--threads", type=_positive, default=None, help="torch CPU threads (default: auto)")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
     _common_data(d, cal=8, seq=256, ev=2048, ctx=512)
     d.set_defaults(func=cmd_demo)
     return ap
@@ -302,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with quiet(getattr(args, "quiet", False)):
+            return int(args.func(args) or 0)
     except (CLIError, SFMPConfigError, FileNotFoundError, NotADirectoryError, ValueError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"sfmp {args.command}: error: {msg}", file=sys.stderr)

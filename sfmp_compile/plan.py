@@ -199,14 +199,13 @@ def make_plan(layers: Mapping[str, torch.Tensor], saliences: Mapping[str, torch.
     return Plan(config, layer_plans, {"reorder_s": t1 - t0 + t3 - t2, "allocate_s": t2 - t1})
 
 
-def plan(model: nn.Module, bits: float = 3.0, *, calibration: Iterable | None = None,
-         salience: str | Mapping[str, torch.Tensor] | None = None, **options) -> Plan:
-    """Decide every layer's orders and block bit widths for a whole model, without quantizing.
+def plan_inputs(model: nn.Module, bits: float = 3.0, *, calibration: Iterable | None = None,
+                salience: str | Mapping[str, torch.Tensor] | None = None, **options):
+    """What ``make_plan`` needs for a whole model, measured once: (config, weights name -> [N, K],
+    saliences name -> fp32 [N, K], col_weights name -> fp32 [K] or None, timings).
 
-    salience: a name in ``salience.SALIENCES`` ("weight", "activation", "fisher"), or a precomputed
-    dict name -> fp32 [N, K]; default "activation" when calibration is given, else "weight".
-    options: QuantConfig fields. With calibration, E[x²] per layer is measured once, for an
-    estimator that reads it and/or clip_search, and kept as the LayerPlans' col_weight.
+    Arguments as for ``plan``. Kept apart so a caller solving for a memory budget
+    (``budget.plan_for_budget``) can re-run steps 2-3 at many code-bit targets on one salience.
     """
     kind = salience if isinstance(salience, str) else None
     if salience is None:
@@ -232,6 +231,20 @@ def plan(model: nn.Module, bits: float = 3.0, *, calibration: Iterable | None = 
     if col_weights is None and calibration is not None and config.clip_search:
         col_weights = input_second_moments(model, layers, calibration)
     t2 = time.perf_counter()
+    return config, weights, sal, col_weights, {"salience_s": t1 - t0, "moments_s": t2 - t1}
+
+
+def plan(model: nn.Module, bits: float = 3.0, *, calibration: Iterable | None = None,
+         salience: str | Mapping[str, torch.Tensor] | None = None, **options) -> Plan:
+    """Decide every layer's orders and block bit widths for a whole model, without quantizing.
+
+    salience: a name in ``salience.SALIENCES`` ("weight", "activation", "fisher"), or a precomputed
+    dict name -> fp32 [N, K]; default "activation" when calibration is given, else "weight".
+    options: QuantConfig fields. With calibration, E[x²] per layer is measured once, for an
+    estimator that reads it and/or clip_search, and kept as the LayerPlans' col_weight.
+    """
+    config, weights, sal, col_weights, timings = plan_inputs(model, bits, calibration=calibration, salience=salience,
+                                                             **options)
     p = make_plan(weights, sal, config, col_weights, regroup=default_regroup(config))
-    p.timings.update({"salience_s": t1 - t0, "moments_s": t2 - t1})
+    p.timings.update(timings)
     return p

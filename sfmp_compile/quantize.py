@@ -15,6 +15,7 @@ from .blocks import BlockGrid
 from .config import MAX_BITS, MIN_BITS
 from .format import PackedWeight, pack
 from .linear import SFMPLinear
+from .progress import bar
 from .plan import LayerPlan, Plan, check_weight, find_linears, plan as make_model_plan
 from .quantizers.minmax import minmax_quantize
 from .reordering import reorder
@@ -119,9 +120,9 @@ def quantize(model: nn.Module, bits: float = 3.0, *, calibration: Iterable | Non
         # are restored afterwards, so the swap below is still all-or-nothing.
         results = gptq_model(model, {n: layers[n] for n in plan.layers}, calibration, gptq_layer)
         packed = {name: (results[name], layers[name].bias) for name in plan.layers}
-    for name, lp in plan.layers.items():
-        if name in packed:
-            continue
+    todo = [n for n in plan.layers if n not in packed]
+    for name in bar(todo, desc=f"quantize ({config.quantizer})", unit="layer"):
+        lp = plan.layers[name]
         m = layers[name]
         check_weight(name, m.weight)
         packed[name] = (quantize_weight(linear_weight(m), lp, config, name=name), m.bias)

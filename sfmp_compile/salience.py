@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .config import SALIENCE_KINDS
+from .progress import bar
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -128,7 +129,7 @@ def input_second_moments(model: nn.Module, layers: Mapping[str, nn.Module], cali
 
     n_batches = 0
     with _input_hooks(layers, record), torch.no_grad():
-        for batch in calibration:
+        for batch in bar(calibration, desc="calibration E[x²]", unit="batch"):
             run_model(model, batch)
             n_batches += 1
     if n_batches == 0:
@@ -238,7 +239,7 @@ def fisher_salience(model: nn.Module, layers: Mapping[str, nn.Module], calibrati
             p.requires_grad_(True)
             p.grad = None
         with torch.enable_grad():
-            for batch in calibration:
+            for batch in bar(calibration, desc="fisher salience", unit="batch"):
                 for item in _split_sequences(batch):
                     _sequence_loss(model, item).backward()
                     for n, p in params.items():

@@ -143,6 +143,15 @@ def test_inspect_prints_layers_and_writes_heatmap(ckpt, tmp_path, capsys):
     (["demo", "--new-tokens", "0"], "--new-tokens: must be a positive"),
     (["demo", "--threads", "-2"], "--threads: must be a positive"),
     (["eval", "{tmp}/no-such-checkpoint"], "model not found"),
+    (["quantize", "tiny", "--bits", "3", "--bpw", "3.5", "--out", "{tmp}/o"], "not allowed with"),
+    (["quantize", "tiny", "--bpw", "3,4", "--out", "{tmp}/o"], "one budget"),
+    (["quantize", "tiny", "--bpw", "-1", "--out", "{tmp}/o"], "positive number"),
+    (["quantize", "tiny", "--size-mb", "x", "--out", "{tmp}/o"], "--size-mb must be comma-separated numbers"),
+    (["quantize", "tiny", "--bpw", "1.2", *DATA, "--group-size", "32", "--out", "{tmp}/o"], "below the least"),
+    (["quantize", "tiny", "--size-mb", "0.01", *DATA, "--out", "{tmp}/o"], "smaller than what stays float"),
+    (["generate", "/no/such/model", "--prompt", "a"], "model not found"),
+    (["generate", "tiny", "--prompt", "a", "--max-new-tokens", "0"], "--max-new-tokens: must be a positive"),
+    (["generate", "tiny"], "--prompt"),
 ])
 def test_user_errors_are_one_line_exit_2(argv, needle, tmp_path, capsys):
     (tmp_path / "keep").write_text("x")  # tmp_path exists and is not empty
@@ -207,3 +216,80 @@ def test_bugs_keep_their_traceback(monkeypatch, tmp_path):
     monkeypatch.setattr(cli, "cmd_inspect", broken)
     with pytest.raises(TypeError, match="internal bug"):
         main(["inspect", str(tmp_path)])
+
+
+def _report_slack(rep, block_weights, rows_cols):
+    """BPW one block's width step (plus the permutations it can bring into being) is worth."""
+    return (block_weights + 32 * rows_cols) / rep["n_quantized_weights"]
+
+
+def test_quantize_to_a_bpw_budget_prints_target_and_achieved(tmp_path, capsys):
+    from sfmp_compile import quantization_report
+    out = tmp_path / "b"
+    assert main(["quantize", "tiny", "--bpw", "4.2", "--group-size", "32", "--block-rows", "32", *DATA,
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "target   BPW 4.2" in text and "achieved" in text
+    rep = quantization_report(load_quantized(str(out)))
+    assert rep["bpw"] <= 4.2 + 1e-12
+    assert 4.2 - rep["bpw"] <= _report_slack(rep, 32 * 32, 128 + 64), rep["bpw"]
+    assert f"BPW {rep['bpw']:.3f}" in text
+
+
+def test_size_budget_checkpoint_then_generate_the_same_tokens(tmp_path, capsys):
+    from sfmp_compile.budget import MIB, stored_bytes
+    from transformers import AutoTokenizer
+    out = tmp_path / "s"
+    target = 0.16
+    assert main(["quantize", "tiny", "--size-mb", str(target), "--group-size", "32", "--block-rows", "32", *DATA,
+                 "--out", str(out), "--quiet"]) == 0
+    model = load_quantized(str(out))
+    size = stored_bytes(model)
+    assert size <= target * MIB
+    from sfmp_compile import quantization_report
+    rep = quantization_report(model)
+    assert target * MIB - size <= _report_slack(rep, 32 * 32, 128 + 64) * rep["n_quantized_weights"] / 8 + 1
+    capsys.readouterr()
+    # sfmp generate from the checkpoint: the tokens model.generate gives on load_quantized's model.
+    assert main(["generate", str(out), "--prompt", "The river", "--max-new-tokens", "6"]) == 0
+    cap = capsys.readouterr()
+    tok = AutoTokenizer.from_pretrained(str(out))
+    ids = tok("The river", return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        ref = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                             pad_token_id=tok.eos_token_id)
+    expect = tok.decode(ref[0, ids.shape[1]:], skip_special_tokens=True)
+    assert cap.out.startswith("The river" + expect), (cap.out, expect)
+    assert "tokens/s" in cap.err and "eager" in cap.err
+
+
+def test_generate_on_the_tiny_model_streams_and_times(capsys):
+    assert main(["generate", "tiny", "--prompt", "ab", "--max-new-tokens", "4"]) == 0
+    cap = capsys.readouterr()
+    assert cap.out.startswith("ab") and len(cap.out.strip()) > 2
+    assert "tokens in" in cap.err and "tokens/s" in cap.err
+
+
+def test_generate_hub_id_offline_is_one_line(monkeypatch, capsys):
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    _one_error_line(capsys, main(["generate", "someorg/no-such-model", "--prompt", "a"]), "HF_HUB_OFFLINE")
+
+
+def test_eval_at_a_bpw_budget_reports_target_and_achieved(tmp_path, capsys):
+    js = tmp_path / "e.json"
+    assert main(["eval", "tiny", "--bpw", "4.2", "--group-size", "32", "--block-rows", "32", *DATA, "--json", str(js),
+                 "--quiet"]) == 0
+    rows = json.loads(js.read_text())["rows"]
+    sfmp = next(r for r in rows if r["series"].startswith("SFMP"))
+    assert sfmp["target"] == "BPW 4.2" and sfmp["bpw"] <= 4.2 + 1e-12 and sfmp["bpw"] > 4.0
+    out = capsys.readouterr().out
+    assert "target" in out and "BPW 4.2" in out
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_quiet_prints_no_progress_bars(ckpt, monkeypatch, capsys, quiet):
+    monkeypatch.setenv("SFMP_PROGRESS", "1")  # bars on although stderr is not a terminal here
+    assert main(["eval", str(ckpt), *DATA] + (["--quiet"] if quiet else [])) == 0
+    err = capsys.readouterr().err
+    assert ("scoring" in err) is not quiet, err

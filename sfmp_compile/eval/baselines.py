@@ -5,9 +5,8 @@ layerwise  per-layer integer widths chosen by an exact knapsack (dynamic program
            error estimates under the same code-bit budget: the "layer-wise mixed precision" the
            paper compares against (as HAWQ/SliM-LLM-style searches do, but solved exactly).
 
-Also here: ``plan_bpw``, the exact stored bits per weight a Plan will pack to (what
-``quantization_report(model)["bpw"]`` reports afterwards), and ``code_bits_for_bpw``, which turns a
-BPW budget (everything counted) into the code-bit target of an SFMP plan.
+The exact stored bits per weight of a Plan (``plan_bpw``) and the BPW-to-code-bits solver
+(``code_bits_for_bpw``) live in ``sfmp_compile.budget``.
 """
 from __future__ import annotations
 
@@ -15,7 +14,7 @@ import math
 import time
 from dataclasses import replace
 from functools import reduce
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 
@@ -23,93 +22,6 @@ from ..blocks import BlockGrid
 from ..config import QuantConfig
 from ..plan import LayerPlan, Plan
 from ..quantizers.minmax import dequantize_groups, minmax_quantize
-
-
-# --------------------------------------------------------------------------------------------------
-# Exact byte accounting of a plan
-# --------------------------------------------------------------------------------------------------
-
-def layer_bytes(lp: LayerPlan, block_rows: int, group_size: int) -> int:
-    """Bytes ``format.pack`` stores for one layer under ``lp`` (mirrors PackedWeight.nbytes).
-
-    codes rows·stored_cols·b/8 per block; bit map uint8, block_offset and group_order int32 per
-    block; segment_ptr int32 [R, 10]; scales and zeros fp16 [G, N]; row/col permutations int32 unless
-    identity (stored empty then).
-    """
-    N, K = lp.shape
-    grid = BlockGrid(N, K, block_rows, group_size)
-    R, G = grid.shape
-    rows = torch.tensor([grid.rows_in(r) for r in range(R)], dtype=torch.int64)
-    cols = torch.tensor([grid.stored_cols(j) for j in range(G)], dtype=torch.int64)
-    words = int((rows[:, None] * cols[None, :] * lp.bits.to(torch.int64).cpu()).sum()) // 32
-    n = 4 * words + R * G * (1 + 4 + 4) + R * 10 * 4 + 2 * 2 * G * N
-    if not torch.equal(lp.row_order.cpu(), torch.arange(N)):
-        n += 4 * N
-    if not torch.equal(lp.col_order.cpu(), torch.arange(K)):
-        n += 4 * K
-    return n
-
-
-def plan_bpw(plan: Plan) -> float:
-    """Stored bits per quantized weight, everything counted, before quantizing (exact)."""
-    c = plan.config
-    stored = sum(layer_bytes(lp, c.block_rows, c.group_size) for lp in plan.layers.values())
-    n = sum(lp.shape[0] * lp.shape[1] for lp in plan.layers.values())
-    return stored * 8 / n
-
-
-def code_bits_for_bpw(bpw: float, make: Callable[[float], Plan], lo: float = 1.0, hi: float = 8.0,
-                      iters: int = 6, refine: int = 12) -> tuple[float, Plan]:
-    """The largest code-bit target b (to ~1e-4) whose plan packs to at most ``bpw`` bits per weight.
-
-    make(b) -> Plan. The overhead (scales, zeros, permutations, maps) is measured on the plan itself
-    (``plan_bpw - average_bits``) and subtracted; a few fixed-point steps settle it (it only moves
-    when a permutation appears or vanishes). Then b is bracketed between a target that fits and one
-    that does not and bisected ``refine`` times. Returns (b, make(b)).
-    """
-    clamp = lambda x: min(max(x, lo), hi)  # noqa: E731
-    b = clamp(bpw - 0.5)
-    for _ in range(iters):
-        plan = make(b)
-        nb = clamp(bpw - (plan_bpw(plan) - plan.average_bits()))
-        if abs(nb - b) < 1e-9:
-            break
-        b = nb
-    fits = lambda p: plan_bpw(p) <= bpw + 1e-12  # noqa: E731
-    plan = make(b)
-    step = 1e-3
-    if fits(plan):
-        good, good_plan, bad = b, plan, None
-        x = b
-        while x < hi:  # look a little higher: the overhead estimate can be conservative
-            x = clamp(x + step)
-            p = make(x)
-            if not fits(p):
-                bad = x
-                break
-            good, good_plan, step = x, p, step * 2
-        if bad is None:
-            return good, good_plan
-    else:
-        bad, x = b, b
-        good = good_plan = None
-        while x > lo:
-            x = clamp(x - step)
-            p = make(x)
-            if fits(p):
-                good, good_plan = x, p
-                break
-            bad, step = x, step * 2
-        if good is None:
-            raise ValueError(f"no code-bit target >= {lo} fits {bpw} bits per weight: the fixed overhead is too large")
-    for _ in range(refine):
-        mid = (good + bad) / 2
-        p = make(mid)
-        if fits(p):
-            good, good_plan = mid, p
-        else:
-            bad = mid
-    return good, good_plan
 
 
 # --------------------------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ from ..linear import SFMPLinear
 from ..plan import Plan, default_regroup, find_linears, make_plan
 from ..quantize import default_bit_choices, quantization_report, quantize
 from ..salience import fisher_salience, input_second_moments, linear_weight, salience_from_moments
-from .baselines import code_bits_for_bpw, layerwise_plan, plan_bpw, uniform_plan
+from ..budget import code_bits_for_bpw, plan_bpw
+from .baselines import layerwise_plan, uniform_plan
 from .metrics import score, window_logits
 from .models import load_named
 from .report import report_bits_by_type

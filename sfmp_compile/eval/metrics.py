@@ -14,6 +14,8 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from ..progress import bar
+
 
 def _check_tokens(tokens: torch.Tensor) -> torch.Tensor:
     if tokens.dim() == 1:
@@ -74,7 +76,8 @@ def window_logits(model, tokens: torch.Tensor, context: int = 512, batch_size: i
     reference again; pass the same ``tokens``, ``context`` and ``batch_size`` to ``score``.
     """
     with _scoring(model):
-        return [_logits(model, ids) for ids in _windows(tokens, context, batch_size)]
+        windows = list(_windows(tokens, context, batch_size))
+        return [_logits(model, ids) for ids in bar(windows, desc="reference logits", unit="window")]
 
 
 def _logits_of(source, windows: list[torch.Tensor]) -> Iterator[torch.Tensor]:
@@ -115,7 +118,8 @@ def score(model, tokens: torch.Tensor, context: int = 512, batch_size: int = 1, 
     nll = ref_nll = kl = signal = noise = 0.0
     n_pred = n_pos = 0
     with _scoring(model, reference):
-        for ids, logits, ref in zip(windows, _logits_of(model, windows), refs):
+        for ids, logits, ref in bar(zip(windows, _logits_of(model, windows), refs), total=len(windows),
+                                    desc="scoring", unit="window"):
             nll += _nll(logits, ids)
             n_pred += ids.shape[0] * (ids.shape[1] - 1)
             if ref is None:

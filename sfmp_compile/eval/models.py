@@ -143,13 +143,43 @@ def load_model(name_or_path: str = SMOLLM2, dtype: torch.dtype = torch.float32):
     return model.eval(), tokenizer
 
 
+def _is_hub_id(name: str) -> bool:
+    """A hub id is "name" or "org/name" (no path syntax); anything else was meant as a path."""
+    return bool(name) and not name.startswith(("/", ".", "~")) and name.count("/") <= 1 and "\\" not in name
+
+
+def check_hub(repo_id: str, timeout: float = 5.0) -> None:
+    """Make sure ``repo_id`` can be fetched from the Hugging Face hub before anything tries to, so an
+    offline machine gets one clear ``ValueError`` at once instead of retries: refused when
+    ``HF_HUB_OFFLINE`` is set and the model is not in the local hub cache; otherwise the hub is asked
+    for the model's metadata with a ``timeout`` in seconds."""
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+    cached = try_to_load_from_cache(repo_id, "config.json")
+    if isinstance(cached, str):
+        return  # in the local hub cache: transformers loads it without the network
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError(f"model {repo_id!r} is not a local directory nor in the hub cache, and HF_HUB_OFFLINE is "
+                         "set: give a local model directory, 'smollm2' or 'tiny'")
+    try:
+        model_info(repo_id, timeout=timeout)
+    except Exception as e:  # noqa: BLE001 -- any failure of this probe means: cannot load it from the hub
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"model {repo_id!r} is not a local directory and the Hugging Face hub cannot serve it "
+                         f"({type(e).__name__}: {why[:160]})") from None
+
+
 def load_named(name: str):
     """``(model, tokenizer)`` for a model named on a command line: "tiny" (``tiny_llama`` with
-    ``tiny_tokenizer``), "smollm2", or an existing local model directory; ``FileNotFoundError`` otherwise."""
+    ``tiny_tokenizer``), "smollm2", an existing local model directory, or a hub id ("org/name") when
+    the hub can serve it (``check_hub``); ``FileNotFoundError`` for a path that does not exist,
+    ``ValueError`` for a hub id that cannot be fetched."""
     if name == TINY:
         return tiny_llama(), tiny_tokenizer()
     if name.lower() != SMOLLM2 and not Path(name).expanduser().exists():
-        raise FileNotFoundError(f"model not found: {name!r} is neither 'smollm2', 'tiny' nor an existing directory")
+        if not _is_hub_id(name):
+            raise FileNotFoundError(f"model not found: {name!r} is neither 'smollm2', 'tiny', an existing directory "
+                                    "nor a hub id")
+        check_hub(name)
     return load_model(name)
 
 

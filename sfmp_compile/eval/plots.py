@@ -44,31 +44,47 @@ def plot_ppl_vs_bpw(rows: Sequence[dict], path: str, fp32_ppl: float | None, tit
     plt.close(fig)
 
 
-def bitmap_figure(model: nn.Module, path: str) -> None:
+def bitmap_figure(model: nn.Module, path: str) -> list[int]:
     """One subplot per layer type: every SFMPLinear's block bit map (uint8 [R, G]) stacked top to
-    bottom in layer order, one colour per width 1..8; written as a PNG to ``path``."""
+    bottom in layer order, one discrete colour per width present in the model (so 2/3/4-bit blocks
+    stand apart; widths absent get no colour), with a legend; written as a PNG to ``path``.
+    Returns the widths drawn, ascending."""
     plt = _pyplot()
     from matplotlib.colors import BoundaryNorm, ListedColormap
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
     per_type: dict[str, list[torch.Tensor]] = {}
     for name, m in model.named_modules():
         if isinstance(m, SFMPLinear):
             per_type.setdefault(layer_type(name), []).append(m.bits.to(torch.int64).cpu())
+    if not per_type:
+        raise ValueError("the model has no SFMPLinear layers: nothing to draw")
     types = list(per_type)
+    widths = sorted({int(b) for maps in per_type.values() for x in maps for b in x.unique().tolist()})
+    # Each present width gets its own index 0..W-1 and a colour spread over the whole colormap.
+    index = {b: i for i, b in enumerate(widths)}
+    base = plt.get_cmap("viridis")
+    colours = [base(i / max(len(widths) - 1, 1)) for i in range(len(widths))]
+    cmap = ListedColormap(colours)
+    norm = BoundaryNorm([i - 0.5 for i in range(len(widths) + 1)], cmap.N)
+    lut = torch.full((9,), float("nan"))
+    for b, i in index.items():
+        lut[b] = float(i)
     fig, axes = plt.subplots(1, len(types), figsize=(2.2 * len(types) + 1.5, 6), squeeze=False)
-    cmap = ListedColormap(plt.get_cmap("viridis")(torch.linspace(0, 1, 8).tolist()))
-    norm = BoundaryNorm([b + 0.5 for b in range(0, 9)], cmap.N)
-    im = None
     for ax, t in zip(axes[0], types):
         maps = per_type[t]
         G = max(x.shape[1] for x in maps)
         rows = [torch.nn.functional.pad(x, (0, G - x.shape[1]), value=0) for x in maps]
-        img = torch.cat(rows).float()
-        img[img == 0] = float("nan")  # padding of narrower layers: left blank
-        im = ax.imshow(img.numpy(), aspect="auto", interpolation="nearest", cmap=cmap, norm=norm)
+        img = lut[torch.cat(rows)]  # padding of narrower layers (width 0) stays NaN: left blank
+        ax.imshow(img.numpy(), aspect="auto", interpolation="nearest", cmap=cmap, norm=norm)
         ax.set_title(f"{t}\n{len(maps)} layers", fontsize=9)
         ax.set_xlabel("group (reordered)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # groups are whole
         ax.set_yticks([])
     axes[0][0].set_ylabel("layers top→bottom (row-blocks stacked)")
-    fig.colorbar(im, ax=axes[0].tolist(), ticks=range(1, 9), label="bits")
+    fig.legend(handles=[Patch(color=colours[index[b]], label=f"{b}-bit") for b in widths], loc="upper right",
+               title="block width", ncol=1, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return widths

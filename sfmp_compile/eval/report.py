@@ -102,17 +102,22 @@ def size_summary(reference: torch.nn.Module, model: torch.nn.Module | None = Non
             "by_type": report_bits_by_type(rep)}
 
 
-def demo_table(scores: dict, size: dict, bits: float) -> str:
-    """fp32 vs quantized side by side: held-out PPL, output SQNR, code bits, BPW, sizes, bits per type.
+def demo_table(columns: Sequence[tuple[str, Mapping]]) -> str:
+    """Models side by side, one column each: held-out PPL, KL to fp32, code bits, BPW, the linears'
+    and the whole checkpoint's MiB, code bits per layer type.
 
-    scores: ``metrics.score(quantized, tokens, reference=fp32)``; size: ``size_summary(...)``.
+    columns: (header, values) with values' keys ppl, kl, weight_bits, bpw, linear_bytes, model_bytes
+    and by_type (layer type -> code bits); a missing value prints "-".
     """
-    mib = lambda b: f"{b / 2**20:.2f}"  # noqa: E731
-    rows = [{"k": "perplexity (held-out)", "fp32": f"{scores['ref_ppl']:.3f}", "q": f"{scores['ppl']:.3f}"},
-            {"k": "output SQNR vs fp32 (dB)", "fp32": "-", "q": f"{scores['sqnr_db']:.2f}"},
-            {"k": "weight_bits (avg code bits)", "fp32": "32", "q": f"{size['weight_bits']:.3f}"},
-            {"k": "BPW (everything stored)", "fp32": "32", "q": f"{size['bpw']:.3f}"},
-            {"k": "quantized linears, MiB", "fp32": mib(size["fp32_bytes"]), "q": mib(size["bytes"])},
-            {"k": "whole model, MiB", "fp32": mib(size["model_fp32"]), "q": mib(size["bytes"] + size["other"])}]
-    rows += [{"k": f"bits {t}", "fp32": "32", "q": f"{v:.3f}"} for t, v in size["by_type"].items()]
-    return format_table(rows, [("k", "", ""), ("fp32", "fp32", ""), ("q", f"SFMP {bits:g}-bit", "")])
+    mib = lambda b: None if b is None else f"{b / 2**20:.2f}"  # noqa: E731
+    num = lambda v, f: None if v is None else format(v, f)  # noqa: E731
+    lines = [("perplexity (held-out)", lambda c: num(c.get("ppl"), ".2f")),
+             ("KL to fp32 (nats/token)", lambda c: num(c.get("kl"), ".4f")),
+             ("code bits (avg width)", lambda c: num(c.get("weight_bits"), ".3f")),
+             ("BPW (everything stored)", lambda c: num(c.get("bpw"), ".3f")),
+             ("quantized linears, MiB", lambda c: mib(c.get("linear_bytes"))),
+             ("whole checkpoint, MiB", lambda c: mib(c.get("model_bytes")))]
+    types = list(dict.fromkeys(t for _, c in columns for t in (c.get("by_type") or {})))
+    lines += [(f"bits {t}", lambda c, t=t: num((c.get("by_type") or {}).get(t), ".2f")) for t in types]
+    rows = [{"k": k, **{str(i): fn(c) for i, (_, c) in enumerate(columns)}} for k, fn in lines]
+    return format_table(rows, [("k", "", "")] + [(str(i), h, "") for i, (h, _) in enumerate(columns)])

@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from ..progress import bar
 from ..salience import is_conv1d, run_model as _run
 from .minmax import minmax_quantize, warn_if_zeroed
 
@@ -272,7 +273,7 @@ def gptq_model(model: nn.Module, layers: Mapping[str, nn.Module], calibration: I
         if len(inputs) != len(calibration):
             raise ValueError("GPTQ: the calibration data never reached the first decoder layer")
         try:
-            for i, blk in enumerate(blocks):
+            for i, blk in enumerate(bar(blocks, desc="GPTQ", unit="decoder layer")):
                 bprefix = f"{prefix}.{i}."
                 mine = {n: m for n, m in layers.items() if n.startswith(bprefix)}
                 quantized_w: dict[nn.Module, torch.Tensor] = {}

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from sfmp_compile import QuantConfig, quantization_report, quantize
-from sfmp_compile.eval.baselines import (code_bits_for_bpw, knapsack_bits, layer_errors, layerwise_plan, plan_bpw,
-                                    uniform_plan)
+from sfmp_compile.budget import code_bits_for_bpw, plan_bpw
+from sfmp_compile.eval.baselines import knapsack_bits, layer_errors, layerwise_plan, uniform_plan
 from sfmp_compile.blocks import BlockGrid
 from sfmp_compile.eval.experiments import dense_copy, interpolate
 from sfmp_compile.eval.models import tiny_llama

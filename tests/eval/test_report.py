@@ -41,8 +41,13 @@ def test_size_summary_from_a_plan_equals_the_quantized_models_report(quantized):
     assert from_model["other"] - from_plan["other"] == sum(b.numel() * b.element_size() for b in ref.buffers())
     assert from_plan["by_type"] == pytest.approx(from_model["by_type"], rel=1e-12)
     assert from_model["bytes"] + from_model["other"] < from_model["model_fp32"]
-    table = demo_table({"ppl": 12.0, "ref_ppl": 10.0, "sqnr_db": 20.0, "kl": 0.1}, from_model, 2.75)
-    assert "SFMP 2.75-bit" in table and "bits q_proj" in table and "12.000" in table
+    table = demo_table([("fp32", {"ppl": 10.0}),
+                        ("SFMP BPW 3.5", {"ppl": 12.0, "kl": 0.1, "bpw": from_model["bpw"],
+                                          "linear_bytes": from_model["bytes"], "by_type": from_model["by_type"]})])
+    lines = table.splitlines()
+    assert "SFMP BPW 3.5" in lines[0] and "fp32" in lines[0]
+    assert any(ln.startswith("bits q_proj") and ln.split()[-2] == "-" for ln in lines)  # fp32 has no bits by type
+    assert any(ln.startswith("perplexity") and ln.split()[-2:] == ["10.00", "12.00"] for ln in lines)
 
 
 def test_inspect_text_lists_every_layer_and_the_totals(quantized):

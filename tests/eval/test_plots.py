@@ -1,0 +1,23 @@
+"""Figures: the bit-map heatmap colours only the widths a model holds."""
+import pytest
+import torch
+
+from sfmp_compile import quantize
+from sfmp_compile.eval.models import tiny_llama
+from sfmp_compile.eval.plots import bitmap_figure
+from sfmp_compile.linear import SFMPLinear
+
+
+@pytest.mark.parametrize("bits, choices", [(2.5, None), (3.0, (2, 3, 4))])
+def test_heatmap_legend_is_the_widths_present(tmp_path, bits, choices):
+    model = quantize(tiny_llama(), bits, salience="weight", bit_choices=choices, group_size=32, block_rows=16,
+                     clip_search=False)
+    present = sorted({int(b) for m in model.modules() if isinstance(m, SFMPLinear) for b in m.bits.unique().tolist()})
+    png = tmp_path / "maps.png"
+    assert bitmap_figure(model, str(png)) == present
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_heatmap_of_a_float_model_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="no SFMPLinear"):
+        bitmap_figure(tiny_llama(), str(tmp_path / "x.png"))
