@@ -18,9 +18,10 @@ Numerics (own tolerance, tests/codegen/test_gemvh.py): the codes are exact; each
 partial sum rounds to fp16, so the fp16 partial sums are flushed to fp32 after every word (at most
 16/w terms per half, 16 for a 1-bit plane); the plane shift 2^shift, the scale and the zero point
 are applied in fp32 as in gemvu. Error <= (16/w + 1) * 2^-11 * sum_k |s * q * x_k| per output (fp32
-terms aside). Range: a word's fp16 partial sum is at most 16 * 255 * max|x| (w = 1: 16 * |x|; w = 2:
-8 * 3 * |x|), which overflows fp16 (65504) once max|x| passes ~2700 for the 1..4-bit planes and
-~128 for an 8-bit plane -- the reason it stays opt-in.
+terms aside). Range: a word half's fp16 partial sum is at most (16/w) * (2^w - 1) * max|x| (1-bit:
+16|x|, 2-bit: 24|x|, 4-bit: 60|x|, 8-bit: 510|x|), which overflows fp16 (65504) once max|x| passes
+~2700 for 1..2-bit planes, ~1000 for 4-bit and ~128 for 8-bit planes -- the reason it stays opt-in
+(docs/KERNELS.md, gemvh).
 """
 from __future__ import annotations
 
@@ -68,15 +69,14 @@ def _h2(v: float) -> int:
 
 def pair_asm(mask: int, p: int) -> str:
     """PTX of one field pair: $0 = fma(fma(lop3($1 & mask | 1024x2), 2^-p, -2^(10-p)), $2, $3)
-    -- one LOP3 and two HFMA2; $2 is the packed x pair (PACK_ASM, once per column pair for all rows)."""
+    -- one LOP3 and two HFMA2; $2 is the packed x pair (integer ops on the [U, w] leaves in the kernel body,
+    once per column pair for all of a thread's rows: ptxas did not merge a pack written in here)."""
     return ("{ .reg .b32 t, c1, c2; "
             f"lop3.b32 t, $1, {mask:#x}, {_MAGIC_H2:#x}, 0xea; "  # (a & b) | c
             f"mov.b32 c1, {_h2(2.0 ** -p):#x}; mov.b32 c2, {_h2(-(2.0 ** (10 - p))):#x}; "
             "fma.rn.f16x2 t, t, c1, c2; fma.rn.f16x2 $0, t, $2, $3; }")
 
 
-# two fp16 activations as one f16x2 register (a PRMT), packed before the rows are broadcast
-PACK_ASM = "mov.b32 $0, {$1, $2};"
 # the f16x2 word sum as fp32: both halves converted and added
 FLUSH_ASM = ("{ .reg .b16 l, h; .reg .f32 a, b; mov.b32 {l, h}, $1; cvt.f32.f16 a, l; cvt.f32.f16 b, h; "
              "add.f32 $0, a, b; }")
