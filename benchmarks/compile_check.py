@@ -6,7 +6,7 @@ instruction mix that decides speed: register spills (STL), int->float converts (
 ops (HMMA / HGMMA) and LOP3s. Must run WITHOUT TRITON_INTERPRET (interpreted kernels do not compile).
 
     python benchmarks/compile_check.py            # sm_90 (H100/H200), representative kernels of
-                                                  # every family (gemv, gemvu, decode, prefill, dequant)
+                                                  # every family (gemv, gemvu, gemvh, decode, prefill, dequant)
     python benchmarks/compile_check.py --quick    # one kernel per bucket family (gemv, decode, prefill)
     python benchmarks/compile_check.py --family gemvu   # the representative kernels of one family
     python benchmarks/compile_check.py --f16x2    # does Triton emit HADD2/HFMA2 for fp16 fields?
@@ -14,9 +14,10 @@ ops (HMMA / HGMMA) and LOP3s. Must run WITHOUT TRITON_INTERPRET (interpreted ker
                                                   # prefill's fp16 tensor-core body (the m16 default)
     python benchmarks/compile_check.py --all-widths  # compile seconds of every default body's
                                                   # all-widths kernel (torch.compile's fallback)
-    python benchmarks/compile_check.py --goal     # the M = 1 bodies, gemv vs gemvu, at the 4096x14336
+    python benchmarks/compile_check.py --goal     # the M = 1 bodies, gemv / gemvu / gemvh, at the 4096x14336
                                                   # 3.0-BPW layer's launch facts (load widths, regs,
-                                                  # spills, per-loop instructions per weight)
+                                                  # spills, per-loop instructions per weight);
+                                                  # --goal-family gemvh: only that body's rows
 
 Kernels are compiled with the argument specialisations Triton's JIT would give them at that layer
 (pointers 16-byte aligned; integer arguments divisible by 16 marked so), because load vectorisation
@@ -68,6 +69,8 @@ KERNELS = [
     ("gemvu", (2, 3), 1, 128, 128, 32, 1, 2, "fp16", dict(u=1, aligned=True)),
     ("gemvu", (2, 3, 4), 1, 256, 128, 16, 2, 1, "bf16", dict(u=2, aligned=True)),
     ("gemvu", (3, 4), 1, 128, 128, 8, 1, 1, "fp16", dict(u=1, aligned=False)),
+    # gemvh.FALLBACK's shape (gemvu's, fp16x2 fields through inline PTX; fp16 only)
+    ("gemvh", (2, 3), 1, 128, 128, 32, 1, 2, "fp16", dict(u=1, aligned=True)),
     # dequant.FALLBACK's tile; SPLIT_K = group programs as dequant.group_programs picks at the goal
     # layer (64 row tiles -> 32); the all-widths kernel; a bf16 BLOCK_K < group (chunk loop) tile
     ("dequant", (2, 3), 1, 64, 128, 32, 4, 2, "fp16"),
@@ -228,7 +231,7 @@ def compile_kernel(family, widths, bm, bn, bk, split_k, warps, stages, dtype, ex
 
 
 def goal_report(cc: int = 90, families=None) -> int:
-    """The two M = 1 bodies, gemv and gemvu, at the goal layer's launch facts: one row per config,
+    """The M = 1 bodies (gemv, gemvu, gemvh; ``families``: only those) at the goal layer's launch facts: one row per config,
     then one per segment loop (loops appear in width order: the 2-bit walk, then the 3-bit walk,
     ...). gemvu rows without PIPE pre-gather x (no col_perm in the kernel), as its config space does."""
     failures = 0
