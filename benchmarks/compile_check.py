@@ -231,8 +231,8 @@ def compile_kernel(family, widths, bm, bn, bk, split_k, warps, stages, dtype, ex
 
 
 def goal_report(cc: int = 90, families=None) -> int:
-    """The M = 1 bodies (gemv, gemvu, gemvh; ``families``: only those) at the goal layer's launch facts: one row per config,
-    then one per segment loop (loops appear in width order: the 2-bit walk, then the 3-bit walk,
+    """The M = 1 bodies (gemv, gemvu, gemvh; ``families``: only those) at the goal layer's launch
+    facts: one row per config, then one per segment loop (loops appear in width order: the 2-bit walk, then the 3-bit walk,
     ...). gemvu rows without PIPE pre-gather x (no col_perm in the kernel), as its config space does."""
     failures = 0
     print("| config | regs | stack B | STL | LDG.128 | LDG.64 | LDG.32 | LDG.16 | LOP3 | FADD | FFMA | SHFL |"

@@ -86,6 +86,7 @@ if [ "${DRY_RUN:-0}" = "1" ]; then
   "$PY" -m py_compile benchmarks/kernels.py benchmarks/decoder_e2e.py benchmarks/peers.py \
       benchmarks/synthetic.py benchmarks/compile_check.py || rc=1
   "$PY" benchmarks/kernels.py --help >/dev/null || rc=1
+  "$PY" benchmarks/kernels.py --gemv-family gemvh --help >/dev/null || rc=1  # the A/B row's flag parses
   echo "== dry run: peer versions from $OUT/_peers (gemlite reads the GPU at import, so it fails here)"
   "$PY" -c 'import sys; sys.path.insert(0, "benchmarks"); import peers; print(peers.versions())' 2>&1 | tail -1
   echo "== dry run: decoder_e2e.py --tiny (CPU)"
@@ -96,6 +97,8 @@ if [ "${DRY_RUN:-0}" = "1" ]; then
   timeout 300 "$PY" benchmarks/compile_check.py --quick 2>&1 | tail -4
   [ "${PIPESTATUS[0]}" -ne 0 ] && rc=1
   timeout 300 "$PY" benchmarks/compile_check.py --m16 2>&1 | tail -6
+  [ "${PIPESTATUS[0]}" -ne 0 ] && rc=1
+  timeout 300 "$PY" benchmarks/compile_check.py --family gemvh 2>&1 | tail -2  # its inline PTX assembles
   [ "${PIPESTATUS[0]}" -ne 0 ] && rc=1
   echo "== dry run done: rc=$rc"
   exit $rc
