@@ -87,7 +87,8 @@ def test_pair_recipe_gives_both_codes_exactly(word, w):
     seen = set()
     for j, shifted, p in gemvh.pair_fields(w):
         assert p + w <= 10 and p >= 0  # 1024 + q 2^p is an exact fp16
-        src = (word >> 8) if shifted else word
+        signed = word - 2**32 if word >= 2**31 else word  # the kernel's int32 >> is arithmetic
+        src = ((signed >> 8) & 0xFFFFFFFF) if shifted else word
         mask = (((1 << w) - 1) << p) * 0x10001
         m = np.array([(src & mask) | 0x64006400], dtype=np.uint32).view(np.float16).astype(np.float64)
         c1 = np.array([gemvh._h2(2.0 ** -p) & 0xFFFF], dtype=np.uint16).view(np.float16)[0]
