@@ -6,7 +6,7 @@ instruction mix that decides speed: register spills (STL), int->float converts (
 ops (HMMA / HGMMA) and LOP3s. Must run WITHOUT TRITON_INTERPRET (interpreted kernels do not compile).
 
     python benchmarks/compile_check.py            # sm_90 (H100/H200), representative kernels of
-                                                  # every family (gemv, gemvu, decode, prefill, dequant)
+                                                  # every family (gemv, gemvu, gemvh, decode, prefill, dequant)
     python benchmarks/compile_check.py --quick    # one kernel per bucket family (gemv, decode, prefill)
     python benchmarks/compile_check.py --family gemvu   # the representative kernels of one family
     python benchmarks/compile_check.py --f16x2    # does Triton emit HADD2/HFMA2 for fp16 fields?
@@ -14,9 +14,10 @@ ops (HMMA / HGMMA) and LOP3s. Must run WITHOUT TRITON_INTERPRET (interpreted ker
                                                   # prefill's fp16 tensor-core body (the m16 default)
     python benchmarks/compile_check.py --all-widths  # compile seconds of every default body's
                                                   # all-widths kernel (torch.compile's fallback)
-    python benchmarks/compile_check.py --goal     # the M = 1 bodies, gemv vs gemvu, at the 4096x14336
+    python benchmarks/compile_check.py --goal     # the M = 1 bodies, gemv / gemvu / gemvh, at the 4096x14336
                                                   # 3.0-BPW layer's launch facts (load widths, regs,
-                                                  # spills, per-loop instructions per weight)
+                                                  # spills, per-loop instructions per weight);
+                                                  # --goal-family gemvh: only that body's rows
 
 Kernels are compiled with the argument specialisations Triton's JIT would give them at that layer
 (pointers 16-byte aligned; integer arguments divisible by 16 marked so), because load vectorisation
@@ -44,10 +45,12 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from sfmp_compile.codegen import dequant, gemvu  # noqa: E402
+from sfmp_compile.codegen import dequant, gemvh, gemvu  # noqa: E402
 from sfmp_compile.codegen.families import FAMILIES  # noqa: E402
 from sfmp_compile.codegen.generate import KernelKey, get_kernel  # noqa: E402
 
+# the bodies on gemvu's walk and host side (gemvh: its fp16x2 chunk multiply)
+GEMVU_LIKE = (gemvu.FAMILY, gemvh.FAMILY)
 PTR = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32"}
 DOT_KIND = {"fp16": 1, "bf16": 2, "fp32": 3}
 
@@ -66,6 +69,8 @@ KERNELS = [
     ("gemvu", (2, 3), 1, 128, 128, 32, 1, 2, "fp16", dict(u=1, aligned=True)),
     ("gemvu", (2, 3, 4), 1, 256, 128, 16, 2, 1, "bf16", dict(u=2, aligned=True)),
     ("gemvu", (3, 4), 1, 128, 128, 8, 1, 1, "fp16", dict(u=1, aligned=False)),
+    # gemvh.FALLBACK's shape (gemvu's, fp16x2 fields through inline PTX; fp16 only)
+    ("gemvh", (2, 3), 1, 128, 128, 32, 1, 2, "fp16", dict(u=1, aligned=True)),
     # dequant.FALLBACK's tile; SPLIT_K = group programs as dequant.group_programs picks at the goal
     # layer (64 row tiles -> 32); the all-widths kernel; a bf16 BLOCK_K < group (chunk loop) tile
     ("dequant", (2, 3), 1, 64, 128, 32, 4, 2, "fp16"),
@@ -94,6 +99,11 @@ GOAL = [
     ("gemvu", (2, 3), 256, 16, 2, 2, 1, True, False, "gemvu BN256 w2 U1 PIPE"),
     ("gemvu", (2, 3), 256, 16, 2, 2, 2, True, False, "gemvu BN256 w2 U2 PIPE"),
     ("gemvu", (2, 3), 256, 16, 2, 1, 2, False, False, "gemvu BN256 w2 U2, not ALIGNED"),
+    # gemvh: gemvu's walk with fp16x2 field arithmetic (LOP3 + 2 HFMA2 per field pair)
+    ("gemvh", (2, 3), 128, 32, 1, 1, 1, True, False, "gemvh BN128 w1 U1"),
+    ("gemvh", (2, 3), 128, 32, 1, 2, 1, True, True, "gemvh BN128 w1 U1 PIPE, x gathered in-kernel (FALLBACK)"),
+    ("gemvh", (2, 3, 4), 128, 32, 1, 2, 1, True, True, "gemvh FALLBACK, widths {2,3,4}"),
+    ("gemvh", (2, 3), 256, 16, 2, 1, 2, True, False, "gemvh BN256 w2 U2"),
 ]
 # M = 16 at the goal layer: (family, BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages, label).
 M16 = [
@@ -174,9 +184,9 @@ def compile_kernel(family, widths, bm, bn, bk, split_k, warps, stages, dtype, ex
     kernel = get_kernel(KernelKey(family, widths))
     names = extra_constexprs(family)
     extra = dict(extra or {})
-    if family == gemvu.FAMILY:
+    if family in GEMVU_LIKE:
         warps, extra["u"] = gemvu.launch_params(bn, warps, extra.get("u", 1))  # what gemvu.launch runs
-    atomic = split_k > 1 and family != gemvu.FAMILY
+    atomic = split_k > 1 and family not in GEMVU_LIKE
     sig = {"x_ptr": PTR[dtype], "xs_ptr": "*fp32", "y_ptr": "*fp32" if split_k > 1 else PTR[dtype],
            "qw_ptr": "*i32", "boff_ptr": "*i32", "gord_ptr": "*i32", "segp_ptr": "*i32", "s_ptr": "*fp16",
            "z_ptr": "*fp16", "rperm_ptr": "*i32", "cperm_ptr": "*i32"}
@@ -220,18 +230,20 @@ def compile_kernel(family, widths, bm, bn, bk, split_k, warps, stages, dtype, ex
     return out
 
 
-def goal_report(cc: int = 90) -> int:
-    """The two M = 1 bodies, gemv and gemvu, at the goal layer's launch facts: one row per config,
-    then one per segment loop (loops appear in width order: the 2-bit walk, then the 3-bit walk,
+def goal_report(cc: int = 90, families=None) -> int:
+    """The M = 1 bodies (gemv, gemvu, gemvh; ``families``: only those) at the goal layer's launch
+    facts: one row per config, then one per segment loop (loops appear in width order: the 2-bit walk, then the 3-bit walk,
     ...). gemvu rows without PIPE pre-gather x (no col_perm in the kernel), as its config space does."""
     failures = 0
     print("| config | regs | stack B | STL | LDG.128 | LDG.64 | LDG.32 | LDG.16 | LOP3 | FADD | FFMA | SHFL |"
           " loop instr (2-bit / 3-bit / ...) | instr per weight (2-bit / 3-bit / ...) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for fam, widths, bn, sk, warps, stages, u, aligned, cp, label in GOAL:
+        if families and fam not in families:
+            continue
         try:
             r = compile_kernel(fam, widths, 1, bn, 128, sk, warps, stages, "fp16",
-                               extra=dict(u=u, aligned=aligned) if fam == gemvu.FAMILY else None,
+                               extra=dict(u=u, aligned=aligned) if fam in GEMVU_LIKE else None,
                                cc=cc, col_perm=cp, detail=True)
         except Exception as e:  # noqa: BLE001
             failures += 1
@@ -240,7 +252,7 @@ def goal_report(cc: int = 90) -> int:
         # weights one thread multiplies per loop iteration: U groups (gemvu, segments up to
         # V4_MULTI_MAX_BITS) x BLOCK_K columns x its rows
         rows = max(1, bn // (32 * r["warps"]))
-        per_iter = [(r["u"] if (fam == gemvu.FAMILY and b <= gemvu.V4_MULTI_MAX_BITS) else 1) * 128 * rows
+        per_iter = [(r["u"] if (fam in GEMVU_LIKE and b <= gemvu.V4_MULTI_MAX_BITS) else 1) * 128 * rows
                     for b in widths]
         n = [sum(c.values()) for c in r["loops"] if sum(c.values()) > 1]  # not the trailing BRA-to-self
         ipw = [f"{k / w:.2f}" for k, w in zip(n, per_iter)]
@@ -360,14 +372,16 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="one kernel per bucket family (gemv, decode, prefill)")
     ap.add_argument("--family", action="append", choices=sorted(FAMILIES), default=None,
                     help="only the representative kernels of this family (repeatable)")
-    ap.add_argument("--goal", action="store_true", help="only the gemv-vs-gemvu table at the goal layer")
+    ap.add_argument("--goal", action="store_true", help="only the M = 1 table (gemv, gemvu, gemvh) at the goal layer")
+    ap.add_argument("--goal-family", action="append", choices=sorted({g[0] for g in GOAL}), default=None,
+                    help="with --goal: only the rows of this body (repeatable)")
     ap.add_argument("--m16", action="store_true", help="only the M = 16 table (decode vs prefill bodies) at the goal layer")
     ap.add_argument("--all-widths", action="store_true", help="compile time of each default body's all-widths kernel")
     ap.add_argument("--f16x2", action="store_true", help="only the fp16x2 field-arithmetic probe (next step for the gemv)")
     args = ap.parse_args(argv)
     print(f"# triton {triton.__version__}  target sm_{args.cc}")
     if args.goal:
-        return 1 if goal_report(args.cc) else 0
+        return 1 if goal_report(args.cc, args.goal_family) else 0
     if args.all_widths:
         return 1 if all_widths_report(args.cc) else 0
     if args.m16:
@@ -387,7 +401,7 @@ def main(argv=None) -> int:
         try:
             r = compile_kernel(*k[:9], extra=extra, cc=args.cc, col_perm=cp)
             knobs = (f" U{r['u']} ALIGNED{int(bool(extra.get('aligned')))} PIPE{int(stages >= 2)}"
-                     if fam == gemvu.FAMILY else "")
+                     if fam in GEMVU_LIKE else "")
             # dequant is a store stream: its store widths decide its bandwidth
             stores = f" {r['stores']}{'' if cp else ' (pregather: no col_perm)'}" if fam == dequant.FAMILY else ""
             print(f"OK   {fam:<7} w{widths!s:<26} {dtype} BM{bm} BN{bn} BK{bk} SK{sk} warps{r['warps']} st{stages}"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot GPU check for the SFMP Triton kernels (H100/H200), about 8 minutes. From the repo root:
+# One-shot GPU check for the SFMP Triton kernels (H100/H200), about 9 minutes. From the repo root:
 #     OUT=/some/dir bash benchmarks/device_check.sh            # on the GPU machine
 #     DRY_RUN=1 OUT=/tmp/dry bash benchmarks/device_check.sh   # here, on a CPU: every CPU-runnable part
 # Ship the peers' wheels with it: `python benchmarks/peer_wheels.py` here fills .whl/peers/ (git-ignored;
@@ -15,6 +15,8 @@
 #    prefill's tensor-core body and decode's together), SFMP beside fp16, dequant+matmul,
 #    dequant+cuBLAS (M >= 512), torchao int4 and gemlite 4-bit (150 s); it first checks its kernels
 #    against the reference op on 1024x4096 (M = 1, 16, 128) and exits non-zero on a mismatch;
+#    then the A/B row of the fp16x2 body: --gemv-family gemvh at M = 1 on the goal layer (60 s; its
+#    instruction counts are a projection in RESULTS.md until this runs; GEMVH_AB=0 skips it);
 #    AB=1 adds the old A/B run: --gemv-family gemvu at M = 1 (100 s);
 # 4. the end-to-end Llama-3-8B-shaped decoder: benchmarks/decoder_e2e.py, dense vs SFMP 3.0 vs
 #    peers, decode tok/s at batch 1 and 16 over a 512-token cache, a 2048-token prefill (210 s).
@@ -84,6 +86,7 @@ if [ "${DRY_RUN:-0}" = "1" ]; then
   "$PY" -m py_compile benchmarks/kernels.py benchmarks/decoder_e2e.py benchmarks/peers.py \
       benchmarks/synthetic.py benchmarks/compile_check.py || rc=1
   "$PY" benchmarks/kernels.py --help >/dev/null || rc=1
+  "$PY" benchmarks/kernels.py --gemv-family gemvh --help >/dev/null || rc=1  # the A/B row's flag parses
   echo "== dry run: peer versions from $OUT/_peers (gemlite reads the GPU at import, so it fails here)"
   "$PY" -c 'import sys; sys.path.insert(0, "benchmarks"); import peers; print(peers.versions())' 2>&1 | tail -1
   echo "== dry run: decoder_e2e.py --tiny (CPU)"
@@ -94,6 +97,8 @@ if [ "${DRY_RUN:-0}" = "1" ]; then
   timeout 300 "$PY" benchmarks/compile_check.py --quick 2>&1 | tail -4
   [ "${PIPESTATUS[0]}" -ne 0 ] && rc=1
   timeout 300 "$PY" benchmarks/compile_check.py --m16 2>&1 | tail -6
+  [ "${PIPESTATUS[0]}" -ne 0 ] && rc=1
+  timeout 300 "$PY" benchmarks/compile_check.py --family gemvh 2>&1 | tail -2  # its inline PTX assembles
   [ "${PIPESTATUS[0]}" -ne 0 ] && rc=1
   echo "== dry run done: rc=$rc"
   exit $rc
@@ -138,7 +143,8 @@ if has tests; then
     # least important; the CPU dry run of the benchmarks (test_gpu_benchmarks.py) is not run here.
     echo "== pytest tests/codegen tests/ops -m 'not slow' (compiled kernels)"
     timeout 140 "$PY" -m pytest tests/codegen/test_kernels.py tests/codegen/test_prefill_m16.py \
-        tests/codegen/test_dequant.py tests/codegen/test_gemvu.py tests/codegen/test_codegen.py tests/ops \
+        tests/codegen/test_dequant.py tests/codegen/test_gemvu.py tests/codegen/test_gemvh.py \
+        tests/codegen/test_codegen.py tests/ops \
         -m "not slow" -q --maxfail=5 --durations=15 \
         --junitxml="$OUT/junit.xml" 2>&1 | tee "$OUT/pytest.txt" | tail -40
     rc_tests=${PIPESTATUS[0]}
@@ -158,6 +164,11 @@ if has kernels; then
       --json "$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.txt"
   rc_bench=${PIPESTATUS[0]}
   echo "benchmark exit code: $rc_bench" | tee -a "$OUT/kernels.txt"
+  if [ "${GEMVH_AB:-1}" = "1" ]; then  # the fp16x2 body (gemvh: inline PTX, tested above) alone at M = 1
+    timeout 60 "$PY" benchmarks/kernels.py --device cuda --gemv-family gemvh --tune --tune-budget 20 \
+        --shapes 4096x14336 --bpws 3.0 --ms 1 --no-peers --json "$OUT/kernels_gemvh.json" 2>&1 \
+        | tee "$OUT/kernels_gemvh.txt"
+  fi
   if [ "${AB:-0}" = "1" ]; then  # the gemvu body alone at M = 1, against the default run's M = 1 rows
     timeout 100 "$PY" benchmarks/kernels.py --device cuda --gemv-family gemvu --tune --tune-budget 30 \
         --shapes 4096x14336 --bpws 3.0 --ms 1 --no-peers --json "$OUT/kernels_gemvu.json" 2>&1 \

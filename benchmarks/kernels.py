@@ -27,7 +27,7 @@ run (SmolLM2 shapes + 4096x4096, 3.0 BPW, M in {1, 128}).
 Writes a table to stdout and JSON to --json (default benchmarks/kernels.json):
   meta: device, torch, triton, timing, naming, wall_s; GPU also copy_bandwidth_gbs, l2_bytes,
         l2_cold_factor (timing says how L2 is kept cold), dtype,
-        gemv_family (the --gemv-family setting: "gemv", "gemvu", or "auto" = tables/tuner decide),
+        gemv_family (the --gemv-family setting: "gemv", "gemvu", "gemvh", or "auto" = tables/tuner decide),
         distinct_kernel_sources, tuned_cache; CPU also threads, path.
   rows (GPU): N, K, bpw, widths, M, family (the M bucket's), gemv_family (the body that ran an
         M = 1 row, null for M > 1), config (Config.to_dict; carries "family" when not the
@@ -366,11 +366,12 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="fast smoke run")
     ap.add_argument("--tune", action="store_true", help="GPU: autotune before timing (time-boxed)")
     ap.add_argument("--tune-budget", type=float, default=120.0, help="seconds of autotuning in total")
-    ap.add_argument("--gemv-family", choices=["gemv", "gemvu"], default=None,
+    ap.add_argument("--gemv-family", choices=["gemv", "gemvu", "gemvh"], default=None,
                     help="GPU: force the body of the M = 1 bucket (an A/B). Default: the tuned/shipped "
                          "tables decide and --tune compares gemv's and gemvu's configs together. "
                          "gemvu = U groups per [U, words, rows] load, 128-bit loads where aligned, "
-                         "split-K partials without atomics (opt-in, codegen/gemvu.py).")
+                         "split-K partials without atomics (opt-in, codegen/gemvu.py); gemvh = gemvu's "
+                         "walk with fp16x2 field arithmetic (opt-in, codegen/gemvh.py).")
     ap.add_argument("--no-peers", action="store_true", help="GPU: skip the torchao / gemlite peers")
     ap.add_argument("--shapes", type=lambda s: [tuple(int(v) for v in t.split("x")) for t in s.split(",")],
                     default=None, help="GPU: NxK list, e.g. 4096x14336,4096x4096")

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import math
 
-from . import decode, dequant, gemv, gemvu, prefill
+from . import decode, dequant, gemv, gemvh, gemvu, prefill
 
 # dequant serves no bucket by itself: ops/triton.py names it for large M (dequantize + cuBLAS).
-FAMILIES = {m.FAMILY: m for m in (gemv, gemvu, decode, prefill, dequant)}
+FAMILIES = {m.FAMILY: m for m in (gemv, gemvu, gemvh, decode, prefill, dequant)}
 M_BUCKETS = ((1, "m1"), (16, "m16"), (64, "m64"), (256, "m256"), (1024, "m1024"), (math.inf, "mlarge"))
 
 

@@ -157,22 +157,23 @@ def _v4_chunk_compute(bits: int, t: int, sfx: str, ind: str) -> list[str]:
     return guard + body
 
 
-def _v4_compute(bits: int, sfx: str, ind: str, chunk_loads=None) -> list[str]:
+def _v4_compute(bits: int, sfx: str, ind: str, chunk_loads=None, chunk=None) -> list[str]:
     """Multiply the loaded tiles (suffix ``sfx``) chunk by chunk, then once per iteration the
     scale/zero-point step into ``acc0`` (an in-thread sum over the UB groups). ``chunk_loads(t)``,
-    if given, emits chunk t's loads just before chunk t-1 is multiplied (a one-chunk pipeline)."""
+    if given, emits chunk t's loads just before chunk t-1 is multiplied (a one-chunk pipeline).
+    ``chunk``: the chunk multiply (default _v4_chunk_compute; gemvh passes its fp16x2 one)."""
     UB = _v4_u(bits)
     out = [f"{ind}rs = tl.zeros(({UB}, BLOCK_N), dtype=tl.float32)",
            f"{ind}xs = tl.zeros(({UB},), dtype=tl.float32)"]
     for t in range(4):
         if chunk_loads is not None and t < 3:
             out += chunk_loads(t + 1)
-        out += _v4_chunk_compute(bits, t, sfx, ind)
+        out += (chunk or _v4_chunk_compute)(bits, t, sfx, ind)
     out.append(f"{ind}acc0 += tl.sum((rs - zv{sfx}.to(tl.float32) * xs[:, None]) * sv{sfx}.to(tl.float32), axis=0)")
     return out
 
 
-def gemv_v4_segment(bits: int) -> list[str]:
+def gemv_v4_segment(bits: int, chunk=None) -> list[str]:
     """The gemvu walk over the ``bits``-bit groups of row-block r (ONE_CHUNK only).
 
     Iteration t handles the UB groups at walk positions lo + pid_k + SPLIT_K*(UB*t + u) (UB = U, or
@@ -203,7 +204,7 @@ def gemv_v4_segment(bits: int) -> list[str]:
         rotate_tiles.append((t, line))
     if b > V4_MULTI_MAX_BITS:  # wide blocks: one group at a time, single-buffered (see V4_MULTI_MAX_BITS)
         out.append(f"{I2}if True:")
-        out += _v4_single(b, UB, I3, I4)
+        out += _v4_single(b, UB, I3, I4, chunk)
         return out
     out.append(f"{I2}if PIPE:")
     out += _v4_loads(b, "_c", f"jc_{b}", f"bc_{b}", f"okc_{b}", I3)
@@ -217,15 +218,15 @@ def gemv_v4_segment(bits: int) -> list[str]:
         f"{I4}j2 = tl.load(gord_ptr + r * G + i2, mask=i2 < hi_{b}, other=0)",
         f"{I4}b2 = tl.load(boff_ptr + r * G + i2, mask=i2 < hi_{b}, other=0)",
     ]
-    out += _v4_compute(b, "_c", I4)
+    out += _v4_compute(b, "_c", I4, chunk=chunk)
     for t, line in rotate_tiles:
         out += ([f"{I4}if BLOCK_K > {32 * t}:", f"{I4}    {line}"] if t else [f"{I4}{line}"])
     out += [f"{I4}jn_{b} = j2", f"{I4}bn_{b} = b2"]
     out.append(f"{I2}else:")
-    return out + _v4_single(b, UB, I3, I4)
+    return out + _v4_single(b, UB, I3, I4, chunk)
 
 
-def _v4_single(b: int, UB: str, I3: str, I4: str) -> list[str]:
+def _v4_single(b: int, UB: str, I3: str, I4: str, chunk=None) -> list[str]:
     """The single-buffered loop: an iteration issues its own tiles, then multiplies.
     Segments up to V4_MULTI_MAX_BITS issue all chunks' loads first; wider ones only one chunk ahead
     of the multiply (their whole group would not fit in registers next to the multiply)."""
@@ -246,12 +247,12 @@ def _v4_single(b: int, UB: str, I3: str, I4: str) -> list[str]:
         f"{I4}j2 = tl.load(gord_ptr + r * G + i2, mask=i2 < hi_{b}, other=0)",
         f"{I4}b2 = tl.load(boff_ptr + r * G + i2, mask=i2 < hi_{b}, other=0)",
     ]
-    out += _v4_compute(b, "", I4, loads_ahead)
+    out += _v4_compute(b, "", I4, loads_ahead, chunk)
     out += [f"{I4}jc_{b} = jn_{b}", f"{I4}bc_{b} = bn_{b}", f"{I4}jn_{b} = j2", f"{I4}bn_{b} = b2"]
     return out
 
 
-def gemv_v4_body(widths: tuple[int, ...]) -> str:
+def gemv_v4_body(widths: tuple[int, ...], chunk=None) -> str:
     """Segment walks of the gemvu kernel after TILE_SETUP / x_row / acc0: the U-group walk when a
     group fits one chunk (ONE_CHUNK), else gemv.gemv_segment's walk with [words, rows] accumulators.
     Leaves ``acc`` ([1, BLOCK_N]) for STORE_V4."""
@@ -273,7 +274,7 @@ def gemv_v4_body(widths: tuple[int, ...]) -> str:
     for b in widths:
         lines += gemv_v4_prologue(b)
     for b in widths:
-        lines += gemv_v4_segment(b)
+        lines += gemv_v4_segment(b, chunk)
     lines += ["        acc = acc0[None, :]", "    else:"]
     lines += [f"        acc{w} = tl.zeros((BLOCK_K * {w} // 32, BLOCK_N), dtype=tl.float32)" for w in pw]
     for b in widths:
@@ -351,10 +352,11 @@ def launch_params(bn: int, warps: int, u: int) -> tuple[int, int]:
     return max(1, min(int(warps), bn // 32)), u
 
 
-def launch(L, cfg: Config) -> torch.Tensor:
+def launch(L, cfg: Config, family: str = FAMILY) -> torch.Tensor:
     """Host side (``L``: a ``launch.Launch``): split-K partial sums go to slices of an uninitialised
     fp32 [SPLIT_K, M, N] buffer (plain stores) and are summed here -- one reduction that Inductor
-    fuses with the cast; SPLIT_K == 1 stores the output dtype directly: one launch."""
+    fuses with the cast; SPLIT_K == 1 stores the output dtype directly: one launch. ``family``: the
+    body to launch (gemvh shares this host side)."""
     warps, u = launch_params(L.bn, cfg.num_warps, cfg.U)
     split_k = cfg.SPLIT_K or auto_split_k(L.n_tiles, warps, L.G, u, L.sms)
     split_k = max(1, min(split_k, L.G))
@@ -362,7 +364,7 @@ def launch(L, cfg: Config) -> torch.Tensor:
     f32_out = split_k > 1 or (L.interpret and L.x.dtype == torch.bfloat16)
     shape = (split_k, L.M, L.N) if split_k > 1 else (L.M, L.N)
     y = torch.empty(shape, device=L.x.device, dtype=torch.float32 if f32_out else L.x.dtype)
-    L.kernel(FAMILY)[grid(L.M, L.n_tiles, split_k, 1)](
+    L.kernel(family)[grid(L.M, L.n_tiles, split_k, 1)](
         *L.pointers(L.segment_ptr, y), *L.ints(L.N),
         BLOCK_M=1, BLOCK_N=L.bn, BLOCK_K=L.bk, SPLIT_K=split_k, ONE_CHUNK=L.bk >= L.group_size,
         HAS_ROW_PERM=L.has_row_perm, HAS_COL_PERM=L.has_col_perm, DOT_KIND=L.dot_kind,
