@@ -63,3 +63,20 @@ def test_v1_loads_into_a_skeleton(tmp_path):
     ids = torch.tensor([[1, 2, 3]])
     with torch.no_grad():
         assert torch.equal(sk(ids).logits, ref(ids).logits)
+
+
+def test_gptq_act_order_is_stored_int16(tmp_path):
+    """GPTQ keeps the salience sort (a real permutation): v2 stores it as int16, outputs unchanged."""
+    from sfmp_compile import quantize
+    torch.manual_seed(0)
+    m = tiny_llama()
+    x = torch.randint(0, 256, (2, 16))
+    quantize(m, bits=2.5, calibration=[x], quantizer="gptq", block_rows=16, group_size=32)
+    d = str(tmp_path / "g")
+    save_quantized(m, d)
+    t = load_file(os.path.join(d, "model.safetensors"))
+    tags = {TAGS[int(v[0])] for k, v in t.items() if k.endswith("_perm_code") and v.numel()}
+    assert "int16" in tags and "int32" not in tags
+    m2 = load_quantized(d)
+    with torch.no_grad():
+        assert torch.equal(m(x).logits, m2(x).logits)
