@@ -14,6 +14,7 @@ payload.
   2    slot      ceil(n·k / 8)           per original index a k-bit key: the slot it lands in
   3    int16     2·n, little-endian      the permutation itself as uint16 (n <= 65536)
   4    int32     4·n, little-endian      the permutation itself (format v1's values)
+  5    packed    ceil(n·k / 8)           the permutation itself, k = bits of n - 1 per entry
   ==== ========= ======================= ==========================================================
 
 A *slot* is a row-block (rows) or a column group (columns); a slot's *pattern* is its row (column) of
@@ -21,7 +22,8 @@ the bit map. ``plan.regroup_orders`` fills the slots sharing a pattern with thos
 ascending original order, so after regrouping (the RTN default) the order is a function of which
 pattern each index belongs to: a stable sort by key, the keys' slots taken in slot order. ``slot``
 covers any order whose slots each hold ascending indices (``reordering.canonical``); a salience sort
-kept as is (GPTQ's act-order) needs ``int16``. The writer picks the shortest (ties: the lower tag) and
+kept as is (GPTQ's act-order) needs the permutation itself: ``packed`` (k = 10 bits per entry for
+n = 576, against 16 for int16), int16 only where it is as short (k = 16). The writer picks the shortest (ties: the lower tag) and
 the reader accepts only that choice, so a permutation has one stored form and a checkpoint's bytes
 (and checksums) survive load and save unchanged.
 """
@@ -32,7 +34,7 @@ import torch
 from .blocks import BlockGrid
 from .format import PackedWeight
 
-TAGS = {1: "pattern", 2: "slot", 3: "int16", 4: "int32"}
+TAGS = {1: "pattern", 2: "slot", 3: "int16", 4: "int32", 5: "packed"}
 
 
 def slot_labels(grid: BlockGrid, bits: torch.Tensor, axis: int, encoding: str) -> tuple[list[int], torch.Tensor, int]:
@@ -55,7 +57,7 @@ def slot_labels(grid: BlockGrid, bits: torch.Tensor, axis: int, encoding: str) -
 
 
 def key_width(n_labels: int) -> int:
-    """Bits per key for ``n_labels`` distinct labels (>= 2)."""
+    """Bits per key for ``n_labels`` distinct labels (>= 2); also per entry of a packed permutation of n_labels."""
     return max(1, (n_labels - 1).bit_length())
 
 
@@ -121,6 +123,7 @@ def encode(perm: torch.Tensor, grid: BlockGrid, bits: torch.Tensor, axis: int) -
         if torch.equal(rebuild(keys, labels, sizes), p):
             forms.append((tag, _pack_keys(keys, key_width(n_labels))))
     forms.append((3, _le_bytes(p, 2)) if n <= 1 << 16 else (4, _le_bytes(p, 4)))
+    forms.append((5, _pack_keys(p, key_width(n))))
     tag, payload = min(forms, key=lambda f: (f[1].numel(), f[0]))
     return torch.cat([torch.tensor([tag], dtype=torch.uint8), payload])
 
@@ -170,6 +173,15 @@ def decode(data: object, grid: BlockGrid, bits: torch.Tensor, axis: int, where: 
         if payload.numel() != width * n:
             raise ValueError(f"{what} holds {payload.numel()} payload bytes, a permutation of {n} needs {width * n}")
         p = (payload.view(n, width) << (8 * torch.arange(width))).sum(1)
+        if not torch.equal(torch.sort(p).values, torch.arange(n)):
+            raise ValueError(f"{what} is not a permutation of 0..{n - 1}")
+    elif enc == "packed":
+        k = key_width(n)
+        if payload.numel() != -(-n * k // 8):
+            raise ValueError(f"{what} holds {payload.numel()} payload bytes, {n} entries of {k} bits need {-(-n * k // 8)}")
+        p, clean = _unpack_keys(payload, n, k)
+        if not clean:
+            raise ValueError(f"{what} has non-zero padding bits after its {n} entries")
         if not torch.equal(torch.sort(p).values, torch.arange(n)):
             raise ValueError(f"{what} is not a permutation of 0..{n - 1}")
     else:

@@ -65,8 +65,9 @@ def test_v1_loads_into_a_skeleton(tmp_path):
         assert torch.equal(sk(ids).logits, ref(ids).logits)
 
 
-def test_gptq_act_order_is_stored_int16(tmp_path):
-    """GPTQ keeps the salience sort (a real permutation): v2 stores it as int16, outputs unchanged."""
+def test_gptq_act_order_is_stored_packed(tmp_path):
+    """GPTQ keeps the salience sort (a real permutation): v2 stores it at ceil(log2 n) bits per
+    entry (6 for the 64-wide tiny model), outputs unchanged."""
     from sfmp_compile import quantize
     torch.manual_seed(0)
     m = tiny_llama()
@@ -76,7 +77,7 @@ def test_gptq_act_order_is_stored_int16(tmp_path):
     save_quantized(m, d)
     t = load_file(os.path.join(d, "model.safetensors"))
     tags = {TAGS[int(v[0])] for k, v in t.items() if k.endswith("_perm_code") and v.numel()}
-    assert "int16" in tags and "int32" not in tags
+    assert "packed" in tags and "int32" not in tags
     m2 = load_quantized(d)
     with torch.no_grad():
         assert torch.equal(m(x).logits, m2(x).logits)

@@ -156,7 +156,7 @@ def test_fuzz_tensor_edits(ckpt, kind, layer, a, b, dtype, resign, seed):
 
 @settings(max_examples=60)
 @given(layer=st.integers(0, 13), field=st.sampled_from(["row_perm_code", "col_perm_code"]),
-       edit=st.sampled_from(["flip", "tag", "truncate", "extend", "pad_bits", "int16", "identity"]),
+       edit=st.sampled_from(["flip", "tag", "truncate", "extend", "pad_bits", "int16", "packed", "identity"]),
        pos=st.integers(0, 10**6), val=st.integers(1, 255))
 def test_fuzz_perm_codes(ckpt, layer, field, edit, pos, val):
     """Re-signed edits of one permutation code: refused with a CheckpointError naming the layer and
@@ -186,6 +186,12 @@ def test_fuzz_perm_codes(ckpt, layer, field, edit, pos, val):
             p = torch.randperm(n, generator=torch.Generator().manual_seed(pos))
             c = torch.cat([torch.tensor([3], dtype=torch.uint8),
                            torch.stack([p & 255, p >> 8], 1).reshape(-1).to(torch.uint8)])
+        elif edit == "packed":  # a valid-looking packed permutation, maybe not the shortest form
+            k = max(1, (n - 1).bit_length())
+            p = torch.randperm(n, generator=torch.Generator().manual_seed(pos))
+            bitsof = ((p[:, None] >> torch.arange(k)) & 1).reshape(-1)
+            bitsof = torch.nn.functional.pad(bitsof, (0, -bitsof.numel() % 8)).view(-1, 8)
+            c = torch.cat([torch.tensor([5], dtype=torch.uint8), (bitsof << torch.arange(8)).sum(1).to(torch.uint8)])
         else:
             c = torch.zeros(0, dtype=torch.uint8)
         if torch.equal(c, t[key]) if c.shape == t[key].shape else False:
