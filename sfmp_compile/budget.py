@@ -22,6 +22,7 @@ from torch import nn
 
 from .blocks import BlockGrid
 from .config import MAX_BITS, MIN_BITS, QuantConfig, SFMPConfigError
+from .permcodec import encode as encode_perm
 from .plan import LayerPlan, Plan, default_regroup, find_linears, make_plan, plan_inputs
 from .quantize import default_bit_choices
 
@@ -35,11 +36,12 @@ LOWEST_CODE_BITS = MIN_BITS + 1e-6
 # --------------------------------------------------------------------------------------------------
 
 def layer_bytes(lp: LayerPlan, block_rows: int, group_size: int) -> int:
-    """Bytes ``format.pack`` stores for one layer under ``lp`` (mirrors PackedWeight.nbytes).
+    """Bytes a format v2 checkpoint stores for one layer under ``lp`` (mirrors
+    ``permcodec.stored_breakdown``, which ``quantization_report`` sums).
 
     codes rows·stored_cols·b/8 per block; bit map uint8, block_offset and group_order int32 per
-    block; segment_ptr int32 [R, 10]; scales and zeros fp16 [G, N]; row/col permutations int32 unless
-    identity (stored empty then).
+    block; segment_ptr int32 [R, 10]; scales and zeros fp16 [G, N]; row/col permutations as their
+    permcodec codes (empty for the identity).
     """
     N, K = lp.shape
     grid = BlockGrid(N, K, block_rows, group_size)
@@ -48,11 +50,8 @@ def layer_bytes(lp: LayerPlan, block_rows: int, group_size: int) -> int:
     cols = torch.tensor([grid.stored_cols(j) for j in range(G)], dtype=torch.int64)
     words = int((rows[:, None] * cols[None, :] * lp.bits.to(torch.int64).cpu()).sum()) // 32
     n = 4 * words + R * G * (1 + 4 + 4) + R * 10 * 4 + 2 * 2 * G * N
-    if not torch.equal(lp.row_order.cpu(), torch.arange(N)):
-        n += 4 * N
-    if not torch.equal(lp.col_order.cpu(), torch.arange(K)):
-        n += 4 * K
-    return n
+    bits = lp.bits.to("cpu", torch.uint8)
+    return n + sum(encode_perm(o, grid, bits, axis).numel() for axis, o in ((0, lp.row_order), (1, lp.col_order)))
 
 
 def plan_bytes(plan: Plan) -> int:

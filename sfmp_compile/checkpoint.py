@@ -36,6 +36,7 @@ from safetensors.torch import save_file
 from .checkpoint_files import (CONFIG, MARKER, WEIGHTS, CheckpointError, file_digest, quant_config, read_marker,
                                read_weights, regular_file, tensor_digest, verify_checksums)
 from .format import FORMAT_VERSION, PackedWeight, validate
+from .permcodec import STORED_TENSORS, from_stored
 from .linear import SFMPLinear
 from .salience import is_linear, linear_weight
 
@@ -49,7 +50,7 @@ def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, overwrite: bo
     if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
         raise CheckpointError(f"output directory {out_dir} already exists and is not empty (pass overwrite=True to replace it)")
     state, aliases, seen = {}, {}, {}
-    for k, v in model.state_dict().items():
+    for k, v in model.state_dict().items():  # SFMPLinear's holds format v2's stored form
         if v.is_meta:
             raise CheckpointError(f"tensor {k} is on the meta device (released or never loaded); cannot save it")
         key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.dtype) if v.numel() else None
@@ -65,7 +66,8 @@ def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, overwrite: bo
         "format_version": FORMAT_VERSION,
         "model_class": type(model).__name__,
         "quant_config": cfg.to_dict() if cfg is not None else None,
-        "layers": {n: m.packed.meta() | {"bias": m.bias is not None} for n, m in layers.items()},
+        "layers": {n: m.packed.meta() | {"version": FORMAT_VERSION, "bias": m.bias is not None}
+                   for n, m in layers.items()},
         "tied": aliases,
         "checksums": {k: tensor_digest(v) for k, v in state.items()},
     }
@@ -196,15 +198,21 @@ def _plan(ckpt_dir: str, meta: dict, tensors: dict, model: nn.Module, uniform_dt
             want = tuple(linear_weight(target).shape)
         else:
             want = (getattr(target, "out_features", None), getattr(target, "in_features", None))
+        v1 = meta["format_version"] == 1
         fields = {}
-        for f in PackedWeight.TENSOR_FIELDS:
+        for f in PackedWeight.TENSOR_FIELDS if v1 else STORED_TENSORS:
             key = f"{name}.{f}"
             if key not in tensors:
                 raise CheckpointError(f"{ckpt_dir}: tensor {key} is missing")
             fields[f] = tensors.pop(key)
+        where = f"{ckpt_dir}: layer {name}"
         try:
-            p = PackedWeight(**fields, **{k: geo[k] for k in PackedWeight.META_FIELDS})
-            validate(p, where=f"{ckpt_dir}: layer {name}")
+            geometry = {k: geo[k] for k in PackedWeight.META_FIELDS}
+            if v1:
+                p = PackedWeight(**fields, **geometry)
+            else:  # v2: the permutations are rebuilt from their codes, each refused by name if corrupt
+                p = from_stored(fields, geometry, where)
+            validate(p, where=where)
         except ValueError as e:
             raise CheckpointError(str(e)) from None
         if want != (p.out_features, p.in_features):

@@ -12,14 +12,14 @@ import stat
 import torch
 from safetensors.torch import load_file
 
-from .format import FORMAT_VERSION, PackedWeight
+from .format import FORMAT_VERSION, READ_VERSIONS, PackedWeight
 
 MARKER = "sfmp.json"
 WEIGHTS = "model.safetensors"
 MAX_MARKER_BYTES = 64 << 20  # a layer's geometry is ~200 bytes: 64 MiB is >300k layers
 TOP_KEYS = {"format", "format_version", "model_class", "quant_config", "layers", "tied", "checksums", "files"}
 CONFIG = "config.json"
-LAYER_KEYS = set(PackedWeight.META_FIELDS) | {"bias"}
+LAYER_KEYS = set(PackedWeight.META_FIELDS) | {"bias"}  # the same in v1 and v2
 
 
 class CheckpointError(ValueError):
@@ -78,8 +78,9 @@ def read_marker(ckpt_dir: str) -> dict:
     if v > FORMAT_VERSION:
         raise CheckpointError(f"{ckpt_dir}: checkpoint format version {v} was written by a newer build "
                               f"(this build reads versions up to {FORMAT_VERSION})")
-    if v != FORMAT_VERSION:
-        raise CheckpointError(f"{ckpt_dir}: checkpoint format version {v} is not supported (this build reads version {FORMAT_VERSION})")
+    if v not in READ_VERSIONS:
+        raise CheckpointError(f"{ckpt_dir}: checkpoint format version {v} is not supported (this build reads versions "
+                              f"{list(READ_VERSIONS)})")
     unknown = sorted(set(meta) - TOP_KEYS)
     if unknown:
         raise CheckpointError(f"{path}: unknown keys {unknown} (format version {v} knows {sorted(TOP_KEYS)})")
@@ -94,6 +95,7 @@ def check_marker_types(path: str, meta: dict) -> None:
             raise CheckpointError(f"{path}: {what}")
 
     layers = meta.get("layers")
+    version = meta["format_version"]
     need(isinstance(layers, dict) and layers, "'layers' must be a non-empty object of layer name -> geometry")
     for name, geo in layers.items():
         need(isinstance(geo, dict), f"layer {name!r}: geometry must be an object, got {type(geo).__name__}")
@@ -104,6 +106,8 @@ def check_marker_types(path: str, meta: dict) -> None:
         for k in PackedWeight.META_FIELDS:
             v = geo[k]
             need(isinstance(v, int) and not isinstance(v, bool), f"layer {name!r}: {k} must be an integer, got {v!r}")
+        need(geo["version"] == version, f"layer {name!r}: version {geo['version']} differs from the checkpoint's "
+             f"format_version {version}")
     tied = meta.get("tied", {})
     need(isinstance(tied, dict) and all(isinstance(v, str) for v in tied.values()),
          "'tied' must be an object of tensor name -> tensor name")

@@ -1,4 +1,8 @@
-"""The packed SFMP weight format (version 1). See docs/FORMAT.md for the byte-level description.
+"""The packed SFMP weight format. See docs/FORMAT.md for the byte-level description.
+
+``PackedWeight`` is the in-memory form, the same tensors in format v1 and v2 (int32 permutations,
+what kernels gather through); the versions differ only in how a checkpoint stores the permutations
+(v2: ``permcodec``, a few bits per row and column instead of 32).
 
 A b-bit block is stored at exactly b bits per weight, as power-of-two *sub-planes* (b = 3 -> a
 2-bit plane + a 1-bit plane; 7 -> 4+2+1). Each sub-plane of width w packs 32/w consecutive input
@@ -14,7 +18,8 @@ import torch
 
 from .blocks import BlockGrid
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what this build writes
+READ_VERSIONS = (1, 2)  # what it reads
 _PLANE_WIDTHS = (8, 4, 2, 1)
 
 
@@ -114,7 +119,9 @@ class PackedWeight:
 
     @property
     def nbytes(self) -> int:
-        """Every stored byte: codes, bit map, offsets, walk order, scales, zeros, permutations."""
+        """Bytes of these tensors (format v1's stored size, the resident size): codes, bit map,
+        offsets, walk order, scales, zeros, int32 permutations. A v2 checkpoint stores the
+        permutations smaller: ``permcodec.stored_breakdown``."""
         return sum(t.numel() * t.element_size() for t in self.tensors().values())
 
     @property
@@ -293,8 +300,8 @@ def validate(p: PackedWeight, where: str = "packed weight") -> None:
     Scales must be finite and positive, zeros integers in [0, 2^b - 1] of their block's width b
     (what every quantizer here produces), so a tampered value cannot yield NaN or garbage logits.
     """
-    if isinstance(p.version, bool) or p.version != FORMAT_VERSION:
-        raise ValueError(f"{where}: format version {p.version!r} is not supported (this build reads version {FORMAT_VERSION})")
+    if isinstance(p.version, bool) or p.version not in READ_VERSIONS:
+        raise ValueError(f"{where}: format version {p.version!r} is not supported (this build reads versions {list(READ_VERSIONS)})")
     for f in PackedWeight.META_FIELDS:
         v = getattr(p, f)
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0:

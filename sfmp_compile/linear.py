@@ -7,6 +7,7 @@ from torch import nn
 from .blocks import BlockGrid
 from .format import PackedWeight, validate
 from .layouts import LAYOUTS, SFMPWeight
+from .permcodec import PERM_CODES, STORED_TENSORS, from_stored, perm_codes
 from .ops.cpu_int4 import register_inductor_decompositions
 from .ops.dispatch import preferred_layout, sfmp_linear
 
@@ -16,8 +17,12 @@ class SFMPLinear(nn.Module):
 
     The float weight is gone. The weight's tensors in its current layout are the module's buffers
     (so ``.to()`` moves them and Dynamo sees them as graph inputs) and its geometry is plain ints
-    (constants to Dynamo). ``state_dict()`` always writes the packed checkpoint form (format v1),
-    whatever layout is held; loading one keeps the layout the module is in.
+    (constants to Dynamo). ``state_dict()`` always writes the checkpoint form (format v2: the packed
+    tensors, and the permutations as ``row_perm_code`` / ``col_perm_code``, permcodec.py), whatever
+    layout is held; loading one (or a v1 one, with int32 ``row_perm`` / ``col_perm``) keeps the
+    layout the module is in. The int32 permutations the kernels read are buffers rebuilt from the
+    codes and left out of the state dict; the codes are small buffers, so any state-dict loader
+    (transformers' included) carries them like any other tensor.
     x: [..., in_features] float16/bfloat16/float32 -> [..., out_features] same dtype.
     """
 
@@ -37,8 +42,13 @@ class SFMPLinear(nn.Module):
             self._buffers.pop(name, None)
         persistent = w.layout == "packed"  # other layouts are saved as their packed form
         for name, t in w.state().items():
-            self.register_buffer(name, t, persistent=persistent)
-        self._tensor_names = tuple(w.state())
+            # the permutations stay persistent buffers (transformers' loader replaces every
+            # non-persistent buffer with empty memory) but _save_to_state_dict writes their codes
+            self.register_buffer(name, t, persistent=persistent or name in PERM_CODES)
+        codes = perm_codes(w.packed() if w.layout == "packed" else _perm_only(w))
+        for name, t in codes.items():
+            self.register_buffer(name, t.to(w.device))
+        self._tensor_names = tuple(w.state()) + tuple(codes)
         self.layout = w.layout
         self.out_features, self.in_features = w.out_features, w.in_features
         self.block_rows, self.group_size = w.block_rows, w.group_size
@@ -78,28 +88,35 @@ class SFMPLinear(nn.Module):
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
+        for name in PERM_CODES:
+            destination.pop(prefix + name)  # stored as row_perm_code / col_perm_code
         if self.layout != "packed":
             for name, t in self.packed.tensors().items():
-                destination[prefix + name] = t
+                if name not in PERM_CODES:
+                    destination[prefix + name] = t
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        names = PackedWeight.TENSOR_FIELDS
-        keys = [prefix + n for n in names]
+        v2 = [prefix + n for n in STORED_TENSORS]
+        v1 = [prefix + n for n in PackedWeight.TENSOR_FIELDS]
+        keys = v2 if all(k in state_dict for k in v2) else v1
         if all(k in state_dict for k in keys):
             meta = {k: getattr(self, k) for k in SFMPWeight.META}
-            incoming = PackedWeight(**{n: state_dict[k].detach().clone() for n, k in zip(names, keys)}, **meta)
+            where = f"{prefix}(SFMPLinear)"
+            fields = {k[len(prefix):]: state_dict[k].detach().clone() for k in keys}
             try:
-                validate(incoming, where=f"{prefix}(SFMPLinear)")
+                incoming = from_stored(fields, meta | {"version": 2}, where) if keys is v2 else PackedWeight(**fields, **meta)
+                validate(incoming, where=where)
             except ValueError as e:
                 error_msgs.append(str(e))
                 return
             w = SFMPWeight.from_packed(incoming.to(self.row_perm.device))
             self.set_weight(w.to_layout(self.layout) if w.can_take(self.layout) else w)
         elif strict:
-            missing_keys.extend(k for k in keys if k not in state_dict)
-        # the packed layout's buffers are persistent: the base class copies the same values in
-        rest = state_dict if self.layout == "packed" else {k: v for k, v in state_dict.items() if k not in keys}
+            missing_keys.extend(k for k in v2 if k not in state_dict)
+        # what was just loaded is held; the base class copies each persistent buffer onto itself
+        held = {prefix + n: b for n, b in self._buffers.items() if n not in self._non_persistent_buffers_set}
+        rest = {k: v for k, v in state_dict.items() if k not in v1 and k not in v2} | held
         super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def extra_repr(self) -> str:
@@ -108,3 +125,11 @@ class SFMPLinear(nn.Module):
         avg = float((b * counts.to(b.device)).sum()) / (self.out_features * self.in_features)
         return (f"in_features={self.in_features}, out_features={self.out_features}, avg_bits={avg:.3f}, "
                 f"block={self.block_rows}x{self.group_size}, layout={self.layout}, bias={self.bias is not None}")
+
+
+def _perm_only(w: SFMPWeight) -> PackedWeight:
+    """A PackedWeight carrying ``w``'s permutations, bit map and geometry (all permcodec.perm_codes
+    reads), without unpacking another layout's codes."""
+    empty = torch.zeros(0)
+    return PackedWeight(qweight=empty, bits=w.bits, block_offset=empty, group_order=empty, segment_ptr=empty,
+                        scales=empty, zeros=empty, row_perm=w.row_perm, col_perm=w.col_perm, **w.meta())

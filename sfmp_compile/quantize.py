@@ -15,6 +15,7 @@ from .blocks import BlockGrid
 from .config import MAX_BITS, MIN_BITS
 from .format import PackedWeight, pack
 from .linear import SFMPLinear
+from .permcodec import stored_breakdown
 from .progress import bar
 from .plan import LayerPlan, Plan, check_weight, find_linears, plan as make_model_plan
 from .quantizers.minmax import minmax_quantize
@@ -137,31 +138,39 @@ def quantize(model: nn.Module, bits: float = 3.0, *, calibration: Iterable | Non
 
 
 def quantization_report(model: nn.Module) -> dict:
-    """Bits and bytes of every SFMPLinear in ``model``.
+    """Bits and bytes of every SFMPLinear in ``model``, as a format v2 checkpoint stores them.
 
-    weight_bits: average code bits over quantized weights; bpw: every stored bit (codes, scales,
-    zeros, permutations, bit maps, offsets) over quantized weights; layers: per-layer details;
-    quantized_bytes / float_bytes_fp32 / other_bytes: the packed layers, what they would take in
-    fp32, and every other parameter/buffer of the model.
+    weight_bits: average code bits over quantized weights; bpw: every stored bit over quantized
+    weights, split into bpw_codes (code words, ragged-group padding included), bpw_scales_zeros,
+    bpw_perms (the permutation codes, permcodec.py) and bpw_maps (bit map, offsets, walk order,
+    segment table); bpw_perms_int32: what the permutations would cost as int32 (format v1);
+    layers: per-layer details (the same keys); quantized_bytes / float_bytes_fp32 / other_bytes:
+    the stored layers, what they would take in fp32, and every other parameter/buffer of the model.
     """
-    layers, code_bits, stored, n = {}, 0, 0, 0
+    parts = ("codes", "scales_zeros", "perms", "maps")
+    layers, code_bits, n = {}, 0, 0
+    totals = dict.fromkeys(parts + ("total", "perms_int32"), 0)
     q_ids = set()
     for name, m in model.named_modules():
         if isinstance(m, SFMPLinear):
             p = m.packed
             hist = torch.bincount(p.bits.to(torch.int64).flatten().cpu(), weights=p.grid.weight_counts().flatten().double(), minlength=9)
+            bd = stored_breakdown(p)
+            bd["perms_int32"] = 32 * (p.row_perm.numel() + p.col_perm.numel())
             layers[name] = {
                 "shape": [p.out_features, p.in_features],
                 "weight_bits": p.code_bits / p.n_weights,
-                "bpw": p.nbytes * 8 / p.n_weights,
-                "bytes": p.nbytes,
+                "bpw": bd["total"] / p.n_weights,
+                "bytes": bd["total"] // 8,
+                **{f"bpw_{k}": bd[k] / p.n_weights for k in parts + ("perms_int32",)},
                 "bits_histogram": {b: float(hist[b]) / p.n_weights for b in range(1, 9) if hist[b] > 0},
                 "row_reordered": bool(p.row_perm.numel()),
                 "col_reordered": bool(p.col_perm.numel()),
             }
             code_bits += p.code_bits
-            stored += p.nbytes
             n += p.n_weights
+            for k in totals:
+                totals[k] += bd[k]
             q_ids.update(id(t) for t in m.buffers())
     if not layers:
         raise ValueError("the model has no SFMPLinear layers: quantize it first")
@@ -173,9 +182,10 @@ def quantization_report(model: nn.Module) -> dict:
         other += t.numel() * t.element_size()
     return {
         "weight_bits": code_bits / n,
-        "bpw": stored * 8 / n,
+        "bpw": totals["total"] / n,
+        **{f"bpw_{k}": totals[k] / n for k in parts + ("perms_int32",)},
         "n_quantized_weights": n,
-        "quantized_bytes": stored,
+        "quantized_bytes": totals["total"] // 8,
         "float_bytes_fp32": n * 4,
         "other_bytes": other,
         "layers": layers,

@@ -255,7 +255,7 @@ def test_both_halves_of_a_tie_stored_is_refused(saved_gpt2, tmp_path):
     (lambda m: m.update(format_version="1"), "format_version must be a JSON integer, got '1'"),
     (lambda m: m.update(format_version=1.0), "format_version must be a JSON integer"),
     (lambda m: m.update(format_version=True), "format_version must be a JSON integer"),
-    (lambda m: m.update(format_version=2), "written by a newer build.*reads versions up to 1"),
+    (lambda m: m.update(format_version=3), "written by a newer build.*reads versions up to 2"),
     (lambda m: m.update(format_version=0), "version 0 is not supported"),
 ])
 def test_corrupt_marker_values_are_named(saved, tmp_path, edit, message):
@@ -271,7 +271,7 @@ def test_deep_json_and_huge_numbers(saved, tmp_path):
     (d / "sfmp.json").write_text(meta[:-1] + ', "deep": ' + "[" * 100_000 + "]" * 100_000 + "}")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         load_quantized(str(d))
-    (d / "sfmp.json").write_text(meta.replace('"format_version": 1', '"format_version": ' + "9" * 5000))
+    (d / "sfmp.json").write_text(meta.replace('"format_version": 2', '"format_version": ' + "9" * 5000))
     with pytest.raises(CheckpointError, match="not valid JSON"):
         load_quantized(str(d))
 

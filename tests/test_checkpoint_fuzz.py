@@ -21,9 +21,11 @@ from safetensors.torch import load_file, save_file
 from sfmp_compile import CheckpointError, load_quantized, quantize, save_quantized
 from sfmp_compile.checkpoint import tensor_digest
 from sfmp_compile.eval.models import tiny_llama
+from sfmp_compile.permcodec import STORED_TENSORS, decode
+from sfmp_compile.blocks import BlockGrid
 
 IDS = torch.tensor([[0, 5, 17, 42, 99, 128, 200, 255]])
-FIELDS = ("qweight", "bits", "block_offset", "group_order", "segment_ptr", "scales", "zeros", "row_perm", "col_perm")
+FIELDS = STORED_TENSORS  # format v2: the permutations as row_perm_code / col_perm_code
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +150,68 @@ def test_fuzz_tensor_edits(ckpt, kind, layer, a, b, dtype, resign, seed):
             m["checksums"] = {k: tensor_digest(x) for k, x in t.items()}
             json.dump(m, open(mp, "w"))
         _check(d, ref, resigned=resign)
+
+
+# --- format v2 permutation codes: every corrupted encoding refused by name, before any model -------
+
+@settings(max_examples=60)
+@given(layer=st.integers(0, 13), field=st.sampled_from(["row_perm_code", "col_perm_code"]),
+       edit=st.sampled_from(["flip", "tag", "truncate", "extend", "pad_bits", "int16", "packed", "identity"]),
+       pos=st.integers(0, 10**6), val=st.integers(1, 255))
+def test_fuzz_perm_codes(ckpt, layer, field, edit, pos, val):
+    """Re-signed edits of one permutation code: refused with a CheckpointError naming the layer and
+    the code whenever the bytes are not the exact form the writer gives some permutation (checked
+    against permcodec.decode, the oracle); otherwise a well-formed model (the other order)."""
+    src, ref, meta = ckpt
+    names = sorted(meta["layers"])
+    name = names[layer % len(names)]
+    with _Copy(src) as d:
+        path = os.path.join(d, "model.safetensors")
+        t = load_file(path)
+        key = f"{name}.{field}"
+        c = t[key].clone()
+        geo = meta["layers"][name]
+        n = geo["out_features"] if field == "row_perm_code" else geo["in_features"]
+        if edit == "flip" and c.numel():
+            c[pos % c.numel()] ^= val
+        elif edit == "tag" and c.numel():
+            c[0] = val
+        elif edit == "truncate" and c.numel():
+            c = c[:-1]
+        elif edit == "extend":
+            c = torch.cat([c, torch.tensor([val], dtype=torch.uint8)])
+        elif edit == "pad_bits" and c.numel():
+            c[-1] |= 0x80
+        elif edit == "int16":  # a real permutation where a key code (or nothing) belongs
+            p = torch.randperm(n, generator=torch.Generator().manual_seed(pos))
+            c = torch.cat([torch.tensor([3], dtype=torch.uint8),
+                           torch.stack([p & 255, p >> 8], 1).reshape(-1).to(torch.uint8)])
+        elif edit == "packed":  # a valid-looking packed permutation, maybe not the shortest form
+            k = max(1, (n - 1).bit_length())
+            p = torch.randperm(n, generator=torch.Generator().manual_seed(pos))
+            bitsof = ((p[:, None] >> torch.arange(k)) & 1).reshape(-1)
+            bitsof = torch.nn.functional.pad(bitsof, (0, -bitsof.numel() % 8)).view(-1, 8)
+            c = torch.cat([torch.tensor([5], dtype=torch.uint8), (bitsof << torch.arange(8)).sum(1).to(torch.uint8)])
+        else:
+            c = torch.zeros(0, dtype=torch.uint8)
+        if torch.equal(c, t[key]) if c.shape == t[key].shape else False:
+            return
+        t[key] = c.contiguous()
+        save_file({k: x.contiguous() for k, x in t.items()}, path)
+        m = json.load(open(os.path.join(d, "sfmp.json")))
+        m["checksums"] = {k: tensor_digest(x) for k, x in t.items()}
+        json.dump(m, open(os.path.join(d, "sfmp.json"), "w"))
+        grid = BlockGrid(geo["out_features"], geo["in_features"], geo["block_rows"], geo["group_size"])
+        try:
+            decode(c, grid, t[f"{name}.bits"], 0 if field == "row_perm_code" else 1, "x", field)
+            valid = True
+        except ValueError:
+            valid = False
+        if valid:
+            assert _check(d, ref, resigned=True) in ("loaded", "refused")
+        else:
+            with pytest.raises(CheckpointError, match=f"layer {name}: {field}"):
+                load_quantized(d)
 
 
 # --- sfmp.json edits -----------------------------------------------------------------------------

@@ -46,7 +46,7 @@ def test_from_pretrained_is_load_quantized(saved):
 
 def test_config_json_routes_to_sfmp(saved):
     cfg = json.loads(open(os.path.join(saved[0], "config.json")).read())
-    assert cfg["quantization_config"] == {"quant_method": "sfmp", "format_version": 1}
+    assert cfg["quantization_config"] == {"quant_method": "sfmp", "format_version": 2}
     assert cfg["transformers_weights"] == HF_WEIGHTS_TRIPWIRE and cfg["dtype"] == "float32"
 
 

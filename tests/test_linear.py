@@ -4,6 +4,7 @@ import torch
 from sfmp_compile.format import PackedWeight
 from sfmp_compile.linear import SFMPLinear
 from sfmp_compile.ops.reference import linear_ref, packed_args
+from sfmp_compile.permcodec import STORED_TENSORS
 from tests.codegen._util import random_packed, sqnr_db
 
 SQNR_FLOOR_DB = 35.0
@@ -28,7 +29,7 @@ def test_prepare_replaces_codes_and_state_dict_writes_the_packed_form():
     assert resident <= fp32_bytes / 6, (resident, fp32_bytes)
     assert before < resident < 2 * before  # one form resident, not both
     sd = m.state_dict()
-    assert set(sd) == {*PackedWeight.TENSOR_FIELDS, "bias"}
+    assert set(sd) == {*STORED_TENSORS, "bias"}  # format v2: the permutations as codes
     assert torch.equal(sd["qweight"], p.qweight)
     assert _same(m.packed, p)
     x = torch.randn(1, 1536)
@@ -46,6 +47,9 @@ def test_loading_keeps_the_layout_and_takes_the_new_bit_map():
     exact, _ = _module(seed=3)
     exact.load_state_dict(m2.state_dict())
     assert exact.layout == "packed" and torch.equal(exact(x), m2(x))
+    old, _ = _module(seed=4)  # a format v1 state dict (int32 permutations) still loads
+    old.load_state_dict({**p2.tensors(), "bias": m2.bias})
+    assert _same(old.packed, p2) and torch.equal(old(x), m2(x))
 
 
 def test_cpu_forward_runs_the_packed_kernel_and_int4_is_opt_in():

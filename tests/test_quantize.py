@@ -184,3 +184,17 @@ def test_default_bit_choices_keep_the_papers_set_and_reach_every_target():
         assert ch[0] <= bits <= ch[-1] and list(ch) == list(range(ch[0], ch[0] + 3)), (bits, ch)
         QuantConfig(bits=bits, bit_choices=ch)  # accepted as a 3-level config
 
+
+
+def test_report_breaks_bpw_into_parts():
+    """quantization_report: codes + scales/zeros + permutations + maps = bpw (format v2 stored
+    bits), and regrouped permutations cost a small fraction of their int32 form."""
+    torch.manual_seed(0)
+    m = tiny_llama(hidden=128)
+    quantize(m, bits=2.5, salience="weight", block_rows=32, group_size=32)
+    r = quantization_report(m)
+    parts = r["bpw_codes"] + r["bpw_scales_zeros"] + r["bpw_perms"] + r["bpw_maps"]
+    assert abs(parts - r["bpw"]) < 1e-12 and r["bpw_codes"] >= r["weight_bits"]
+    assert 0 < r["bpw_perms"] < r["bpw_perms_int32"] / 4
+    for lr in r["layers"].values():
+        assert abs(lr["bpw_codes"] + lr["bpw_scales_zeros"] + lr["bpw_perms"] + lr["bpw_maps"] - lr["bpw"]) < 1e-12
