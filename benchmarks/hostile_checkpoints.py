@@ -103,9 +103,11 @@ TENSOR_EDITS = {
     "qweight_int64": ("qweight", lambda t: t.to(torch.int64)),
     "qweight_2d": ("qweight", lambda t: t.view(1, -1)),
     "scales_fp32": ("scales", lambda t: t.float()),
-    "row_perm_dup": ("row_perm", lambda t: t.index_fill_(0, torch.tensor([0]), int(t[1])) if t.numel() > 1 else torch.zeros(3, dtype=torch.int32)),
-    "row_perm_oob": ("row_perm", lambda t: t + 10000 if t.numel() else torch.full((1,), 10000, dtype=torch.int32)),
-    "col_perm_short": ("col_perm", lambda t: t[:-1] if t.numel() else torch.zeros(5, dtype=torch.int32)),
+    # format v2 stores each permutation as a uint8 code (tag byte + payload, empty for the identity)
+    "row_perm_code_tag": ("row_perm_code", lambda t: t.index_fill_(0, torch.tensor([0]), 99) if t.numel() else torch.full((3,), 99, dtype=torch.uint8)),
+    "row_perm_code_extended": ("row_perm_code", lambda t: torch.cat([t, torch.zeros(1, dtype=torch.uint8)]) if t.numel() else torch.ones(3, dtype=torch.uint8)),
+    "col_perm_code_short": ("col_perm_code", lambda t: t[:-1] if t.numel() else torch.zeros(5, dtype=torch.uint8)),
+    "col_perm_code_int32": ("col_perm_code", lambda t: t.to(torch.int32)),
     "missing_tensor": ("zeros", lambda t: None),
 }
 
@@ -155,9 +157,9 @@ def _json_edit(name):
         "quant_config_bad_bits": lambda m: m["quant_config"].update(bits=-1),
         "quant_config_bits_str": lambda m: m["quant_config"].update(bits="3"),
         "quant_config_skip_int": lambda m: m["quant_config"].update(skip=5),
-        "format_version_str": lambda m: m.update(format_version="1"),
-        "format_version_float": lambda m: m.update(format_version=1.0),
-        "format_version_2": lambda m: m.update(format_version=2),
+        "format_version_str": lambda m: m.update(format_version="2"),
+        "format_version_float": lambda m: m.update(format_version=2.0),
+        "format_version_3": lambda m: m.update(format_version=3),
         "format_version_0": lambda m: m.update(format_version=0),
         "format_version_bool": lambda m: m.update(format_version=True),
         "format_version_null": lambda m: m.update(format_version=None),
@@ -175,7 +177,7 @@ JSON_EDITS = ["layers_list", "layers_string", "layers_empty", "layer_geo_int", "
               "tied_list", "tied_value_int", "tied_string", "tied_overwrites_real", "tied_to_missing", "tied_self",
               "checksums_list", "checksums_wrong", "files_wrong", "files_extra", "quant_config_unknown_key",
               "quant_config_int", "quant_config_bad_bits", "quant_config_bits_str", "quant_config_skip_int",
-              "format_version_str", "format_version_float", "format_version_2", "format_version_0",
+              "format_version_str", "format_version_float", "format_version_3", "format_version_0",
               "format_version_bool", "format_version_null", "format_version_missing", "format_missing",
               "top_unknown_key", "model_class_int"]
 
@@ -197,11 +199,11 @@ def _deep(n):
 RAW_FILES = {
     "marker_deep_json": ("sfmp.json", lambda b: b.replace(b'"tied"', b'"deep": ' + _deep(200000).encode() + b', "tied"', 1)),
     "marker_deep_json_in_layers": ("sfmp.json", lambda b: b.replace(b'"layers": {', b'"layers": {"x": ' + _deep(100000).encode() + b', ', 1)),
-    "marker_huge_int": ("sfmp.json", lambda b: b.replace(b'"format_version": 1', b'"format_version": ' + b"9" * 5000, 1)),
+    "marker_huge_int": ("sfmp.json", lambda b: b.replace(b'"format_version": 2', b'"format_version": ' + b"9" * 5000, 1)),
     "marker_not_utf8": ("sfmp.json", lambda b: b"\xff\xfe" + b),
     "marker_truncated": ("sfmp.json", lambda b: b[: len(b) // 2]),
     "marker_empty": ("sfmp.json", lambda b: b""),
-    "marker_nan_literal": ("sfmp.json", lambda b: b.replace(b'"format_version": 1', b'"format_version": NaN', 1)),
+    "marker_nan_literal": ("sfmp.json", lambda b: b.replace(b'"format_version": 2', b'"format_version": NaN', 1)),
     "weights_truncated": ("model.safetensors", lambda b: b[: len(b) // 2]),
     "weights_empty": ("model.safetensors", lambda b: b""),
     "weights_header_huge_len": ("model.safetensors", lambda b: (2**62).to_bytes(8, "little") + b[8:]),
