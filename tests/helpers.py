@@ -31,3 +31,35 @@ def random_packed(N, K, block_rows, group_size, widths=(2, 3, 4), permute=True, 
     cp = torch.randperm(K, generator=g) if permute else None
     p: PackedWeight = pack(codes, bits, scales, zeros, rp, cp, block_rows, group_size)
     return (p, codes) if with_codes else p
+
+
+def edit_code(c: torch.Tensor, edit: str, pos: int, val: int) -> torch.Tensor | None:
+    """A uint8 permutation code (permcodec) with one byte-level edit: "flip" xors byte ``pos`` with
+    ``val``, "tag" overwrites the tag byte, "truncate" drops the last byte, "extend" appends ``val``.
+    None for an edit this helper does not make (the caller's own cases), or one an empty code can't take."""
+    c = c.clone()
+    if edit == "flip" and c.numel():
+        c[pos % c.numel()] ^= val
+    elif edit == "tag" and c.numel():
+        c[0] = val
+    elif edit == "truncate" and c.numel():
+        c = c[:-1]
+    elif edit == "extend":
+        c = torch.cat([c, torch.tensor([val % 256], dtype=torch.uint8)])
+    else:
+        return None
+    return c
+
+
+def saved_tiny(directory) -> tuple:
+    """``(model, checkpoint_dir, ids)``: the tiny Llama quantized at 2.75 bits (16-row blocks, group 32,
+    calibrated on ``ids``, int64 [2, 16]) and saved under ``directory`` / "model"."""
+    from sfmp_compile import quantize, save_quantized
+    from sfmp_compile.eval.models import tiny_llama
+    torch.manual_seed(0)
+    m = tiny_llama()
+    x = torch.randint(0, 256, (2, 16))
+    quantize(m, bits=2.75, calibration=[x], block_rows=16, group_size=32)
+    d = str(directory / "model")
+    save_quantized(m, d)
+    return m, d, x

@@ -7,17 +7,12 @@ from torch import nn
 
 from sfmp_compile import CheckpointError, load_quantized, quantize, save_quantized
 from sfmp_compile.eval.models import tiny_llama
+from tests.helpers import saved_tiny
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    torch.manual_seed(0)
-    m = tiny_llama()
-    x = torch.randint(0, 256, (2, 16))
-    quantize(m, bits=2.75, calibration=[x], block_rows=16, group_size=32)
-    d = str(tmp_path_factory.mktemp("ck") / "model")
-    save_quantized(m, d)
-    return m, d, x
+    return saved_tiny(tmp_path_factory.mktemp("ck"))
 
 
 def test_save_load_is_exact(saved):

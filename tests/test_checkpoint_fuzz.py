@@ -23,6 +23,7 @@ from sfmp_compile.checkpoint import tensor_digest
 from sfmp_compile.eval.models import tiny_llama
 from sfmp_compile.permcodec import STORED_TENSORS, decode
 from sfmp_compile.blocks import BlockGrid
+from tests.helpers import edit_code
 
 IDS = torch.tensor([[0, 5, 17, 42, 99, 128, 200, 255]])
 FIELDS = STORED_TENSORS  # format v2: the permutations as row_perm_code / col_perm_code
@@ -172,14 +173,9 @@ def test_fuzz_perm_codes(ckpt, layer, field, edit, pos, val):
         c = t[key].clone()
         geo = meta["layers"][name]
         n = geo["out_features"] if field == "row_perm_code" else geo["in_features"]
-        if edit == "flip" and c.numel():
-            c[pos % c.numel()] ^= val
-        elif edit == "tag" and c.numel():
-            c[0] = val
-        elif edit == "truncate" and c.numel():
-            c = c[:-1]
-        elif edit == "extend":
-            c = torch.cat([c, torch.tensor([val], dtype=torch.uint8)])
+        byte_edit = edit_code(c, edit, pos, val)
+        if byte_edit is not None:
+            c = byte_edit
         elif edit == "pad_bits" and c.numel():
             c[-1] |= 0x80
         elif edit == "int16":  # a real permutation where a key code (or nothing) belongs

@@ -12,16 +12,12 @@ from transformers import AutoModelForCausalLM
 from sfmp_compile import CheckpointError, SFMPHfConfig, SFMPLinear, load_quantized, quantize, save_quantized, sfmp_backend
 from sfmp_compile.checkpoint import HF_WEIGHTS_TRIPWIRE
 from sfmp_compile.eval.models import tiny_llama
+from tests.helpers import saved_tiny
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    torch.manual_seed(0)
-    m = tiny_llama()
-    x = torch.randint(0, 256, (2, 16))
-    quantize(m, bits=2.75, calibration=[x], block_rows=16, group_size=32)
-    d = str(tmp_path_factory.mktemp("hf") / "model")
-    save_quantized(m, d)
+    _, d, x = saved_tiny(tmp_path_factory.mktemp("hf"))
     return d, x
 
 

@@ -7,6 +7,7 @@ from sfmp_compile.blocks import BlockGrid
 from sfmp_compile.permcodec import TAGS, decode, encode, key_width, slot_labels
 from sfmp_compile.plan import regroup_orders
 from sfmp_compile.reordering import canonical
+from tests.helpers import edit_code
 
 
 @st.composite
@@ -61,16 +62,8 @@ def test_any_other_bytes_are_refused_or_another_exact_form(layer, kind, edit, po
     grid, bits, g = layer
     axis = pos % 2
     code = encode(_orders(grid, bits, g, kind)[axis], grid, bits, axis)
-    c = code.clone()
-    if edit == "flip" and c.numel():
-        c[pos % c.numel()] ^= val
-    elif edit == "tag" and c.numel():
-        c[0] = val
-    elif edit == "truncate" and c.numel():
-        c = c[:-1]
-    elif edit == "extend":
-        c = torch.cat([c, torch.tensor([val % 256], dtype=torch.uint8)])
-    else:
+    c = edit_code(code, edit, pos, val)
+    if c is None:  # "empty_to_tag", or an edit the empty (identity) code cannot take
         c = torch.tensor([val % 6], dtype=torch.uint8)
     if torch.equal(c, code):
         return
