@@ -16,23 +16,14 @@ from ..linear import SFMPLinear
 from ..progress import bar
 from .decode import StaticDecoder
 from .models import load_named
-from .quality import is_checkpoint
+from .quality import is_checkpoint, load_checkpoint
 
 
 def load_for_generation(source: str):
     """``(model, tokenizer)`` for an SFMP checkpoint directory (``load_quantized`` and the tokenizer
     saved beside it) or anything ``load_named`` takes ('smollm2', 'tiny', a local model directory, a
     reachable hub id). Eval mode."""
-    if is_checkpoint(source):
-        from transformers import AutoTokenizer
-        from ..checkpoint import load_quantized
-        model = load_quantized(source)
-        try:
-            tok = AutoTokenizer.from_pretrained(source)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{source} has no tokenizer ({str(e).splitlines()[0]})") from None
-        return model.eval(), tok
-    return load_named(source)
+    return load_checkpoint(source) if is_checkpoint(source) else load_named(source)
 
 
 def is_quantized(model: nn.Module) -> bool:

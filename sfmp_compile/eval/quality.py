@@ -104,6 +104,19 @@ def is_checkpoint(path: str) -> bool:
     return (Path(path) / "sfmp.json").is_file()
 
 
+def load_checkpoint(path: str):
+    """``(model, tokenizer)`` of a checkpoint directory: ``load_quantized`` and the tokenizer saved
+    beside it (a clear ValueError when there is none). Eval mode."""
+    from transformers import AutoTokenizer
+    from ..checkpoint import load_quantized
+    model = load_quantized(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} has no tokenizer ({str(e).splitlines()[0]})") from None
+    return model.eval(), tok
+
+
 def evaluate(model: str, configs: Sequence[QuantConfig] = (), compare: Sequence[str] = (), *,
              reference: str | None = None, text_path: str | None = None, n_calibration: int = 16,
              seq_len: int = 512, n_eval_tokens: int = 8192, context: int = 512, group_size: int = 128,
@@ -118,8 +131,6 @@ def evaluate(model: str, configs: Sequence[QuantConfig] = (), compare: Sequence[
     (``configs[0]`` then gives the other options; ``levels`` 3 lets the widths follow the solved
     bits). Data: ``text_halves(text_path)``, or the Wikipedia split.
     """
-    from transformers import AutoTokenizer
-    from ..checkpoint import load_quantized
     from .models import load_named
     from .text import calibration_batches, eval_tokens, text_halves
     cal_text, ev_text = text_halves(text_path)
@@ -129,11 +140,7 @@ def evaluate(model: str, configs: Sequence[QuantConfig] = (), compare: Sequence[
         return cal, eval_tokens(tok, n_eval_tokens, text=ev_text)
 
     if is_checkpoint(model):
-        qmodel = load_quantized(model)
-        try:
-            tok = AutoTokenizer.from_pretrained(model)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{model} has no tokenizer ({str(e).splitlines()[0]})") from None
+        qmodel, tok = load_checkpoint(model)
         ref = load_named(reference)[0] if reference else None
         bench = Bench(ref if ref is not None else qmodel, tok, *data(tok, bool(configs or compare or budgets)), context,
                       group_size, block_rows, verbose=False)

@@ -95,10 +95,9 @@ def _rewrite_one(gm: fx.GraphModule, site: LinearSite, w: SFMPWeight | None, cac
         op = node.target if isinstance(node.target, torch._ops.OpOverload) else node.target.default
         op, overrides = _packed_op_for(op, device, cpu_kernel)
         defaults = {a.name: a.default_value for a in op._schema.arguments[1:] if a.has_default_value()}
-        defaults.update(overrides)
-        pk = {k: v for k, v in pk.items() if k not in overrides}
         names = [a.name for a in op._schema.arguments[1:]]
-        op_args = tuple(empty if n in _PERMS else pk[n] if n in pk else defaults[n] for n in names)
+        op_args = tuple(empty if n in _PERMS else overrides[n] if n in overrides else pk[n] if n in pk
+                        else defaults[n] for n in names)
         geometry = (pk["out_features"], pk["in_features"], pk.get("block_rows"), pk.get("group_size"))
         hist = bits_histogram(bits, BlockGrid(*geometry)) if bits is not None and None not in geometry else {}
     else:
