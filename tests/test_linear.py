@@ -58,13 +58,16 @@ def test_cpu_forward_runs_the_packed_kernel_and_int4_is_opt_in():
     ref = linear_ref(x, *packed_args(p))
     assert torch.equal(m(x), torch.ops.sfmp.linear_cpu(x, *packed_args(p), 0) + m.bias)
     assert m.layout == "packed" and sqnr_db(m(x) - m.bias, ref) >= SQNR_FLOOR_DB
+    y = m(x)
     m.prepare_for("cpu")
-    assert m.layout == "packed"  # the default CPU kernel reads the true-bit form itself
+    assert m.layout == "panel" and torch.equal(m(x), y)  # the same true-bit words, in the kernel's read order
+    assert m.qweight.numel() == p.qweight.numel() and _same(m.packed, p)
+    assert set(m.state_dict()) >= {"qweight", "bits"} and torch.equal(m.state_dict()["qweight"], p.qweight)
     m.prepare_for("cpu", "int4")
     assert m.layout == "int4" and sqnr_db(m(x) - m.bias, ref) >= SQNR_FLOOR_DB
     m5, p5 = _module(N=128, K=256, widths=(2, 6), bias=False)
     m5.prepare_for("cpu", "int4")
-    assert m5.layout == "packed"  # a 6-bit block does not fit int4
+    assert m5.layout == "panel"  # a 6-bit block does not fit int4: the C++ kernel runs it
 
 
 def test_set_weight_back_to_packed():

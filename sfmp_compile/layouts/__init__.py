@@ -9,6 +9,8 @@ converts to the packed form exactly, so a layer can be saved, moved or compared 
   ======== ======================================= ==================================================
   packed   format v1 (qweight, bits, block_offset, the reference op (any device), the Triton kernels
            group_order, segment_ptr, scales, zeros) (CUDA, or the interpreter), the C++ CPU kernel
+  panel    the packed tensors, qweight's words in   the C++ CPU kernel (the default for CPU layers:
+           the CPU kernel's read order, panel.py    one sequential run per 64-row chunk)
   int4     int4 codes + bf16 scale/zero (+ what    torch's int4 CPU kernel (blocks <= 4 bits), see
            the exact inverse needs), cpu_int4.py   layouts/cpu_int4.py (opt-in: ``cpu_kernel="int4"``)
   ======== ======================================= ==================================================
@@ -18,7 +20,7 @@ reordered order, and the permutations ride beside it (``row_perm`` / ``col_perm`
 pass can split them out of any layer as explicit gathers and fold them.
 
 Adding a layout: a module with ``NAME``, ``TENSORS``, ``eligible(bits)``, ``from_packed(p)`` and
-``to_packed(...)`` like ``cpu_int4.py``, and one line in ``LAYOUTS``.
+``to_packed(...)`` like ``panel.py``, and one line in ``LAYOUTS``.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..format import PackedWeight, layout_aligned4, packed_nbytes
-from . import cpu_int4
+from . import cpu_int4, panel
 
 _PACKED_TENSORS = ("qweight", "bits", "block_offset", "group_order", "segment_ptr", "scales", "zeros")
 
@@ -45,7 +47,7 @@ def _packed_to_packed(t, row_perm, col_perm, block_rows, group_size, out_feature
 
 PACKED = SimpleNamespace(NAME="packed", TENSORS=_PACKED_TENSORS, eligible=lambda bits: True,
                          from_packed=_packed_from_packed, to_packed=_packed_to_packed)
-LAYOUTS = {m.NAME: m for m in (PACKED, cpu_int4)}
+LAYOUTS = {m.NAME: m for m in (PACKED, panel, cpu_int4)}
 
 
 @dataclass(frozen=True, eq=False)

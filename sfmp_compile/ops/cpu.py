@@ -36,23 +36,24 @@ def available() -> bool:
         return False
     op = linear_op()
     torch.library.register_fake("sfmp::linear_cpu.v2")(fake_linear)
-    torch.library.register_fake("sfmp::embedding_cpu")(fake_embedding)
+    torch.library.register_fake("sfmp::embedding_cpu.v2")(fake_embedding)
     register_packed_autograd(op, 1 + len(PACKED) + 1)
     # A cached compiled graph calls the op by its schema at the time it was compiled; key those
     # graphs on the kernel's sources so an edited schema or body never replays stale code.
     here = Path(__file__).parent
     fp = cache_key.files_hash([here / "cpu_kernel.cpp", here / "cpu.py"])
-    for name in ("sfmp::linear_cpu.v2", "sfmp::embedding_cpu"):
+    for name in ("sfmp::linear_cpu.v2", "sfmp::embedding_cpu.v2"):
         cache_key.register(name, fp)
     _registered = True
     return True
 
 
-def linear_cpu(x: Tensor, *packed, portable: bool = False, residual: bool = False) -> Tensor:
+def linear_cpu(x: Tensor, *packed, portable: bool = False, residual: bool = False, panel: bool = False) -> Tensor:
     """y = x @ Ŵᵀ by the CPU kernel. x: [..., K] fp32/bf16/fp16 -> [..., N] x.dtype.
-    ``packed``: the arguments of ``reference.packed_args``. ``residual``: two int8 passes over the
-    activations (see :func:`flags`). Requires :func:`available`."""
-    return linear_op()(x, *packed, flags(portable, residual))
+    ``packed``: the arguments of ``reference.packed_args`` (``qweight`` in panel order when
+    ``panel``). ``residual``: two int8 passes over the activations (see :func:`flags`).
+    Requires :func:`available`."""
+    return linear_op()(x, *packed, flags(portable, residual, panel))
 
 
 def linear_op():
@@ -60,7 +61,11 @@ def linear_op():
     return torch.ops.sfmp.linear_cpu.v2
 
 
-def flags(portable: bool = False, residual: bool = False) -> int:
+PANEL = 4  # the flags bit that says qweight is in the panel layout's order
+
+
+def flags(portable: bool = False, residual: bool = False, panel: bool = False) -> int:
     """The op's trailing int: bit 0 forces the portable code (tests), bit 1 the residual activations
-    (x ~ xs*xq + xs2*xq2, both int8: about 15-bit activations, a second maddubs per weight vector)."""
-    return int(portable) | (2 if residual else 0)
+    (x ~ xs*xq + xs2*xq2, both int8: about 15-bit activations, a second maddubs per weight vector),
+    bit 2 (:data:`PANEL`) reads ``qweight`` in the panel layout's order (layouts/panel.py)."""
+    return int(portable) | (2 if residual else 0) | (PANEL if panel else 0)

@@ -48,10 +48,43 @@ struct Layer {
   const c10::Half* scales;  // [G, N]
   const c10::Half* zeros;   // [G, N]
   int64_t N, K, block_rows, group_size, R, G;
+  const int64_t* row_base = nullptr;   // panel order only: first word of row-block r
+  const int64_t* row_words = nullptr;  // panel order only: words per row of row-block r (all groups)
   int64_t rows_in(int64_t r) const { return std::min(block_rows, N - r * block_rows); }
+  // Where block (r, j)'s first sub-plane starts for the chunk of rows [i0, i0 + n), and the word
+  // stride between its plane rows. Packed order: [words, rows_in(r)] per block. Panel order: per
+  // chunk, every block of the row-block one after another as [words, n], so a chunk is one run.
+  const int32_t* chunk_block(int64_t r, int64_t i0, int64_t n, int64_t j, int64_t& stride) const {
+    const int64_t rows = rows_in(r), off = block_offset[r * G + j];
+    if (!row_base) {
+      stride = rows;
+      return qweight + off + i0;
+    }
+    stride = n;
+    return qweight + row_base[r] + i0 * row_words[r] + n * ((off - row_base[r]) / rows);
+  }
   int64_t stored_cols(int64_t j) const {
     int64_t c = std::min(group_size, K - j * group_size);
     return (c + 31) / 32 * 32;
+  }
+};
+
+// Panel order (layouts/panel.py): per row-block, its first word and its words per row (all groups),
+// which with block_offset give every chunk's address (Layer::chunk_block). Empty in packed order.
+struct PanelTables {
+  std::vector<int64_t> base, words;
+  PanelTables(Layer& L, bool panel) {
+    if (!panel) return;
+    base.resize(L.R);
+    words.resize(L.R);
+    for (int64_t r = 0; r < L.R; ++r) {
+      int64_t w = 0;
+      for (int64_t j = 0; j < L.G; ++j) w += L.stored_cols(j) * L.bits[r * L.G + j] / 32;
+      words[r] = w;
+      base[r] = L.G ? L.block_offset[r * L.G + L.group_order[r * L.G]] : 0;
+    }
+    L.row_base = base.data();
+    L.row_words = words.data();
   }
 };
 
@@ -121,14 +154,14 @@ void build_acts(const float* x, const Layer& L, int64_t Kp, unsigned width_set, 
 // one contiguous run of memory (sequential reads), and the broadcast activations of that word serve
 // every 8-row vector of the run. acc[m * VECS + v]: int32 sums of code * xq for vector v, row m.
 template <int W, int MT>
-inline void plane_dot(const int32_t* plane, int64_t rows, int64_t words, int nv, __m256i last_mask,
+inline void plane_dot(const int32_t* plane, int64_t stride, int64_t words, int nv, __m256i last_mask,
                       bool last_partial, const int32_t* const* pat, __m256i* acc) {
   constexpr int S = 8 / W;
   const __m256i ones = _mm256_set1_epi16(1);
   const __m256i mask = _mm256_set1_epi8(static_cast<char>((1 << W) - 1));
   const __m256i sign_bit = _mm256_set1_epi8(static_cast<char>(0x80));
   for (int64_t t = 0; t < words; ++t) {
-    const int32_t* wp = plane + t * rows;
+    const int32_t* wp = plane + t * stride;
     for (int v = 0; v < nv; ++v) {
       const __m256i x = (last_partial && v == nv - 1)
                             ? _mm256_maskload_epi32(wp + 8 * v, last_mask)
@@ -169,7 +202,8 @@ void chunk_avx2(const Layer& L, int64_t r, int64_t i0, const Acts* acts, float* 
     const int64_t j = L.group_order[r * L.G + g];
     const int b = L.bits[r * L.G + j];
     const int64_t cols = L.stored_cols(j), col0 = j * L.group_size;
-    const int32_t* plane = L.qweight + L.block_offset[r * L.G + j] + i0;
+    int64_t stride;
+    const int32_t* plane = L.chunk_block(r, i0, n, j, stride);
     __m256i acc[MT * VECS];
     for (int i = 0; i < MT * VECS; ++i) acc[i] = _mm256_setzero_si256();
     int shift = 0;
@@ -181,10 +215,10 @@ void chunk_avx2(const Layer& L, int64_t r, int64_t i0, const Acts* acts, float* 
       __m256i pacc[MT * VECS];
       for (int i = 0; i < MT * VECS; ++i) pacc[i] = _mm256_setzero_si256();
       switch (w) {
-        case 8: plane_dot<8, MT>(plane, rows, words, nv, last_mask, last_partial, pat, pacc); break;
-        case 4: plane_dot<4, MT>(plane, rows, words, nv, last_mask, last_partial, pat, pacc); break;
-        case 2: plane_dot<2, MT>(plane, rows, words, nv, last_mask, last_partial, pat, pacc); break;
-        default: plane_dot<1, MT>(plane, rows, words, nv, last_mask, last_partial, pat, pacc); break;
+        case 8: plane_dot<8, MT>(plane, stride, words, nv, last_mask, last_partial, pat, pacc); break;
+        case 4: plane_dot<4, MT>(plane, stride, words, nv, last_mask, last_partial, pat, pacc); break;
+        case 2: plane_dot<2, MT>(plane, stride, words, nv, last_mask, last_partial, pat, pacc); break;
+        default: plane_dot<1, MT>(plane, stride, words, nv, last_mask, last_partial, pat, pacc); break;
       }
       for (int m = 0; m < MT; ++m) {
         const __m256i bias = _mm256_set1_epi32(w == 8 ? 128 * acts[m].xsum[j] : 0);
@@ -192,7 +226,7 @@ void chunk_avx2(const Layer& L, int64_t r, int64_t i0, const Acts* acts, float* 
           acc[m * VECS + v] = _mm256_add_epi32(acc[m * VECS + v],
                                                _mm256_slli_epi32(_mm256_add_epi32(pacc[m * VECS + v], bias), shift));
       }
-      plane += words * rows;
+      plane += words * stride;
       shift += w;
     }
     alignas(16) c10::Half sh[CHUNK] = {}, zh[CHUNK] = {};
@@ -224,7 +258,8 @@ void chunk_scalar(const Layer& L, int64_t r, int64_t i0, int mt, const Acts* act
         const int64_t j = L.group_order[r * L.G + g];
         const int b = L.bits[r * L.G + j];
         const int64_t cols = L.stored_cols(j), word0 = j * L.group_size;
-        const int32_t* plane = L.qweight + L.block_offset[r * L.G + j] + i0 + l;
+        int64_t stride;
+        const int32_t* plane = L.chunk_block(r, i0, n, j, stride) + l;
         int64_t acc = 0;
         int shift = 0;
         for (int w : {8, 4, 2, 1}) {
@@ -234,7 +269,7 @@ void chunk_scalar(const Layer& L, int64_t r, int64_t i0, int mt, const Acts* act
           const int32_t* pat = acts[m].pat[width_slot(w)].data() + word0 / cpw * S;
           int64_t pacc = 0;
           for (int64_t t = 0; t < words; ++t) {
-            const uint32_t v = static_cast<uint32_t>(plane[t * rows]);
+            const uint32_t v = static_cast<uint32_t>(plane[t * stride]);
             for (int c = 0; c < cpw; ++c) {
               const int i = c % S, byte = c / S;
               const int8_t xq = static_cast<int8_t>(static_cast<uint32_t>(pat[t * S + i]) >> (8 * byte));
@@ -242,7 +277,7 @@ void chunk_scalar(const Layer& L, int64_t r, int64_t i0, int mt, const Acts* act
             }
           }
           acc += pacc << shift;
-          plane += words * rows;
+          plane += words * stride;
           shift += w;
         }
         const float s = static_cast<float>(L.scales[j * L.N + row0 + l]);
@@ -272,7 +307,7 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::
                       const at::Tensor& scales, const at::Tensor& zeros, const at::Tensor& row_perm,
                       const at::Tensor& col_perm, int64_t out_features, int64_t in_features, int64_t block_rows,
                       int64_t group_size, int64_t flags) {
-  const bool portable = flags & 1, residual = flags & 2;
+  const bool portable = flags & 1, residual = flags & 2, panel = flags & 4;
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) == in_features, "sfmp::linear_cpu: x has ", x.dim() ? x.size(-1) : 0,
               " features, the layer takes ", in_features);
   TORCH_CHECK(qweight.is_contiguous() && scales.is_contiguous() && zeros.is_contiguous() &&
@@ -285,6 +320,7 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::
           group_order.data_ptr<int32_t>(), reinterpret_cast<const c10::Half*>(scales.data_ptr<at::Half>()),
           reinterpret_cast<const c10::Half*>(zeros.data_ptr<at::Half>()), N, K, block_rows, group_size, R, G};
   const int64_t Kp = G ? (G - 1) * group_size + L.stored_cols(G - 1) : 0;
+  PanelTables panel_tables(L, panel);
 
   at::Tensor xf = x.reshape({-1, K}).to(at::kFloat).contiguous();
   const int64_t M = xf.size(0);
@@ -351,10 +387,14 @@ at::Tensor embedding_cpu(const at::Tensor& ids, const at::Tensor& qweight, const
                          const at::Tensor& block_offset, const at::Tensor& group_order, const at::Tensor& segment_ptr,
                          const at::Tensor& scales, const at::Tensor& zeros, const at::Tensor& row_perm,
                          const at::Tensor& col_perm, int64_t out_features, int64_t in_features, int64_t block_rows,
-                         int64_t group_size) {
-  (void)group_order;
+                         int64_t group_size, int64_t flags) {
   (void)segment_ptr;
   const int64_t N = out_features, K = in_features, G = bits.size(1);
+  Layer L{qweight.data_ptr<int32_t>(), bits.data_ptr<uint8_t>(), block_offset.data_ptr<int32_t>(),
+          group_order.data_ptr<int32_t>(), reinterpret_cast<const c10::Half*>(scales.data_ptr<at::Half>()),
+          reinterpret_cast<const c10::Half*>(zeros.data_ptr<at::Half>()), N, K, block_rows, group_size,
+          bits.size(0), G};
+  PanelTables panel_tables(L, flags & 4);
   at::Tensor flat = ids.reshape({-1}).to(at::kLong).contiguous();
   const int64_t T = flat.numel();
   const int64_t* ip = flat.data_ptr<int64_t>();
@@ -367,9 +407,7 @@ at::Tensor embedding_cpu(const at::Tensor& ids, const at::Tensor& qweight, const
     for (int64_t i = 0; i < N; ++i) inv[rp[i]] = static_cast<int32_t>(i);
   }
   const int32_t* cp = col_perm.numel() ? col_perm.data_ptr<int32_t>() : nullptr;
-  const int32_t* qw = qweight.data_ptr<int32_t>();
   const uint8_t* bp = bits.data_ptr<uint8_t>();
-  const int32_t* op = block_offset.data_ptr<int32_t>();
   const c10::Half* sp = reinterpret_cast<const c10::Half*>(scales.data_ptr<at::Half>());
   const c10::Half* zp = reinterpret_cast<const c10::Half*>(zeros.data_ptr<at::Half>());
   at::Tensor out = at::empty({T, K}, scales.options().dtype(at::kFloat));
@@ -377,15 +415,16 @@ at::Tensor embedding_cpu(const at::Tensor& ids, const at::Tensor& qweight, const
   at::parallel_for(0, T, 16, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t row = inv.empty() ? ip[t] : inv[ip[t]];
-      const int64_t r = row / block_rows, l = row % block_rows;
-      const int64_t rows = std::min(block_rows, N - r * block_rows);
+      const int64_t r = row / block_rows, l = row % block_rows, i0 = l / CHUNK * CHUNK;
+      const int64_t n = std::min<int64_t>(CHUNK, L.rows_in(r) - i0);
       float* dst = o + t * K;
       for (int64_t j = 0; j < G; ++j) {
         const int b = bp[r * G + j];
         const int64_t c0 = j * group_size, ncols = std::min(group_size, K - c0);
         const int64_t stored = (ncols + 31) / 32 * 32;
         const float s = static_cast<float>(sp[j * N + row]), z = static_cast<float>(zp[j * N + row]);
-        const int32_t* plane = qw + op[r * G + j] + l;
+        int64_t stride;
+        const int32_t* plane = L.chunk_block(r, i0, n, j, stride) + (l - i0);
         std::vector<uint32_t> q(stored, 0);
         int shift = 0;
         for (int w : {8, 4, 2, 1}) {
@@ -393,10 +432,10 @@ at::Tensor embedding_cpu(const at::Tensor& ids, const at::Tensor& qweight, const
           const int cpw = 32 / w;
           const int64_t words = stored / cpw;
           for (int64_t wi = 0; wi < words; ++wi) {
-            const uint32_t v = static_cast<uint32_t>(plane[wi * rows]);
+            const uint32_t v = static_cast<uint32_t>(plane[wi * stride]);
             for (int c = 0; c < cpw; ++c) q[wi * cpw + c] |= ((v >> (c * w)) & ((1u << w) - 1)) << shift;
           }
-          plane += words * rows;
+          plane += words * stride;
           shift += w;
         }
         for (int64_t k = 0; k < ncols; ++k) {
@@ -415,12 +454,13 @@ at::Tensor embedding_cpu(const at::Tensor& ids, const at::Tensor& qweight, const
 
 TORCH_LIBRARY_FRAGMENT(sfmp, m) {
   m.def(
-      "embedding_cpu(Tensor ids, Tensor qweight, Tensor bits, Tensor block_offset, Tensor group_order, "
+      "embedding_cpu.v2(Tensor ids, Tensor qweight, Tensor bits, Tensor block_offset, Tensor group_order, "
       "Tensor segment_ptr, Tensor scales, Tensor zeros, Tensor row_perm, Tensor col_perm, "
-      "int out_features, int in_features, int block_rows, int group_size) -> Tensor");
+      "int out_features, int in_features, int block_rows, int group_size, int flags=0) -> Tensor");
   // The overload name is the schema's version: compiled graphs that Inductor caches call the op by
   // name with the arguments of its schema then, and its cache key does not see a schema, so a
-  // changed schema gets a new overload name (v2: the trailing int became "flags").
+  // changed schema gets a new overload name (v2: the trailing int became "flags"; bit 2 = panel
+  // order, layouts/panel.py, read by both ops).
   m.def(
       "linear_cpu.v2(Tensor x, Tensor qweight, Tensor bits, Tensor block_offset, Tensor group_order, "
       "Tensor segment_ptr, Tensor scales, Tensor zeros, Tensor row_perm, Tensor col_perm, "
@@ -429,5 +469,5 @@ TORCH_LIBRARY_FRAGMENT(sfmp, m) {
 
 TORCH_LIBRARY_IMPL(sfmp, CPU, m) {
   m.impl("linear_cpu.v2", &linear_cpu);
-  m.impl("embedding_cpu", &embedding_cpu);
+  m.impl("embedding_cpu.v2", &embedding_cpu);
 }

@@ -4,14 +4,16 @@
   layout   device    kernel (op)                        numerics
   ======== ========= ================================== ====================================
   packed   cuda      triton (sfmp::linear_triton)       fp32 accumulation, activation dtype
-  packed   cpu       cpu    (sfmp::linear_cpu, C++)     int8 activations, exact int32 sums
-                     precise (the same op, flags=2)     int8 + int8 residual activations
+  panel    cpu       cpu    (sfmp::linear_cpu, C++)     int8 activations, exact int32 sums
+                     precise (the same op, residual)    int8 + int8 residual activations
+  packed   cpu       the same two kernels, reading the packed order (slower from DRAM: strided)
   packed   any other ref    (sfmp::linear_ref)          exact fp32 (the oracle)
   int4     cpu       int4   (sfmp::linear_cpu_int4)     bf16 activations (SQNR >= 35 dB)
   ======== ========= ================================== ====================================
 
 On CPU the user picks with ``cpu_kernel`` (:data:`CPU_KERNELS`): "packed" (the default: the C++
-kernel, true-bit resident weights; the reference where it cannot be built), "precise" (the same
+kernel, true-bit resident weights held in the panel layout, the packed words in its read order;
+the reference where it cannot be built), "precise" (the same
 kernel with residual activations: the model's logits within ~75 dB of the exact op instead of
 ~30, for 1.3-1.5x the kernel time), "int4" (torch's int4 kernel, layers of <= 4-bit blocks widened
 to 4 bits) or "reference" (the exact op).
@@ -53,11 +55,20 @@ def _int4_args(w: SFMPWeight) -> tuple:
 
 @dataclass(frozen=True)
 class Kernel:
-    """One GEMM implementation: the layout it reads, its op, and its arguments after ``x``."""
+    """One GEMM implementation: the layout it prefers, its op, its arguments after ``x``, and any
+    other layouts it reads as they are."""
 
     layout: str
     op: Callable[[], object]  # -> the OpOverload (looked up lazily: torch.ops attributes)
     args: Callable[[SFMPWeight], tuple]
+    also_reads: tuple[str, ...] = ()
+
+    def reads(self, layout: str) -> bool:
+        return layout == self.layout or layout in self.also_reads
+
+
+def _cpu_args(w: SFMPWeight, residual: bool = False) -> tuple:
+    return (*_packed_args(w), cpu.flags(residual=residual, panel=w.layout == "panel"))
 
 
 KERNELS = {
@@ -66,13 +77,13 @@ KERNELS = {
                      lambda w: (*_packed_args(w), width_mask(w))),
     "interp": Kernel("packed", lambda: torch.ops.sfmp.linear_triton_interp.default,
                      lambda w: (*_packed_args(w), width_mask(w))),
-    "cpu": Kernel("packed", cpu.linear_op, lambda w: (*_packed_args(w), cpu.flags())),
-    "precise": Kernel("packed", cpu.linear_op,
-                      lambda w: (*_packed_args(w), cpu.flags(residual=True))),
+    "cpu": Kernel("panel", cpu.linear_op, _cpu_args, also_reads=("packed",)),
+    "precise": Kernel("panel", cpu.linear_op, lambda w: _cpu_args(w, residual=True), also_reads=("packed",)),
     "int4": Kernel("int4", lambda: torch.ops.sfmp.linear_cpu_int4.default, _int4_args),
 }
 # (layout, device type) -> kernel; device type None = any other device.
-TABLE = {("packed", "cuda"): "triton", ("packed", "cpu"): "cpu", ("packed", None): "ref", ("int4", "cpu"): "int4"}
+TABLE = {("packed", "cuda"): "triton", ("packed", "cpu"): "cpu", ("packed", None): "ref", ("panel", "cpu"): "cpu",
+         ("int4", "cpu"): "int4"}
 BACKENDS = ("auto", *KERNELS)
 CPU_KERNELS = ("packed", "precise", "int4", "reference")
 
@@ -89,12 +100,16 @@ def kernel_for(layout: str, device, cpu_kernel: str = "packed") -> str | None:
 
 
 def preferred_layout(w: SFMPWeight, device, cpu_kernel: str = "packed") -> str:
-    """The layout a layer should be held in to run on ``device``: "int4" for a CPU layer whose
-    blocks all fit 4 bits when ``cpu_kernel="int4"``, else "packed"."""
+    """The layout a layer should be held in to run on ``device``: on CPU "panel" for the C++
+    kernel ("packed" / "precise"), "int4" for a layer whose blocks all fit 4 bits when
+    ``cpu_kernel="int4"``; "packed" everywhere else (the reference, GPUs)."""
     if cpu_kernel not in CPU_KERNELS:
         raise ValueError(f"cpu_kernel must be one of {CPU_KERNELS}, got {cpu_kernel!r}")
-    if torch.device(device).type == "cpu" and cpu_kernel == "int4" and w.can_take("int4"):
-        return "int4"
+    if torch.device(device).type == "cpu":
+        if cpu_kernel == "int4" and w.can_take("int4"):
+            return "int4"
+        if kernel_for("packed", device, cpu_kernel) in ("cpu", "precise"):
+            return "panel"
     return "packed"
 
 
@@ -104,19 +119,22 @@ def op_call(w: SFMPWeight, device, backend: str = "auto", cpu_kernel: str = "pac
     name = kernel_for(w.layout, device, cpu_kernel) if backend == "auto" else backend
     if name in ("cpu", "precise") and not cpu.available():
         raise RuntimeError("the CPU kernel could not be built here (see the warning above); use backend='ref'")
-    if name is None or KERNELS[name].layout != w.layout:
+    if name is None or not KERNELS[name].reads(w.layout):
         raise ValueError(f"no {backend!r} kernel for the {w.layout!r} layout on {torch.device(device).type}")
     k = KERNELS[name]
     return k.op(), k.args(w)
 
 
 def embedding_call(w: SFMPWeight, device, cpu_kernel: str = "packed") -> tuple:
-    """``(op, args_after_ids)`` reading rows of ``w`` (packed layout) as an embedding on ``device``:
-    the C++ row decoder on CPU, else the reference (which dequantizes the whole weight)."""
+    """``(op, args_after_ids)`` reading rows of ``w`` (packed or panel layout) as an embedding on
+    ``device``: the C++ row decoder on CPU, else the reference (which dequantizes the whole weight;
+    packed layout only)."""
+    if w.layout not in ("packed", "panel"):
+        raise ValueError(f"an embedding reads the packed or panel layout, not {w.layout!r}")
+    if kernel_for(w.layout, device, cpu_kernel) in ("cpu", "precise"):
+        return torch.ops.sfmp.embedding_cpu.v2, (*_packed_args(w), cpu.flags(panel=w.layout == "panel"))
     if w.layout != "packed":
-        raise ValueError(f"an embedding reads the packed layout, not {w.layout!r}")
-    if kernel_for("packed", device, cpu_kernel) in ("cpu", "precise"):
-        return torch.ops.sfmp.embedding_cpu.default, _packed_args(w)
+        raise ValueError("the reference embedding reads the packed layout only")
     return torch.ops.sfmp.embedding_ref.default, _packed_args(w)
 
 
@@ -154,17 +172,18 @@ def sfmp_linear(x: Tensor, w: SFMPWeight | PackedWeight, bias: Tensor | None = N
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if isinstance(w, PackedWeight):
-        w = as_weight(w)
+    packed = w if isinstance(w, PackedWeight) else None
+    if packed is not None:
+        w = as_weight(packed)
     name = kernel_for(w.layout, x.device, cpu_kernel) if backend == "auto" else backend
     if name is None:  # no kernel for this layout here: run its packed form
         name = kernel_for("packed", x.device, cpu_kernel)
     want = KERNELS[name].layout
-    if want != w.layout:
+    if not KERNELS[name].reads(w.layout):
         if want == "int4" and (_compiling() or not w.can_take("int4")):
             name, want = "ref", "packed"
         if want != w.layout:
-            w = w.to_layout(want)
+            w = as_weight(packed, want) if packed is not None else w.to_layout(want)
     if w.device != x.device:
         w = w.to(x.device)
     if name == "int4":

@@ -13,12 +13,12 @@ from .rewrite_linears import LayerRewrite, rewrite_linears
 def rewrite_graph(gm: fx.GraphModule, work: list[tuple[LinearSite, object]], example_inputs, cpu_kernel: str,
                   fold: bool) -> tuple[list[LayerRewrite], list[str], FoldReport]:
     """Rewrite every (site, weight) of ``work`` (see ``rewrite_linears``), then every embedding lookup
-    whose table is one of those weights held packed (``rewrite_embeddings``), then fold the
+    whose table is one of those weights held packed (or panel) (``rewrite_embeddings``), then fold the
     permutations (or only count the gathers when ``fold`` is False).
     Returns (one record per layer, the layer names whose tied embedding was rewritten, the fold report)."""
     records = rewrite_linears(gm, work, cpu_kernel)
     tables = {s.weight_node: (s.name, w) for s, w in work
-              if s.form != "sfmp" and s.weight_node is not None and getattr(w, "layout", None) == "packed"}
+              if s.form != "sfmp" and s.weight_node is not None and getattr(w, "layout", None) in ("packed", "panel")}
     tied = sorted(set(rewrite_embeddings(gm, tables, cpu_kernel)))
     report = FoldReport()
     if fold:

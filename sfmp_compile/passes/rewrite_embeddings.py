@@ -30,7 +30,7 @@ def _ids_and_table(node: fx.Node):
 def rewrite_embeddings(gm: fx.GraphModule, tables: dict[fx.Node, tuple[str, SFMPWeight]],
                        cpu_kernel: str = "packed") -> list[str]:
     """Rewrite every plain embedding lookup of ``gm`` whose table node is a key of ``tables``
-    (node -> (layer name, its quantized weight in the packed layout)). Returns the rewritten layers'
+    (node -> (layer name, its quantized weight in the packed or panel layout)). Returns the rewritten layers'
     names, one per lookup."""
     done = []
     for node in list(gm.graph.nodes):

@@ -71,15 +71,21 @@ def _op_args(op, args: tuple, empty: fx.Node, constant) -> tuple:
                  for n, a in zip(names, args))
 
 
-def _packed_op_for(op, device, cpu_kernel: str) -> tuple:
-    """``(op, overrides)``: an eager-traced packed-layout op on CPU (the reference or the C++ kernel,
-    whichever the module chose) becomes the one this compile asked for, with the C++ kernel's
-    ``flags`` argument set for it; every other op is kept as it is."""
+def _packed_op_for(op, device, cpu_kernel: str, traced_flags: int) -> tuple:
+    """``(op, overrides)``: an eager-traced packed- or panel-layout op on CPU (the reference or the C++
+    kernel, whichever the module chose) becomes the one this compile asked for, with the C++ kernel's
+    ``flags`` argument set for it (the panel bit kept: it says how the module holds its words);
+    every other op is kept as it is."""
     if torch.device(device).type != "cpu" or op._schema.name not in ("sfmp::linear_ref", "sfmp::linear_cpu"):
         return op, {}
-    name = kernel_for("packed", device, cpu_kernel)
+    panel = bool(traced_flags & cpu.PANEL)
+    name = kernel_for("panel" if panel else "packed", device, cpu_kernel)
     new = KERNELS[name].op()
-    return new, ({"flags": cpu.flags(residual=name == "precise")} if new._schema.name == "sfmp::linear_cpu" else {})
+    if new._schema.name != "sfmp::linear_cpu":
+        if panel:  # only the C++ kernel reads the panel order
+            return op, {}
+        return new, {}
+    return new, {"flags": cpu.flags(residual=name == "precise", panel=panel)}
 
 
 def _rewrite_one(gm: fx.GraphModule, site: LinearSite, w: SFMPWeight | None, cache: dict,
@@ -93,7 +99,7 @@ def _rewrite_one(gm: fx.GraphModule, site: LinearSite, w: SFMPWeight | None, cac
         row_perm, col_perm, bits = pk["_row_perm"], pk["_col_perm"], pk["_bits"]
         empty = _empty_perm(gm, device, cache, node)
         op = node.target if isinstance(node.target, torch._ops.OpOverload) else node.target.default
-        op, overrides = _packed_op_for(op, device, cpu_kernel)
+        op, overrides = _packed_op_for(op, device, cpu_kernel, int(pk.get("flags", 0)))
         defaults = {a.name: a.default_value for a in op._schema.arguments[1:] if a.has_default_value()}
         names = [a.name for a in op._schema.arguments[1:]]
         op_args = tuple(empty if n in _PERMS else overrides[n] if n in overrides else pk[n] if n in pk

@@ -4,6 +4,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+from sfmp_compile.layouts import SFMPWeight
 from sfmp_compile.ops import cpu, cpu_build
 from sfmp_compile.ops.reference import linear_ref, packed_args
 from tests.codegen._util import random_packed, sqnr_db
@@ -53,6 +54,27 @@ def test_kernel_equals_the_reference(N, K, block_rows, group_size, widths, permu
     if N * K >= 4096:
         assert sqnr_db(yr, ref) >= RESIDUAL_FLOOR_DB
     assert torch.equal(cpu.linear_cpu(x, *packed_args(p), portable=True, residual=True), yr)
+    # the panel layout (the words moved into the kernel's read order) gives the same bits
+    pa = (SFMPWeight.from_packed(p).to_layout("panel").data["qweight"], *packed_args(p)[1:])
+    for portable in (False, True):
+        assert torch.equal(cpu.linear_cpu(x, *pa, portable=portable, panel=True), y)
+        assert torch.equal(cpu.linear_cpu(x, *pa, portable=portable, residual=True, panel=True), yr)
+
+
+@settings(max_examples=25, deadline=None)
+@given(N=st.integers(1, 300), K=st.integers(1, 200), block_rows=st.sampled_from([8, 64, 100, 512]),
+       group_size=st.sampled_from([32, 128]), widths=st.sampled_from(WIDTH_SETS), permute=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_embedding_rows_equal_the_dequantized_weight_in_both_orders(N, K, block_rows, group_size, widths, permute, seed):
+    p = random_packed(N, K, block_rows, group_size, widths, permute, seed)
+    ids = torch.randint(0, N, (2, 5), generator=torch.Generator().manual_seed(seed))
+    want = p.dequantize(torch.float32)[ids]
+    op = torch.ops.sfmp.embedding_cpu.v2
+    assert torch.equal(op(ids, *packed_args(p)), want)
+    pa = (SFMPWeight.from_packed(p).to_layout("panel").data["qweight"], *packed_args(p)[1:])
+    assert torch.equal(op(ids, *pa, cpu.flags(panel=True)), want)
+    with pytest.raises(RuntimeError, match="out of range"):
+        op(torch.tensor([N]), *packed_args(p))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

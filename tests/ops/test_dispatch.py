@@ -15,6 +15,8 @@ def test_table():
     assert kernel_for("packed", "cpu") == "cpu" and kernel_for("packed", "meta") == "ref"
     assert kernel_for("packed", "cpu", cpu_kernel="reference") == "ref"
     assert kernel_for("int4", "cpu") == "int4" and kernel_for("int4", "cuda") is None
+    assert kernel_for("panel", "cpu") == "cpu" and kernel_for("panel", "cpu", "precise") == "precise"
+    assert kernel_for("panel", "cuda") is None  # run from its packed form there
 
 
 def test_cpu_default_is_the_packed_kernel():
@@ -25,7 +27,12 @@ def test_cpu_default_is_the_packed_kernel():
     assert torch.equal(y, torch.ops.sfmp.linear_cpu(x, *packed_args(p), 0))
     assert not torch.equal(y, ref) and sqnr_db(y, ref) >= SQNR_FLOOR_DB
     assert torch.equal(sfmp_linear(x, p, backend="ref"), ref)
-    assert preferred_layout(SFMPWeight.from_packed(p), "cpu") == "packed"
+    # held for the C++ kernel, a CPU layer's words are in its read order; same bits either way
+    assert preferred_layout(SFMPWeight.from_packed(p), "cpu") == "panel"
+    assert preferred_layout(SFMPWeight.from_packed(p), "cpu", "reference") == "packed"
+    assert preferred_layout(SFMPWeight.from_packed(p), "meta") == "packed"
+    assert torch.equal(sfmp_linear(x, SFMPWeight.from_packed(p, "panel")), y)
+    assert torch.equal(sfmp_linear(x, SFMPWeight.from_packed(p, "panel"), backend="ref"), ref)
     with pytest.raises(ValueError, match="cpu_kernel must be one of"):
         preferred_layout(SFMPWeight.from_packed(p), "cpu", cpu_kernel="fast")
 
@@ -39,7 +46,7 @@ def test_int4_is_opt_in_and_ineligible_layers_use_the_reference():
     assert torch.equal(sfmp_linear(x, SFMPWeight.from_packed(p, "int4")), y)  # auto on the int4 layout
     assert torch.equal(sfmp_linear(x, SFMPWeight.from_packed(p, "int4"), backend="ref"), ref)
     q = random_packed(64, 128, 64, 64, (3, 5), True, seed=2)
-    assert preferred_layout(SFMPWeight.from_packed(q), "cpu", "int4") == "packed"
+    assert preferred_layout(SFMPWeight.from_packed(q), "cpu", "int4") == "panel"  # the C++ kernel runs it
     assert torch.equal(sfmp_linear(x, q, backend="int4"), linear_ref(x, *packed_args(q)))
 
 
