@@ -6,7 +6,8 @@ around the graph. Here the KV cache is a ``StaticCache`` of fixed length written
 whole step (embedding, layers, head) is one ``fullgraph`` graph per input length, the position is a
 tensor (so a new position is no recompile), and guards on module attributes are dropped
 (``torch.compiler.skip_guard_on_all_nn_modules_unsafe``: the model must not be changed between
-steps, which is what a decode loop does anyway).
+steps, which is what a decode loop does anyway). One-token steps attend through
+:func:`gqa_decode_attention`, which runs SDPA on the KV heads instead of expanding the cache.
 """
 from __future__ import annotations
 
@@ -16,11 +17,51 @@ import torch
 from torch import nn
 
 
+ATTENTION = "sfmp_gqa_decode"  # the name StaticDecoder registers its attention function under
+
+
+def gqa_decode_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                         attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                         **kwargs):
+    """A transformers attention function: one-token steps with grouped KV heads run SDPA on the KV
+    heads, everything else is transformers' own SDPA path.
+
+    query fp [B, H, 1, D], key/value [B, KVH, L, D] (the whole static cache), attention_mask
+    [B, 1, 1, >= L] or None; returns ([B, 1, H, D], None) like every transformers attention function.
+    Why: under torch.compile transformers expands a grouped cache to all H heads (``repeat_kv``)
+    on every step, which for a static cache copies the whole cache per layer per token (41 MB per
+    SmolLM2 step at a 300-slot cache). Query heads h·rep .. h·rep + rep - 1 share KV head h, so the
+    H query rows of one token are rep queries on each of the KVH heads.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    B, H, T, D = query.shape
+    kvh, L = key.shape[1], key.shape[2]
+    if (T != 1 or kvh == H or H % kvh or dropout or kwargs.get("position_bias") is not None
+            or kwargs.get("cache") is not None or kwargs.get("softcap") is not None):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    mask = attention_mask[:, :, :, :L] if attention_mask is not None else None
+    out = torch.nn.functional.scaled_dot_product_attention(query.reshape(B, kvh, H // kvh, D), key, value,
+                                                           attn_mask=mask, scale=scaling)
+    return out.reshape(B, H, 1, D).transpose(1, 2).contiguous(), None
+
+
+def _use_gqa_decode_attention(model: nn.Module) -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    AttentionInterface.register(ATTENTION, gqa_decode_attention)
+    AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # unregistered names get no mask at all
+    if getattr(model.config, "_attn_implementation", None) in ("sdpa", None):
+        model.set_attn_implementation(ATTENTION)
+
+
 class StaticDecoder:
     """Prefill and single-token decode of ``model`` through one compiled graph per input length.
 
     model: a transformers causal LM (eval mode). max_len: KV-cache length (prompt + new tokens).
     backend: a ``torch.compile`` backend (e.g. ``sfmp_backend(bits=3)``), default Inductor.
+    A model on transformers' SDPA attention is switched to :func:`gqa_decode_attention` (same
+    results; its one-token steps skip the cache expansion).
     """
 
     def __init__(self, model: nn.Module, max_len: int, backend: str | Callable = "inductor",
@@ -29,6 +70,7 @@ class StaticDecoder:
         if max_len <= 0:
             raise ValueError(f"max_len must be positive, got {max_len}")
         self.model, self.max_len = model, max_len
+        _use_gqa_decode_attention(model)
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
         # Allocated now, not lazily inside the first graph: that graph would guard on "not yet
         # allocated" and a reset would cost one recompile.
