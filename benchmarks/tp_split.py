@@ -12,7 +12,8 @@ o/down are ranked inside S equal shards (``sfmp_compile.tp``). A shard must be w
 (groups) or lie inside one, so the block geometry has to fit SmolLM2's shapes (q/o 576, k/v 192,
 gate/up 1536): group = block rows = 64 splits 3 ways (SmolLM2's real TP degree: 9 heads, 3 KV heads),
 96 splits 2 ways; nothing splits o_proj's 576 input columns 4 ways (144 per rank is no multiple of a
-group of 32·m), so S = 4 is recorded as refused, with the planner's message. Each S > 1 is compared
+group of 32·m; only groups of 288 or 576 would hold whole shards), so S = 4 is recorded as refused,
+with the planner's message. Each S > 1 is compared
 with S = 1 at the same geometry.
 
 tp_split.json: {"setup": {...as quality.py, "salience", "levels", "quantizer"}, "runs": {key: record}},
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -108,8 +110,9 @@ def table(data) -> str:
     rows = [head]
     for r in sorted(data["runs"].values(), key=lambda r: (r["target_bpw"], r["group_size"], r["tp_shards"])):
         if "refused" in r:
-            msg = r["refused"].split(": ", 1)[-1]
-            rows.append(f"| {r['group_size']} | {r['tp_shards']} | {r['target_bpw']} | refused: {msg[:110]}… | | | | | | | |")
+            m = re.search(r"\.(\w+) \(.*has shards of (\d+) (rows|input columns), but (\w+)=(\d+)", r["refused"])
+            why = f"{m[1]}: shards of {m[2]} {m[3]}, {m[4]} {m[5]}" if m else r["refused"][:80]
+            rows.append(f"| {r['group_size']} | {r['tp_shards']} | {r['target_bpw']} | refused ({why}) | | | | | | | |")
             continue
         rows.append(f"| {r['group_size']} | {r['tp_shards']} | {r['target_bpw']} | {r['bpw']:.3f} | {r['weight_bits']:.3f} | "
                     f"{r['bpw_perms']:.4f} | {r['ppl']:.2f} | {r['kl']:.4f} | {r['max_rank_bytes'] / 2**20:.2f} / "
@@ -127,11 +130,13 @@ rows of q/k/v/gate/up and columns of o/down ranked inside S equal shards, shard 
 boundaries. SmolLM2-135M, SFMP 3-level, {s['salience']} salience (cached), RTN, clip search, calibration
 {s['calibration']}, {s['eval_tokens']} held-out tokens, context {s['context']}; fp32 PPL {s['fp32']['ppl']:.2f}.
 Group = block rows = 64 splits SmolLM2 3 ways (its real TP degree: 9 heads, 3 KV heads per model), 96
-splits it 2 ways; 4 ways cannot split o_proj (576 / 4 = 144 input columns per rank, not whole groups
-of any multiple of 32 and not inside one), so the planner refuses it. "Rank MiB": codes + fp16 scales
+splits it 2 ways; 4 ways splits neither q_proj's rows at these block sizes nor, at any useful group
+size, o_proj's 576 input columns (144 per rank: whole groups of no multiple of 32, inside one group
+only for groups of 288 or 576), so the planner refuses it (the message names the first layer that fails). "Rank MiB": codes + fp16 scales
 and zeros per rank, all layers; "rank spread": max/min − 1; "critical / mean": Σ over layers of the
 largest rank's bytes over the balanced share (a bandwidth-bound decode step waits for the slowest
-rank at every layer's collective). Command: `{s['command']}` (1 thread, {s['machine']['cpu_count']} shared cores).
+rank at every layer's collective). Commands: {', '.join(f'`{c}`' for c in s.get('commands', [s.get('command', '?')]))}
+(1 thread, {s['machine']['cpu_count']} shared cores).
 
 {table(data)}
 {END}"""
@@ -156,10 +161,13 @@ def run(args) -> None:
     print(f"[tp_split] {len(todo)} runs to do -> {out}", flush=True)
     if todo:
         bench = load_bench("smollm2", cache_dir=args.cache)
+        command = " ".join(["python"] + sys.argv)
+        old = data.get("setup", {})
+        commands = old.get("commands", [old["command"]] if "command" in old else []) + [command]  # resumed: keep all
         data["setup"] = {"model": "smollm2", "salience": "fisher", "levels": 3, "quantizer": "rtn",
                          "calibration": f"{len(bench.calibration)}x{bench.calibration[0].shape[1]} tokens (first wiki articles)",
                          "eval_tokens": int(bench.eval_ids.shape[1]), "context": bench.context, "fp32": bench.fp32,
-                         "machine": machine(), "command": " ".join([Path(sys.executable).name] + sys.argv)}
+                         "machine": machine(), "commands": commands}
         for bpw, g, S in todo:
             t = time.perf_counter()
             rec = one_run(bench, bpw, g, S)
