@@ -19,7 +19,7 @@ from .blocks import BlockGrid
 from .config import QuantConfig, SFMPConfigError
 from .reordering import canonical as canonical_order, salience_orders
 from .salience import SALIENCES, compute_salience, input_second_moments, is_linear, linear_weight
-from .tp import axis_shards, check_split
+from .tp import axis_shards, check_heads, check_split
 
 
 @dataclass
@@ -222,6 +222,7 @@ def plan_inputs(model: nn.Module, bits: float = 3.0, *, calibration: Iterable | 
     elif kind is None and not isinstance(salience, Mapping):
         raise SFMPConfigError(f"salience must be one of {list(SALIENCES)} or a dict name -> tensor, got {type(salience).__name__}")
     config = QuantConfig(bits=bits, salience="weight" if kind is None else kind, **options)
+    check_heads(getattr(model, "config", None), config.tp_shards)  # before any salience pass is paid for
     layers = find_linears(model, config.skip)
     if not layers:
         raise ValueError("the model has no linear layers to quantize (after skipping " + ", ".join(config.skip) + ")")

@@ -40,6 +40,20 @@ def axis_shards(name: str, tp_shards: int) -> tuple[int, int]:
     return (tp_shards, 1) if split_axis(name) == 0 else (1, tp_shards)
 
 
+def check_heads(config: object, shards: int) -> None:
+    """Raise SFMPConfigError unless a model with this (transformers-style) config splits its attention
+    heads ``shards`` ways as a TP server does: query heads divisible by ``shards``, and KV heads
+    either divisible by it or dividing it (then replicated). A config without head counts passes."""
+    heads = getattr(config, "num_attention_heads", None)
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    if shards == 1 or not isinstance(heads, int) or not isinstance(kv, int):
+        return
+    if heads % shards or (kv % shards and shards % kv):
+        raise SFMPConfigError(f"tp_shards={shards}: the model has {heads} attention heads and {kv} KV heads, which "
+                              f"{shards} tensor-parallel ranks cannot share (query heads must divide evenly; KV heads "
+                              f"must divide evenly or be replicated)")
+
+
 def slot_sizes(grid: BlockGrid, axis: int) -> list[int]:
     """Sizes of the row-blocks (axis 0) or column groups (axis 1) of ``grid``, in order."""
     if axis == 0:

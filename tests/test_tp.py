@@ -10,9 +10,9 @@ from sfmp_compile.blocks import BlockGrid
 from sfmp_compile.config import QuantConfig, SFMPConfigError
 from sfmp_compile.eval.models import tiny_llama
 from sfmp_compile.permcodec import decode, encode, stored_breakdown
-from sfmp_compile.plan import find_linears, make_plan
+from sfmp_compile.plan import find_linears, make_plan, plan
 from sfmp_compile.quantize import quantize_weight
-from sfmp_compile.tp import axis_shards, check_split, maps_shards, rank_bytes, split_axis
+from sfmp_compile.tp import axis_shards, check_heads, check_split, maps_shards, rank_bytes, split_axis
 
 COL_PAR, ROW_PAR = ("q_proj", "k_proj", "gate_proj", "up_proj"), ("o_proj", "down_proj")
 
@@ -156,3 +156,13 @@ def test_rank_bytes_of_a_shard_inside_one_group_pays_its_padding_and_scales():
     bits = torch.full((1, 1), 3, dtype=torch.uint8)
     # each rank: 4 rows x 16 columns padded to 32, 3 bits -> 48 bytes; 4 (row, group) scale+zero pairs -> 16 bytes
     assert rank_bytes(bits, grid, 1, 4) == [64] * 4
+
+
+def test_head_counts_a_server_cannot_split_are_refused_before_planning():
+    m = tiny_llama()  # 4 query heads, 2 KV heads
+    with pytest.raises(SFMPConfigError, match="4 attention heads and 2 KV heads"):
+        plan(m, 2.5, tp_shards=3)
+    check_heads(m.config, 4)  # KV heads replicated 2x, as vLLM does
+    p = plan(m, 2.5, tp_shards=2, block_rows=16, group_size=32)
+    assert all(maps_shards((lp.row_order, lp.col_order)[split_axis(n)], 2) for n, lp in p.layers.items())
+    check_heads(object(), 7)  # no head counts: nothing to check
