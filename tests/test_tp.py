@@ -12,7 +12,9 @@ from sfmp_compile.eval.models import tiny_llama
 from sfmp_compile.permcodec import decode, encode, stored_breakdown
 from sfmp_compile.plan import find_linears, make_plan, plan
 from sfmp_compile.quantize import quantize_weight
+from sfmp_compile.format import validate
 from sfmp_compile.tp import axis_shards, check_heads, check_split, maps_shards, rank_bytes, split_axis
+from sfmp_compile.tp_slice import rank_slice
 
 COL_PAR, ROW_PAR = ("q_proj", "k_proj", "gate_proj", "up_proj"), ("o_proj", "down_proj")
 
@@ -166,3 +168,35 @@ def test_head_counts_a_server_cannot_split_are_refused_before_planning():
     p = plan(m, 2.5, tp_shards=2, block_rows=16, group_size=32)
     assert all(maps_shards((lp.row_order, lp.col_order)[split_axis(n)], 2) for n, lp in p.layers.items())
     check_heads(object(), 7)  # no head counts: nothing to check
+
+
+@settings(max_examples=25, deadline=None)
+@given(layers=split_layers(), bits=st.floats(2.1, 3.9), regroup=st.booleans())
+def test_each_rank_slice_is_a_packed_weight_of_its_own(layers, bits, regroup):
+    """What a TP loader would hold per rank: a valid layer whose weight is exactly its slice of the
+    full layer's (original coordinates), and whose codes + scales are what rank_bytes counted."""
+    w, s, rows, kw = layers
+    S = kw["tp_shards"]
+    cfg = QuantConfig(bits=bits, salience="weight", quantizer="rtn", **kw)
+    p = make_plan(w, s, cfg, row_groups=rows, regroup=regroup)  # regroup=False: the salience sort kept (GPTQ's)
+    for n, lp in p.layers.items():
+        packed = quantize_weight(w[n], lp, cfg, name=n)
+        full = packed.dequantize()
+        axis, per = split_axis(n), lp.shape[split_axis(n)] // S
+        counted = rank_bytes(lp.bits, packed.grid, axis, S)
+        for k in range(S):
+            part = rank_slice(packed, axis, S, k)
+            validate(part, n)
+            want = full[k * per:(k + 1) * per] if axis == 0 else full[:, k * per:(k + 1) * per]
+            assert torch.equal(part.dequantize(), want)
+            bd = stored_breakdown(part)
+            assert bd["codes"] + bd["scales_zeros"] == 8 * counted[k]
+
+
+def test_rank_slice_refuses_an_order_that_leaves_its_shard():
+    w = {"l.q_proj": torch.randn(32, 32)}
+    cfg = QuantConfig(bits=2.5, salience="weight", block_rows=8, group_size=32)
+    p = make_plan(w, {"l.q_proj": torch.rand(32, 32)}, cfg, regroup=False)  # tp_shards=1: rows move freely
+    packed = quantize_weight(w["l.q_proj"], p.layers["l.q_proj"], cfg)
+    with pytest.raises(ValueError, match="out of shard"):
+        rank_slice(packed, 0, 2, 0)
