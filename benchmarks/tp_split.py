@@ -132,8 +132,8 @@ boundaries. SmolLM2-135M, SFMP 3-level, {s['salience']} salience (cached), RTN, 
 Group = block rows = 64 splits SmolLM2 3 ways (its real TP degree: 9 heads, 3 KV heads per model), 96
 splits it 2 ways; 4 ways splits neither q_proj's rows at these block sizes nor, at any useful group
 size, o_proj's 576 input columns (144 per rank: whole groups of no multiple of 32, inside one group
-only for groups of 288 or 576), so the planner refuses it (the message names the first layer that fails). "Rank MiB": codes + fp16 scales
-and zeros per rank, all layers; "rank spread": max/min − 1; "critical / mean": Σ over layers of the
+only for groups of 288 or 576), so the planner refuses it (the message names the first layer that fails).
+"Rank MiB": codes + fp16 scales and zeros per rank, all layers; "rank spread": max/min − 1; "critical / mean": Σ over layers of the
 largest rank's bytes over the balanced share (a bandwidth-bound decode step waits for the slowest
 rank at every layer's collective). Commands: {', '.join(f'`{c}`' for c in s.get('commands', [s.get('command', '?')]))}
 (1 thread, {s['machine']['cpu_count']} shared cores).
