@@ -49,6 +49,10 @@ class QuantConfig:
         layers that are still quantized, uniformly and without reordering (default: lm_head, and an
         embedding tied to it, at 8 bits); ``skip_bits={}`` keeps every skipped layer float. Applied by
         the compile backend; ``quantize()`` (the checkpoint path) still keeps skipped layers float.
+    tp_shards: tensor-parallel ranks the checkpoint is meant for (1: no restriction). With S > 1 the
+        orders on the axis a server splits (rows of column-parallel layers, columns of row-parallel
+        ones, ``tp.split_axis``) stay inside each of S equal shards, and shard boundaries must meet
+        block boundaries (``tp.check_split``, checked when planning).
     """
 
     bits: float = 3.0
@@ -63,6 +67,7 @@ class QuantConfig:
     skip: tuple[str, ...] = ("lm_head",)
     skip_bits: tuple[tuple[str, int], ...] = (("lm_head", 8),)
     gptq_damp: float = 0.01
+    tp_shards: int = 1
 
     def __post_init__(self):
         b = self.bits
@@ -99,6 +104,9 @@ class QuantConfig:
         d = self.gptq_damp
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d) or d < 0:
             raise SFMPConfigError(f"gptq_damp must be a finite number >= 0 (λ = gptq_damp·mean diag H), got {d!r}")
+        t = self.tp_shards
+        if isinstance(t, bool) or not isinstance(t, int) or t < 1:
+            raise SFMPConfigError(f"tp_shards must be a positive integer (tensor-parallel ranks), got {t!r}")
         skip = (self.skip,) if isinstance(self.skip, str) else self.skip
         try:
             skip = tuple(skip)
@@ -118,6 +126,8 @@ class QuantConfig:
         d["bit_choices"] = list(self.bit_choices) if self.bit_choices else None
         d["skip"] = list(self.skip)
         d["skip_bits"] = dict(self.skip_bits)
+        if self.tp_shards == 1:  # the default: a checkpoint's sfmp.json stays what earlier builds wrote and read
+            del d["tp_shards"]
         return d
 
     @classmethod

@@ -19,6 +19,7 @@ from .blocks import BlockGrid
 from .config import QuantConfig, SFMPConfigError
 from .reordering import canonical as canonical_order, salience_orders
 from .salience import SALIENCES, compute_salience, input_second_moments, is_linear, linear_weight
+from .tp import axis_shards, check_heads, check_split
 
 
 @dataclass
@@ -173,12 +174,20 @@ def make_plan(layers: Mapping[str, torch.Tensor], saliences: Mapping[str, torch.
     GPTQ (``default_regroup``). canonical: with regroup=False and the min-max quantizer ("rtn"),
     sort inside each row-block / column group (``reordering.canonical``): the same quantized
     weights with fewer or cheaper gathers. Ignored for GPTQ, whose column order is its sweep order.
+    With ``config.tp_shards`` > 1 every order on a tensor-parallel split axis is ranked inside its
+    shards, and a shape that does not split raises SFMPConfigError (``tp``). Regrouping needs no
+    change: each shard is whole slots (or lies inside one slot) and holds only its own indices, so
+    the sorted members of a pattern's slots come shard by shard and refill the slots shard by shard.
     """
     t0 = time.perf_counter()
     row_groups, col_groups = _tied(row_groups, layers), _tied(col_groups, layers)
     sal = {n: checked_salience(saliences, n, w) for n, w in layers.items()}
-    orders = salience_orders(sal, row_groups, col_groups, config.reorder_rows, config.reorder_cols)
     grids = {n: BlockGrid(w.shape[0], w.shape[1], config.block_rows, config.group_size) for n, w in layers.items()}
+    shards = {n: axis_shards(n, config.tp_shards) for n in layers}  # (1, 1) everywhere unless tp_shards > 1
+    for n in layers:
+        for axis in (0, 1):
+            check_split(n, grids[n], axis, shards[n][axis])
+    orders = salience_orders(sal, row_groups, col_groups, config.reorder_rows, config.reorder_cols, shards)
     if canonical and not regroup and config.quantizer == "rtn":
         orders = {n: (canonical_order(ro, config.block_rows), canonical_order(co, config.group_size))
                   for n, (ro, co) in orders.items()}
@@ -213,6 +222,7 @@ def plan_inputs(model: nn.Module, bits: float = 3.0, *, calibration: Iterable | 
     elif kind is None and not isinstance(salience, Mapping):
         raise SFMPConfigError(f"salience must be one of {list(SALIENCES)} or a dict name -> tensor, got {type(salience).__name__}")
     config = QuantConfig(bits=bits, salience="weight" if kind is None else kind, **options)
+    check_heads(getattr(model, "config", None), config.tp_shards)  # before any salience pass is paid for
     layers = find_linears(model, config.skip)
     if not layers:
         raise ValueError("the model has no linear layers to quantize (after skipping " + ", ".join(config.skip) + ")")
