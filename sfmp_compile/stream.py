@@ -172,12 +172,10 @@ class _Streamer:
     def _capture(self, items: list) -> list:
         """First-decoder-layer inputs of this rank's items: every parameter outside the stack except
         an untied output head is read (embeddings, position tables), then released."""
-        head = self.model.get_output_embeddings()
-        skip = {id(p) for p in head.parameters()} if head is not None else set()
-        skip -= {id(p) for p in self.model.get_input_embeddings().parameters()}
+        head, emb = self.model.get_output_embeddings(), self.model.get_input_embeddings()
         pre = self.stack + "."
         needed = [(n, m) for n, m in self.model.named_modules()
-                  if m is not self.blocks and not n.startswith(pre) and not any(id(p) in skip for p in m.parameters(recurse=False))
+                  if (m is not head or m is emb) and not n.startswith(pre)
                   and any(p.is_meta for p in m.parameters(recurse=False))]
         for n, m in needed:
             for leaf, p in list(m._parameters.items()):
