@@ -11,8 +11,8 @@ about 16 GB; reused by later runs, a ``complete`` marker says it is whole). Noth
 
 Each run (one per quantizer) is a fresh subprocess calling ``sfmp_compile.stream.stream_quantize``
 with activation salience at 2.75 code bits (group 128, 512-row blocks), calibrated on ``--tokens``
-random token ids (sequences of 128), and reports ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` at
-its end: the peak resident set of the whole quantization, file-backed pages included.
+random token ids (sequences of 128), and reports its peak RSS at its end (``peak_rss``:
+``resource.getrusage(RUSAGE_SELF).ru_maxrss``, or VmHWM when smaller), file-backed pages included.
 ``--layers N`` quantizes the first N decoder layers as an N-layer model (the embeddings and head
 are still read and written): a quick check, or GPTQ when all 32 do not fit the time at hand.
 
@@ -25,6 +25,7 @@ JSON (``--json``): {"meta": {...}, "runs": [...]}, one run entry per quantizer w
                   embeddings/head and the final copy of model.safetensors (``write_s``)
   salience_s, quantize_s, write_s, total_s   the phases as stream_quantize reports them
   checkpoint_bytes   size of the written checkpoint directory
+  when, command   when it ran and the command line that ran it
   projection_70b  Llama-3-70B (80 layers, hidden 8192, MLP 28672, 64/8 heads): ``hours`` = s_per_layer
                   scaled by its per-layer weights (×3.9; RTN is linear in weights, GPTQ's K³
                   Cholesky terms make it a lower bound there) × 80 layers; ``peak_rss_bytes`` = the
@@ -130,6 +131,18 @@ def outer_params(shape: dict) -> int:
     return 2 * shape["vocab_size"] * shape["hidden_size"] + shape["hidden_size"]
 
 
+def peak_rss() -> int:
+    """This process's peak RSS in bytes: ru_maxrss, or VmHWM when smaller (ru_maxrss survives fork +
+    exec, so a child starts at its parent's peak; VmHWM is this address space's own)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    try:
+        with open("/proc/self/status") as f:
+            hwm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+        return min(peak, hwm)
+    except (OSError, StopIteration):
+        return peak
+
+
 def run_one(model_dir: str, out_dir: str, quantizer: str, layers: int | None, tokens: int) -> dict:
     """In the child process: one streamed quantization and its peak RSS."""
     sys.path.insert(0, str(ROOT))
@@ -140,7 +153,7 @@ def run_one(model_dir: str, out_dir: str, quantizer: str, layers: int | None, to
     cal = [torch.randint(0, SHAPE["vocab_size"], (1, seq)) for _ in range(max(1, tokens // seq))]
     r = stream_quantize(model_dir, out_dir, 2.75, calibration=cal, salience="activation", quantizer=quantizer,
                         overwrite=True, num_layers=layers)
-    r["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    r["peak_rss_bytes"] = peak_rss()
     r["calib_tokens"] = seq * len(cal)
     return r
 
@@ -184,13 +197,13 @@ def main() -> None:
                 # everything resident scales with one layer (x3.9) or one embedding (x2): x3.9 bounds it
                 "peak_rss_bytes": int(r["peak_rss_bytes"] * lp70 / lp8),
             },
-            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": " ".join(sys.argv),
         }
         print(json.dumps(entry), flush=True)
         runs.append(entry)
     keep = [o for o in old if (o["quantizer"], o["decoder_layers"]) not in {(r["quantizer"], r["decoder_layers"]) for r in runs}]
     meta = {"model": "Llama-3-8B-shaped, random bf16 weights", "shape": SHAPE, "machine": f"{os.cpu_count()} CPU cores",
-            "threads": int(os.environ.get("SFMP_BENCH_THREADS", "2")), "command": " ".join(sys.argv)}
+            "threads": int(os.environ.get("SFMP_BENCH_THREADS", "2"))}
     Path(a.json).write_text(json.dumps({"meta": meta, "runs": keep + runs}, indent=1) + "\n")
 
 
