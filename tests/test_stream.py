@@ -199,3 +199,11 @@ def test_cli_stream(tmp_path, tiny_dir):
     assert load_quantized(str(tmp_path / "o")) is not None
     assert main(["quantize", "--stream", tiny_dir, "--bits", "2.75", "--salience", "fisher",
                  "--text", str(text), "--out", str(tmp_path / "f"), "--quiet"]) == 2
+
+
+def test_cli_under_torchrun_needs_stream(tmp_path, monkeypatch, capsys):
+    """Without --stream every rank would quantize the whole model and race to write: refused."""
+    from sfmp_compile.cli import main
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["quantize", "tiny", "--bits", "3", "--out", str(tmp_path / "o")]) == 2
+    assert "needs --stream" in capsys.readouterr().err
