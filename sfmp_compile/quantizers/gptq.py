@@ -38,7 +38,6 @@ def _inverse_hessian_factor(h: torch.Tensor, damp: float) -> tuple[torch.Tensor,
     until the factorisation succeeds.
     """
     h = h.double().clone()  # fp64: Cholesky of a large, badly conditioned Hessian is fragile in fp32
-    K = h.shape[0]
     diag = torch.diagonal(h)
     dead = diag == 0
     diag[dead] = 1.0
