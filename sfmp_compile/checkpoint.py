@@ -47,8 +47,7 @@ def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, overwrite: bo
     layers = {n: m for n, m in model.named_modules() if isinstance(m, SFMPLinear)}
     if not layers:
         raise CheckpointError("the model has no SFMPLinear layers: quantize it before saving")
-    if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
-        raise CheckpointError(f"output directory {out_dir} already exists and is not empty (pass overwrite=True to replace it)")
+    check_out_dir(out_dir, overwrite)
     state, aliases, seen = {}, {}, {}
     for k, v in model.state_dict().items():  # SFMPLinear's holds format v2's stored form
         if v.is_meta:
@@ -61,24 +60,55 @@ def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, overwrite: bo
             seen[key] = k
         state[k] = v.detach().contiguous().cpu()
     cfg = getattr(getattr(model, "sfmp_plan", None), "config", None)
-    meta = {
-        "format": "sfmp",
-        "format_version": FORMAT_VERSION,
-        "model_class": type(model).__name__,
-        "quant_config": cfg.to_dict() if cfg is not None else None,
-        "layers": {n: m.packed.meta() | {"version": FORMAT_VERSION, "bias": m.bias is not None}
-                   for n, m in layers.items()},
-        "tied": aliases,
-        "checksums": {k: tensor_digest(v) for k, v in state.items()},
-    }
+    meta = checkpoint_meta(type(model).__name__, cfg, {n: layer_meta(m.packed, m.bias is not None) for n, m in layers.items()},
+                           aliases, {k: tensor_digest(v) for k, v in state.items()})
+
+    def write_weights(path):
+        save_file(state, path, metadata=WEIGHTS_METADATA)
+
+    return write_checkpoint_dir(out_dir, meta, write_weights, model if hasattr(model, "config") else None,
+                                tokenizer, overwrite)
+
+
+# safetensors metadata of model.safetensors (save_quantized and stream.py write the same)
+WEIGHTS_METADATA = {"format": "pt", "sfmp_format_version": str(FORMAT_VERSION)}
+
+
+def check_out_dir(out_dir: str, overwrite: bool) -> None:
+    if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
+        raise CheckpointError(f"output directory {out_dir} already exists and is not empty (pass overwrite=True to replace it)")
+
+
+def layer_meta(p: PackedWeight, bias: bool) -> dict:
+    """One layer's geometry entry of sfmp.json."""
+    return p.meta() | {"version": FORMAT_VERSION, "bias": bias}
+
+
+def checkpoint_meta(model_class: str, cfg, layers: dict, aliases: dict, checksums: dict) -> dict:
+    """sfmp.json's content (``files`` is added by ``write_checkpoint_dir``). cfg: the QuantConfig or
+    None; layers: name -> ``layer_meta``; aliases: tied key -> stored key; checksums: stored key ->
+    ``tensor_digest``."""
+    return {"format": "sfmp", "format_version": FORMAT_VERSION, "model_class": model_class,
+            "quant_config": cfg.to_dict() if cfg is not None else None, "layers": layers, "tied": aliases,
+            "checksums": checksums}
+
+
+def write_checkpoint_dir(out_dir: str, meta: dict, write_weights, hf_model: nn.Module | None = None,
+                         tokenizer=None, overwrite: bool = False) -> str:
+    """Write a checkpoint directory atomically (a temporary sibling, renamed when complete).
+
+    write_weights(path): writes model.safetensors at ``path`` (all at once, or tensor by tensor as
+    stream.py does). hf_model: a transformers model (or skeleton) whose config is saved as
+    config.json, marked quantized and signed in ``meta["files"]``. tokenizer: saved beside it."""
+    check_out_dir(out_dir, overwrite)
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".sfmp-save-", dir=parent)
     try:
-        save_file(state, os.path.join(tmp, WEIGHTS), metadata={"format": "pt", "sfmp_format_version": str(FORMAT_VERSION)})
-        if hasattr(model, "config") and hasattr(model.config, "save_pretrained"):
-            model.config.save_pretrained(tmp)
-            _mark_config_quantized(os.path.join(tmp, CONFIG), model)
+        write_weights(os.path.join(tmp, WEIGHTS))
+        if hf_model is not None and hasattr(hf_model.config, "save_pretrained"):
+            hf_model.config.save_pretrained(tmp)
+            _mark_config_quantized(os.path.join(tmp, CONFIG), hf_model)
             # config.json rebuilds the architecture (eps, rope, activation...): an edit there
             # changes the logits as surely as an edited weight, so it is signed too
             meta["files"] = {CONFIG: file_digest(os.path.join(tmp, CONFIG))}

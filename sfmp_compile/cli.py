@@ -2,6 +2,7 @@
 
   sfmp quantize MODEL (--bits 2.75 | --bpw 3.5 | --size-mb 60) [--levels 3 | --bit-choices 2,3,4]
                 [--salience fisher] [--quantizer gptq] [--group-size 128] [--block-rows 512] --out DIR
+  sfmp quantize --stream MODEL_DIR --bits 2.75 ... --out DIR   (layer by layer; torchrun-able)
   sfmp generate MODEL_OR_DIR --prompt TEXT [--max-new-tokens N] [--compile]
   sfmp eval MODEL_OR_DIR [--compare uniform,layerwise] [--bits 2.75,3.25 | --bpw 3,3.5 | --size-mb 50,60]
             [--json F] [--plot F.png]
@@ -149,12 +150,22 @@ def _budgets(args) -> list:
     return []
 
 
+def _distributed() -> bool:
+    import os
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def cmd_quantize(args) -> int:
     budget = _budget(args)
     if budget is not None and "," in (args.bpw or args.size_mb or ""):
         raise CLIError("quantize takes one budget, not a list")
     config = _config(args, args.bits if budget is None else 3.0, budget_levels=budget is not None)
     _check_out(args.out, args.overwrite)
+    if args.stream:
+        from .cli_stream import cmd_quantize_stream
+        return cmd_quantize_stream(args, config)
+    if _distributed():
+        raise CLIError("under torchrun, quantize needs --stream (the in-memory path runs in one process)")
     from .budget import MIB, plan_for_budget, stored_bytes
     from .checkpoint import save_quantized
     from .eval.models import load_named
@@ -312,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common_data(q)
     q.add_argument("--out", required=True, help="output directory (must not exist)")
     q.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    q.add_argument("--stream", action="store_true",
+                   help="read MODEL (a local directory, or smollm2) one decoder layer at a time; under torchrun "
+                        "the calibration is split across processes")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=cmd_quantize)
 

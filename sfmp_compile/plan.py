@@ -157,10 +157,76 @@ def _tied(groups: Iterable[Iterable[str]], layers: Mapping) -> list[list[str]]:
     return [g for g in kept if len(g) > 1]
 
 
+@dataclass
+class LayerSummary:
+    """What the global allocation needs from one layer, and all it keeps of its salience:
+    row_order int64 [N], col_order int64 [K], block_sums fp64 [R, G] (salience summed over each
+    block of the reordered weight), grid (its BlockGrid). A streamed run (stream.py) keeps one of
+    these per layer instead of the [N, K] salience."""
+
+    row_order: torch.Tensor
+    col_order: torch.Tensor
+    block_sums: torch.Tensor
+    grid: BlockGrid
+
+
+def summarize_layers(layers: Mapping[str, torch.Tensor], saliences: Mapping[str, torch.Tensor], config: QuantConfig,
+                     row_groups: Iterable[Iterable[str]] = (), col_groups: Iterable[Iterable[str]] = (), *,
+                     canonical: bool = False) -> dict[str, LayerSummary]:
+    """Step 2 (reordering) and the block sums for a set of layers: name -> LayerSummary.
+
+    layers: name -> weight [N, K]; saliences: name -> float [N, K]. A tied group must lie inside
+    ``layers`` (its members are ranked together). canonical: sort inside each row-block / column
+    group (``reordering.canonical``), see ``make_plan``. Layers in no group get the same summary
+    whether summarised together or one set at a time, which is what lets ``stream.py`` go decoder
+    layer by decoder layer and still share ``make_plan``'s allocation.
+    """
+    sal = {n: checked_salience(saliences, n, w) for n, w in layers.items()}
+    grids = {n: BlockGrid(w.shape[0], w.shape[1], config.block_rows, config.group_size) for n, w in layers.items()}
+    shards = {n: axis_shards(n, config.tp_shards) for n in layers}  # (1, 1) everywhere unless tp_shards > 1
+    for n in layers:
+        for axis in (0, 1):
+            check_split(n, grids[n], axis, shards[n][axis])
+    orders = salience_orders(sal, _tied(row_groups, layers), _tied(col_groups, layers),
+                             config.reorder_rows, config.reorder_cols, shards)
+    if canonical:
+        orders = {n: (canonical_order(ro, config.block_rows), canonical_order(co, config.group_size))
+                  for n, (ro, co) in orders.items()}
+    return {n: LayerSummary(*orders[n], grids[n].block_sums(sal[n], *orders[n]), grids[n]) for n in layers}
+
+
+def plan_from_summaries(summaries: Mapping[str, LayerSummary], config: QuantConfig,
+                        col_weights: Mapping[str, torch.Tensor] | None = None, row_groups: Iterable[Iterable[str]] = (),
+                        col_groups: Iterable[Iterable[str]] = (), *, regroup: bool = True) -> Plan:
+    """Step 3: the one global allocation over every block of every summarised layer, then (regroup)
+    original order restored inside each bit pattern (``regroup_orders``; a tied group's pattern is
+    all its members' patterns, so a shared order stays shared). col_weights: name -> fp32 [K] E[x²]
+    kept in the LayerPlans, or None. Timings: allocate_s, regroup_s."""
+    t1 = time.perf_counter()
+    row_groups, col_groups = _tied(row_groups, summaries), _tied(col_groups, summaries)
+    bit_maps = allocate({n: (s.block_sums, s.grid.weight_counts()) for n, s in summaries.items()},
+                        config.bits, config.bit_choices)
+    t2 = time.perf_counter()
+    orders = {n: (s.row_order, s.col_order) for n, s in summaries.items()}
+    if regroup:
+        for axis, groups in ((0, row_groups), (1, col_groups)):
+            grouped = {n for g in groups for n in g}
+            for g in groups + [[n] for n in summaries if n not in grouped]:
+                new = regroup_slots(orders[g[0]][axis], *_slot_patterns([bit_maps[n] for n in g],
+                                                                         summaries[g[0]].grid, axis))
+                for n in g:
+                    orders[n] = (new, orders[n][1]) if axis == 0 else (orders[n][0], new)
+    t3 = time.perf_counter()
+    cws = col_weights or {}
+    layer_plans = {n: LayerPlan(orders[n][0], orders[n][1], bit_maps[n], cws.get(n)) for n in summaries}
+    return Plan(config, layer_plans, {"allocate_s": t2 - t1, "regroup_s": t3 - t2})
+
+
 def make_plan(layers: Mapping[str, torch.Tensor], saliences: Mapping[str, torch.Tensor], config: QuantConfig,
               col_weights: Mapping[str, torch.Tensor] | None = None, row_groups: Iterable[Iterable[str]] = (),
               col_groups: Iterable[Iterable[str]] = (), *, regroup: bool = True, canonical: bool = False) -> Plan:
-    """Reorder and allocate from given saliences: steps 2-3 of SFMP for a set of layers.
+    """Reorder and allocate from given saliences: steps 2-3 of SFMP for a set of layers
+    (``summarize_layers`` then ``plan_from_summaries``).
 
     layers: name -> weight [N, K] (original order); saliences: name -> float [N, K]; col_weights:
     name -> fp32 [K] E[x²] (stored in the LayerPlans for output-MSE clipping) or None.
@@ -168,11 +234,10 @@ def make_plan(layers: Mapping[str, torch.Tensor], saliences: Mapping[str, torch.
     gets one order, ranked by the members' summed salience (``reordering.salience_orders``); the
     compile backend finds them in the graph (``passes.tie_orders.tie_groups``) so that the folding
     pass can drop the gathers between tied layers.
-    regroup: after allocation, restore original order inside each bit pattern (``regroup_orders``;
-    a tied group's pattern is all its members' patterns, so a shared order stays shared). Right for
-    RTN, where column order only decides which columns share a scale; ``plan()`` turns it off for
-    GPTQ (``default_regroup``). canonical: with regroup=False and the min-max quantizer ("rtn"),
-    sort inside each row-block / column group (``reordering.canonical``): the same quantized
+    regroup: after allocation, restore original order inside each bit pattern (``regroup_orders``).
+    Right for RTN, where column order only decides which columns share a scale; ``plan()`` turns it
+    off for GPTQ (``default_regroup``). canonical: with regroup=False and the min-max quantizer
+    ("rtn"), sort inside each row-block / column group (``reordering.canonical``): the same quantized
     weights with fewer or cheaper gathers. Ignored for GPTQ, whose column order is its sweep order.
     With ``config.tp_shards`` > 1 every order on a tensor-parallel split axis is ranked inside its
     shards, and a shape that does not split raises SFMPConfigError (``tp``). Regrouping needs no
@@ -181,31 +246,12 @@ def make_plan(layers: Mapping[str, torch.Tensor], saliences: Mapping[str, torch.
     """
     t0 = time.perf_counter()
     row_groups, col_groups = _tied(row_groups, layers), _tied(col_groups, layers)
-    sal = {n: checked_salience(saliences, n, w) for n, w in layers.items()}
-    grids = {n: BlockGrid(w.shape[0], w.shape[1], config.block_rows, config.group_size) for n, w in layers.items()}
-    shards = {n: axis_shards(n, config.tp_shards) for n in layers}  # (1, 1) everywhere unless tp_shards > 1
-    for n in layers:
-        for axis in (0, 1):
-            check_split(n, grids[n], axis, shards[n][axis])
-    orders = salience_orders(sal, row_groups, col_groups, config.reorder_rows, config.reorder_cols, shards)
-    if canonical and not regroup and config.quantizer == "rtn":
-        orders = {n: (canonical_order(ro, config.block_rows), canonical_order(co, config.group_size))
-                  for n, (ro, co) in orders.items()}
-    blocks = {n: (grids[n].block_sums(sal[n], *orders[n]), grids[n].weight_counts()) for n in layers}
+    summaries = summarize_layers(layers, saliences, config, row_groups, col_groups,
+                                 canonical=canonical and not regroup and config.quantizer == "rtn")
     t1 = time.perf_counter()
-    bit_maps = allocate(blocks, config.bits, config.bit_choices)
-    t2 = time.perf_counter()
-    if regroup:
-        for axis, groups in ((0, row_groups), (1, col_groups)):
-            grouped = {n for g in groups for n in g}
-            for g in groups + [[n] for n in layers if n not in grouped]:
-                new = regroup_slots(orders[g[0]][axis], *_slot_patterns([bit_maps[n] for n in g], grids[g[0]], axis))
-                for n in g:
-                    orders[n] = (new, orders[n][1]) if axis == 0 else (orders[n][0], new)
-    t3 = time.perf_counter()
-    cws = col_weights or {}
-    layer_plans = {n: LayerPlan(orders[n][0], orders[n][1], bit_maps[n], cws.get(n)) for n in layers}
-    return Plan(config, layer_plans, {"reorder_s": t1 - t0 + t3 - t2, "allocate_s": t2 - t1})
+    p = plan_from_summaries(summaries, config, col_weights, row_groups, col_groups, regroup=regroup)
+    p.timings = {"reorder_s": t1 - t0 + p.timings.pop("regroup_s"), "allocate_s": p.timings["allocate_s"]}
+    return p
 
 
 def plan_inputs(model: nn.Module, bits: float = 3.0, *, calibration: Iterable | None = None,

@@ -116,16 +116,25 @@ def _input_hooks(layers: Mapping[str, nn.Module], fn):
             h.remove()
 
 
+def moment_contribution(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """One calibration item's share of E[x²]: (Σ_t x_t² fp32 [in], tokens t). x: a layer's input
+    [..., in]. The one formula the in-memory and the streamed paths (stream.py) both sum."""
+    x = x.detach().float().reshape(-1, x.shape[-1])
+    return x.pow(2).sum(0), x.shape[0]
+
+
 def input_second_moments(model: nn.Module, layers: Mapping[str, nn.Module], calibration: Iterable) -> dict[str, torch.Tensor]:
-    """E[x_k²] over all calibration tokens for each layer's input columns, fp32 [in] per layer."""
+    """E[x_k²] over all calibration tokens for each layer's input columns, fp32 [in] per layer.
+
+    Summed item by item in calibration order (fp32), then divided once: the order stream.py's
+    ``OrderedSums`` reproduces across processes, so both give the same bits."""
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
 
     def record(name, x):
-        x = x.detach().float().reshape(-1, x.shape[-1])
-        s = x.pow(2).sum(0)
+        s, n = moment_contribution(x)
         sums[name] = sums[name] + s if name in sums else s
-        counts[name] = counts.get(name, 0) + x.shape[0]
+        counts[name] = counts.get(name, 0) + n
 
     n_batches = 0
     with _input_hooks(layers, record), torch.no_grad():

@@ -38,14 +38,15 @@ def _inverse_hessian_factor(h: torch.Tensor, damp: float) -> tuple[torch.Tensor,
     until the factorisation succeeds.
     """
     h = h.double().clone()  # fp64: Cholesky of a large, badly conditioned Hessian is fragile in fp32
-    K = h.shape[0]
     diag = torch.diagonal(h)
     dead = diag == 0
     diag[dead] = 1.0
     lam = damp * float(diag.mean()) if damp > 0 else 0.0
-    eye = torch.eye(K, dtype=h.dtype, device=h.device)
     for _ in range(8):
-        L, info = torch.linalg.cholesky_ex(h + lam * eye)
+        a = h.clone()  # h + λI without a K×K identity (1.6 GB in fp64 at K = 14336)
+        a.diagonal().add_(lam)
+        L, info = torch.linalg.cholesky_ex(a)
+        del a
         if int(info) == 0:
             hinv = torch.cholesky_inverse(L)
             U, info = torch.linalg.cholesky_ex(hinv, upper=True)
@@ -132,6 +133,18 @@ def gptq_quantize(w: torch.Tensor, group_bits: torch.Tensor, group_size: int, he
 # Hessians
 # --------------------------------------------------------------------------------------------------
 
+def hessian_contribution(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """One calibration item's share of a Hessian: (Σ_t x_t x_tᵀ fp32 [K, K], tokens t). x: the layer's
+    input [..., K]. Summed in item order and scaled by ``hessian_from_sum`` (here and in stream.py)."""
+    x = x.detach().reshape(-1, x.shape[-1]).float()
+    return x.t() @ x, x.shape[0]
+
+
+def hessian_from_sum(xtx_sum: torch.Tensor, n: int) -> torch.Tensor:
+    """H = 2/n Σ x xᵀ from the summed contributions, fp32 [K, K]."""
+    return xtx_sum * (2.0 / n)
+
+
 class _HessianAccumulator:
     """Running H = 2/n Σ x xᵀ, fp32 [K, K], for the inputs of a set of linear layers."""
 
@@ -141,13 +154,12 @@ class _HessianAccumulator:
         self.counts: dict[str, int] = {}
 
     def record(self, name: str, x: torch.Tensor) -> None:
-        x = x.detach().reshape(-1, x.shape[-1]).float()
-        xtx = x.t() @ x
+        xtx, n = hessian_contribution(x)
         if name in self.sums:
             self.sums[name] += xtx
         else:
             self.sums[name] = xtx
-        self.counts[name] = self.counts.get(name, 0) + x.shape[0]
+        self.counts[name] = self.counts.get(name, 0) + n
 
     @contextmanager
     def hooks(self):
@@ -163,7 +175,7 @@ class _HessianAccumulator:
         missing = [n for n in self.layers if n not in self.sums]
         if missing:
             raise ValueError(f"calibration never reached these layers: {missing[:5]}")
-        return {n: self.sums[n] * (2.0 / self.counts[n]) for n in self.layers}
+        return {n: hessian_from_sum(self.sums[n], self.counts[n]) for n in self.layers}
 
 
 def collect_hessians(model: nn.Module, layers: Mapping[str, nn.Module], calibration: Iterable) -> dict[str, torch.Tensor]:
@@ -231,6 +243,49 @@ def _layer_output(out):
     raise TypeError(f"cannot read hidden states from a decoder layer output of type {type(out).__name__}")
 
 
+def capture_block_inputs(model: nn.Module, block: nn.Module, calibration: Iterable) -> list[tuple[tuple, dict]]:
+    """The (args, kwargs) ``block`` (a model's first decoder layer) receives for each calibration item,
+    in order: the model runs only up to that block's pre-hook, so later blocks may still be on the
+    meta device (stream.py relies on this)."""
+    inputs = []
+
+    def capture(mod, args, kwargs):
+        inputs.append((args, kwargs))
+        raise _Captured
+
+    calibration = list(calibration)
+    handle = block.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            for batch in calibration:
+                try:
+                    _run(model, batch)
+                except _Captured:
+                    pass
+    finally:
+        handle.remove()
+    if len(inputs) != len(calibration):
+        raise ValueError("GPTQ: the calibration data never reached the first decoder layer")
+    return inputs
+
+
+def block_input(args: tuple, kwargs: dict, h: torch.Tensor) -> tuple[tuple, dict]:
+    """A block's (args, kwargs) with its hidden states replaced by ``h`` (the previous block's output)."""
+    if args:
+        return (h,) + tuple(args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": h}
+
+
+def block_outputs(blk: nn.Module, inputs: list, quantized_w: Mapping[nn.Module, torch.Tensor] | None = None) -> list:
+    """The next block's inputs: ``blk`` run on each (args, kwargs), with its linears' weights
+    temporarily replaced by ``quantized_w`` (module -> [out, in]), as a quantized model feeds them."""
+    outs = []
+    with torch.no_grad(), _swapped_weights(quantized_w or {}):
+        for args, kwargs in inputs:
+            outs.append(block_input(args, kwargs, _layer_output(blk(*args, **kwargs))))
+    return outs
+
+
 def gptq_model(model: nn.Module, layers: Mapping[str, nn.Module], calibration: Iterable,
                quantize_layer: Callable[[str, torch.Tensor], tuple[object, torch.Tensor]],
                sequential: bool = True, progress: Callable[[int, int], None] | None = None) -> dict[str, object]:
@@ -254,24 +309,7 @@ def gptq_model(model: nn.Module, layers: Mapping[str, nn.Module], calibration: I
     done: set[str] = set()
     if found is not None:
         prefix, blocks = found
-        inputs = []
-
-        def capture(mod, args, kwargs):
-            inputs.append((args, kwargs))
-            raise _Captured
-
-        handle = blocks[0].register_forward_pre_hook(capture, with_kwargs=True)
-        try:
-            with torch.no_grad():
-                for batch in calibration:
-                    try:
-                        _run(model, batch)
-                    except _Captured:
-                        pass
-        finally:
-            handle.remove()
-        if len(inputs) != len(calibration):
-            raise ValueError("GPTQ: the calibration data never reached the first decoder layer")
+        inputs = capture_block_inputs(model, blocks[0], calibration)
         try:
             for i, blk in enumerate(bar(blocks, desc="GPTQ", unit="decoder layer")):
                 bprefix = f"{prefix}.{i}."
@@ -289,15 +327,7 @@ def gptq_model(model: nn.Module, layers: Mapping[str, nn.Module], calibration: I
                         done.add(n)
                 if i + 1 < len(blocks):
                     # The next block sees what the quantized model will feed it (GPTQ's sequential mode).
-                    outs = []
-                    with torch.no_grad(), _swapped_weights(quantized_w):
-                        for args, kwargs in inputs:
-                            h = _layer_output(blk(*args, **kwargs))
-                            if args:
-                                outs.append(((h,) + tuple(args[1:]), kwargs))
-                            else:
-                                outs.append((args, {**kwargs, "hidden_states": h}))
-                    inputs = outs
+                    inputs = block_outputs(blk, inputs, quantized_w)
                 if progress is not None:
                     progress(i + 1, len(blocks))
         finally:

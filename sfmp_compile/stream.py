@@ -1,0 +1,351 @@
+"""Layer-streamed quantization: a transformers causal-LM directory (config.json + safetensors shards)
+quantized one decoder layer at a time, never holding the whole model.
+
+The model is a skeleton built from config.json with every parameter on the meta device (buffers such
+as rotary frequencies real); a decoder layer's parameters are read from the shards when it is
+processed and dropped after. Calibration items run through the input embeddings up to the first
+decoder layer (``gptq.capture_block_inputs``), and their hidden states are carried forward layer by
+layer. Two passes:
+
+1. salience (float layers): per decoder layer, E[x²] of each linear's inputs (if needed), the
+   salience S = W² ⊙ E[x²] (or W²), and from it only what the global allocation needs
+   (``plan.LayerSummary``: orders and block salience sums); then ``plan.plan_from_summaries``, the
+   allocation ``plan.make_plan`` itself uses.
+2. quantize: per decoder layer, RTN, or GPTQ with Hessians from the inputs that the already-quantized
+   layers produce (``gptq_model``'s sequential mode, the same block steps), written tensor by tensor
+   to model.safetensors (``shards.SafetensorsWriter``) with the same sfmp.json as ``save_quantized``.
+
+Peak memory: one decoder layer (plus, for GPTQ, its Hessians and the quantizer's work space) and
+the calibration hidden states. Sums over calibration items use the in-memory path's formulas in its
+order, so the checkpoint is the one ``quantize`` + ``save_quantized`` write, tensor for tensor;
+under torchrun they are split across ranks and summed in that same order (distributed.py).
+Fisher salience needs a backward through the whole model and is refused here.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from .checkpoint import (WEIGHTS_METADATA, _parameters_on_meta, check_out_dir, checkpoint_meta, layer_meta,
+                         write_checkpoint_dir)
+from .checkpoint_files import CONFIG, CheckpointError, tensor_digest
+from .config import QuantConfig, SFMPConfigError
+from .distributed import OrderedSums, Ranks, from_env
+from .linear import SFMPLinear
+from .plan import default_regroup, find_linears, plan_from_summaries, summarize_layers
+from .progress import bar
+from .quantize import quantize_weight
+from .quantizers.gptq import (block_outputs, capture_block_inputs, find_decoder_layers, hessian_contribution,
+                              hessian_from_sum)
+from .salience import SALIENCES, check_weights, linear_weight, moment_contribution, salience_from_moments
+from .shards import ShardReader, SafetensorsWriter
+
+FISHER_REFUSAL = ("salience='fisher' needs a backward pass through the whole model, which streamed quantization "
+                  "(one decoder layer at a time) cannot run; quantize in memory instead (sfmp quantize without "
+                  "--stream), or use salience='activation' or 'weight' here")
+
+
+def load_skeleton(model_dir: str, dtype: torch.dtype | None = None, num_layers: int | None = None):
+    """(skeleton, reader, dtype): the config.json model with parameters on the meta device and real
+    buffers, the directory's ShardReader, and the compute dtype (``dtype``, else the input
+    embedding's stored dtype). num_layers: build only the first N decoder layers (a prefix run)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    if not os.path.isfile(os.path.join(model_dir, CONFIG)):
+        raise CheckpointError(f"{model_dir} has no config.json: streamed quantization reads a transformers model directory")
+    reader = ShardReader(model_dir)
+    try:
+        config = AutoConfig.from_pretrained(model_dir)
+    except Exception as e:
+        raise CheckpointError(f"{model_dir}/config.json cannot be read ({type(e).__name__}: {str(e)[:200]})") from None
+    if num_layers is not None:
+        if not 1 <= num_layers <= config.num_hidden_layers:
+            raise SFMPConfigError(f"num_layers={num_layers} must be in 1..{config.num_hidden_layers}")
+        config.num_hidden_layers = num_layers
+    with _parameters_on_meta():
+        probe = AutoModelForCausalLM.from_config(config)
+    emb = _qualified(probe, probe.get_input_embeddings())
+    if dtype is None:
+        dtype = reader.dtype_of(emb + ".weight")
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise SFMPConfigError(f"compute dtype must be fp32, fp16 or bf16, got {dtype}")
+    with _parameters_on_meta():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model.eval(), reader, dtype
+
+
+def _qualified(model: nn.Module, module: nn.Module) -> str:
+    return next(n for n, m in model.named_modules() if m is module)
+
+
+def _materialize(module: nn.Module, prefix: str, reader: ShardReader, dtype: torch.dtype, keys: dict) -> None:
+    """Fill ``module``'s meta parameters from the shards (prefix: its name in the state dict + '.').
+    keys: state key -> stored key (a tied parameter is read under the name it is stored as)."""
+    names = [n for n, p in module.named_parameters() if p.is_meta]
+    tensors = reader.load([keys.get(prefix + n, prefix + n) for n in names], dtype)
+    for n in names:
+        owner, _, leaf = n.rpartition(".")
+        mod = module.get_submodule(owner) if owner else module
+        t = tensors[keys.get(prefix + n, prefix + n)]
+        if tuple(t.shape) != tuple(mod._parameters[leaf].shape):
+            raise CheckpointError(f"{reader.model_dir}: tensor {prefix + n} has shape {tuple(t.shape)}, config.json "
+                                  f"implies {tuple(mod._parameters[leaf].shape)}")
+        mod._parameters[leaf] = nn.Parameter(t, requires_grad=False)
+
+
+def _release(module: nn.Module) -> None:
+    """Put ``module``'s parameters back on the meta device (their memory is freed)."""
+    for mod in module.modules():
+        for leaf, p in list(mod._parameters.items()):
+            if p is not None and not p.is_meta:
+                mod._parameters[leaf] = nn.Parameter(p.to("meta"), requires_grad=False)
+
+
+class _Hooks:
+    """Forward pre-hooks that hand each named linear's input to ``fn(name, x)``; removed on exit."""
+
+    def __init__(self, modules: dict[str, nn.Module], fn):
+        self.modules, self.fn = modules, fn
+
+    def __enter__(self):
+        self.handles = [m.register_forward_pre_hook(lambda mod, args, n=n: self.fn(n, args[0]))
+                        for n, m in self.modules.items()]
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+
+
+def _run_rounds(blk: nn.Module, inputs: list, ranks: Ranks, n_items: int, sums: OrderedSums | None,
+                keep: bool) -> list:
+    """Run this rank's items through ``blk`` round by round (summing each round's contributions in
+    item order, ``OrderedSums``); returns the outputs as the next block's inputs when ``keep``."""
+    outs = []
+    for j in range(ranks.rounds(n_items)):
+        if j < len(inputs):
+            o = block_outputs(blk, [inputs[j]])
+            if keep:
+                outs += o
+        if sums is not None:
+            sums.end_round(j)
+    return outs
+
+
+class _Streamer:
+    """One streamed run's state: skeleton, reader, config, ranks and the calibration hidden states."""
+
+    def __init__(self, model_dir, config: QuantConfig, calibration, dtype, num_layers, ranks: Ranks):
+        self.config, self.ranks = config, ranks
+        self.model, self.reader, self.dtype = load_skeleton(model_dir, dtype, num_layers)
+        self.layers = find_linears(self.model, config.skip)
+        found = find_decoder_layers(self.model, self.layers)
+        if not self.layers or found is None:
+            raise ValueError(f"{model_dir}: no decoder-layer stack of linear layers found; streamed quantization "
+                             "needs a transformers decoder (quantize it in memory instead)")
+        self.stack, self.blocks = found
+        outside = [n for n in self.layers if not n.startswith(self.stack + ".")]
+        if outside:
+            raise ValueError(f"layers outside the decoder stack {self.stack} cannot be streamed: {outside[:5]} "
+                             "(add them to skip=, or quantize in memory)")
+        state = self.model.state_dict(keep_vars=True)
+        first: dict[int, str] = {}
+        self.tied = {}  # alias key -> stored key, as save_quantized finds them (state-dict order)
+        for k, v in state.items():
+            if id(v) in first:
+                self.tied[k] = first[id(v)]
+            else:
+                first[id(v)] = k
+        self.read_as = {k: c for k, c in self.tied.items() if k not in self.reader and c in self.reader}
+        self.read_as.update({c: k for k, c in self.tied.items() if c not in self.reader and k in self.reader})
+        self.state_keys = [k for k in state if k not in self.tied]
+        self.n_items = len(calibration) if calibration is not None else 0
+        self.first_inputs = self._capture(self.ranks.share(list(calibration))) if calibration is not None else None
+
+    def block_layers(self, i: int) -> dict[str, nn.Module]:
+        pre = f"{self.stack}.{i}."
+        return {n: self.model.get_submodule(n) for n in self.layers if n.startswith(pre)}
+
+    def _capture(self, items: list) -> list:
+        """First-decoder-layer inputs of this rank's items: every parameter outside the stack except
+        an untied output head is read (embeddings, position tables), then released."""
+        head, emb = self.model.get_output_embeddings(), self.model.get_input_embeddings()
+        pre = self.stack + "."
+        needed = [(n, m) for n, m in self.model.named_modules()
+                  if (m is not head or m is emb) and not n.startswith(pre)
+                  and any(p.is_meta for p in m.parameters(recurse=False))]
+        for n, m in needed:
+            for leaf, p in list(m._parameters.items()):
+                if p is not None and p.is_meta:
+                    key = f"{n}.{leaf}" if n else leaf
+                    t = self.reader.load([self.read_as.get(key, key)], self.dtype)[self.read_as.get(key, key)]
+                    m._parameters[leaf] = nn.Parameter(t, requires_grad=False)
+        try:
+            return capture_block_inputs(self.model, self.blocks[0], items) if items else []
+        finally:
+            for _, m in needed:
+                _release(m)
+
+    def load_block(self, i: int) -> nn.Module:
+        blk = self.blocks[i]
+        _materialize(blk, f"{self.stack}.{i}.", self.reader, self.dtype, self.read_as)
+        return blk
+
+    def summaries(self, need_moments: bool):
+        """Pass 1: name -> LayerSummary and name -> E[x²] fp32 [K] (when measured), layer by layer."""
+        kind = self.config.salience
+        summaries, moments = {}, {}
+        inputs = self.first_inputs
+        for i in bar(range(len(self.blocks)), desc="stream salience", unit="decoder layer"):
+            blk, mods = self.load_block(i), self.block_layers(i)
+            check_weights(mods)
+            weights = {n: linear_weight(m).detach() for n, m in mods.items()}
+            if need_moments and mods:
+                sums = OrderedSums(self.ranks, self.n_items, {n: (w.shape[1],) for n, w in weights.items()})
+                with _Hooks(mods, lambda n, x: sums.record(n, *moment_contribution(x))):
+                    inputs = _run_rounds(blk, inputs, self.ranks, self.n_items, sums, keep=i + 1 < len(self.blocks))
+                moments.update(sums.result(lambda s, c: s / c))
+            elif need_moments:
+                inputs = _run_rounds(blk, inputs, self.ranks, self.n_items, None, keep=True)
+            sal = {n: salience_from_moments(w, moments[n] if SALIENCES[kind].uses_moments else None)
+                   for n, w in weights.items()}
+            for n, s in sal.items():
+                if not torch.isfinite(s).all():
+                    raise ValueError(f"{n}: {kind} salience is not finite (the layer's inputs E[x²] overflow fp32 or "
+                                     "contain NaN); the weight itself is finite and in range")
+            summaries.update(summarize_layers(weights, sal, self.config))
+            del weights, sal
+            _release(blk)
+        return {n: summaries[n] for n in self.layers}, ({n: moments[n] for n in self.layers} if moments else None)
+
+    def quantize(self, plan, write, layers_meta: dict) -> None:
+        """Pass 2: every decoder layer quantized (RTN, or GPTQ on the quantized prefix's outputs),
+        its layers shared out across ranks and broadcast, ``write(key, tensor)`` called for its
+        tensors (on every rank; the caller writes on rank 0 only) and each layer's sfmp.json
+        geometry put in ``layers_meta``."""
+        gptq = self.config.quantizer == "gptq"
+        inputs = self.first_inputs
+        for i in bar(range(len(self.blocks)), desc=f"stream quantize ({self.config.quantizer})", unit="decoder layer"):
+            blk, mods = self.load_block(i), self.block_layers(i)
+            hess = {}
+            if gptq and mods:
+                sums = OrderedSums(self.ranks, self.n_items, {n: (linear_weight(m).shape[1],) * 2 for n, m in mods.items()})
+                with _Hooks(mods, lambda n, x: sums.record(n, *hessian_contribution(x))):
+                    _run_rounds(blk, inputs, self.ranks, self.n_items, sums, keep=False)
+                hess = sums.result(hessian_from_sum)
+                del sums
+            packed = {}
+            for j, (n, m) in enumerate(mods.items()):
+                pw = None
+                if self.ranks.owner(j) == self.ranks.rank:
+                    pw = quantize_weight(linear_weight(m), plan.layers[n], self.config, hess.pop(n, None), name=n)
+                hess.pop(n, None)
+                packed[n] = self.ranks.broadcast_object(pw, self.ranks.owner(j))
+            if gptq and i + 1 < len(self.blocks):
+                # the next layer sees what the quantized model will feed it (GPTQ's sequential mode)
+                deq = {m: packed[n].dequantize(torch.float32).to(m.weight.device) for n, m in mods.items()}
+                inputs = block_outputs(blk, inputs, deq)
+                del deq
+            pre = f"{self.stack}.{i}."
+            for k in self.state_keys:
+                if k.startswith(pre) and not any(k.startswith(n + ".") for n in mods):
+                    write(k, self.model.get_parameter(k) if _is_param(self.model, k) else self.model.get_buffer(k))
+            for n, m in mods.items():
+                layers_meta[n] = layer_meta(packed[n], m.bias is not None)
+                for k, v in SFMPLinear(packed[n], m.bias).state_dict().items():
+                    write(f"{n}.{k}", v)
+            del packed, mods
+            _release(blk)
+
+    def write_rest(self, write) -> None:
+        """Every tensor outside the decoder stack (embeddings, final norm, head), read one at a time."""
+        pre = self.stack + "."
+        for k in self.state_keys:
+            if k.startswith(pre):
+                continue
+            if _is_param(self.model, k):
+                stored = self.read_as.get(k, k)
+                t = self.reader.load([stored], self.dtype)[stored]
+                write(k, t)
+                del t
+            else:
+                write(k, self.model.get_buffer(k))
+
+
+def _is_param(model: nn.Module, key: str) -> bool:
+    owner, _, leaf = key.rpartition(".")
+    return leaf in model.get_submodule(owner)._parameters
+
+
+def stream_quantize(model_dir: str, out_dir: str, bits: float = 3.0, *, calibration: Iterable | None = None,
+                    salience: str | None = None, tokenizer=None, overwrite: bool = False,
+                    dtype: torch.dtype | None = None, num_layers: int | None = None,
+                    ranks: Ranks | None = None, **options) -> dict:
+    """Quantize the transformers model in ``model_dir`` decoder layer by decoder layer and write an
+    SFMP checkpoint (format v2, loadable with ``load_quantized``) to ``out_dir``.
+
+    bits, calibration (a list of token-id tensors [B, T] or kwargs dicts), salience ("activation" by
+    default with calibration, else "weight"; "fisher" is refused) and options (QuantConfig fields)
+    as for ``quantize``; the checkpoint holds the same tensors as ``quantize`` + ``save_quantized``
+    of the loaded model. dtype: compute and storage dtype of the float tensors (default: as stored).
+    num_layers: quantize the first N decoder layers as an N-layer model (a quick prefix run).
+    ranks: the process group (default ``distributed.from_env()``: torchrun's, or one process).
+    Returns timings and sizes: decoder_layers, salience_s, quantize_s, write_s, total_s,
+    s_per_layer, weight_bits, out_dir.
+    """
+    t0 = time.perf_counter()
+    kind = salience or ("activation" if calibration is not None else "weight")
+    if kind == "fisher":
+        raise SFMPConfigError(FISHER_REFUSAL)
+    config = QuantConfig(bits=bits, salience=kind, **options)
+    if calibration is not None:
+        calibration = list(calibration)
+        if not calibration:
+            raise ValueError("the calibration list is empty")
+    if SALIENCES[kind].needs_calibration and calibration is None:
+        raise ValueError(f"salience='{kind}' needs calibration= data; use salience='weight' for a data-free run")
+    if config.quantizer == "gptq" and calibration is None:
+        raise ValueError("quantizer='gptq' needs calibration= data")
+    ranks = ranks or from_env()
+    if ranks.rank == 0:
+        check_out_dir(out_dir, overwrite)
+    s = _Streamer(model_dir, config, calibration, dtype, num_layers, ranks)
+    need_moments = calibration is not None and (SALIENCES[kind].uses_moments or config.clip_search)
+    summaries, moments = s.summaries(need_moments)
+    plan = plan_from_summaries(summaries, config, moments, regroup=default_regroup(config))
+    t1 = time.perf_counter()
+    writer, checksums, layers_meta = None, {}, {}
+    if ranks.rank == 0:
+        parent = os.path.dirname(os.path.abspath(out_dir))
+        os.makedirs(parent, exist_ok=True)
+        fd, partial = tempfile.mkstemp(prefix=".sfmp-stream-", suffix=".safetensors", dir=parent)
+        os.close(fd)
+        writer = SafetensorsWriter(partial, WEIGHTS_METADATA)
+
+    def write(key, t):
+        if writer is not None:
+            t = t.detach().contiguous().cpu()
+            checksums[key] = tensor_digest(t)
+            writer.add(key, t)
+
+    try:
+        s.quantize(plan, write, layers_meta)
+        t2 = time.perf_counter()
+        s.write_rest(write)
+        if writer is not None:
+            writer.close()
+            meta = checkpoint_meta(type(s.model).__name__, config, layers_meta, dict(s.tied), checksums)
+            write_checkpoint_dir(out_dir, meta, lambda path: os.replace(partial, path), s.model, tokenizer, overwrite)
+    finally:
+        if writer is not None:
+            writer.abort()
+    ranks.barrier()
+    t3 = time.perf_counter()
+    n_blocks = len(s.blocks)
+    return {"decoder_layers": n_blocks, "salience_s": t1 - t0, "quantize_s": t2 - t1, "write_s": t3 - t2,
+            "total_s": t3 - t0, "s_per_layer": (t3 - t0) / n_blocks, "weight_bits": plan.average_bits(),
+            "out_dir": out_dir}
+
