@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from sfmp_compile.config import QuantConfig  # noqa: E402  (after the path insert above)
-from quality_analysis import analysis_g64, analysis_g128, reorder_section  # noqa: E402
+from quality_analysis import alloc_section, alloc_study, analysis_g64, analysis_g128, reorder_section  # noqa: E402
 from quality_report import ABLATION_BPW, BPWS, reorder_table, report, table  # noqa: E402
 
 
@@ -241,6 +241,10 @@ def main(argv=None) -> int:
     ap.add_argument("--merge", nargs="*", default=None, help="merge shard JSONs into --out, then report")
     ap.add_argument("--report", action="store_true", help="only rewrite RESULTS.md and the PNG from --out")
     ap.add_argument("--results", default=str(HERE / "RESULTS.md"))
+    ap.add_argument("--alloc-study", action="store_true",
+                    help="code bits per layer type from the allocation alone (block sum vs per-weight ranking), "
+                         "Fisher read from --cache, -> --alloc-json")
+    ap.add_argument("--alloc-json", default=str(HERE / "quality_alloc.json"))
     ap.add_argument("--reorder-study", action="store_true",
                     help="measure per-layer errors of column reordering at integer bits, store them in --out")
     args = ap.parse_args(argv)
@@ -257,6 +261,15 @@ def main(argv=None) -> int:
                     mine["shard_wall_s"] = mine.get("shard_wall_s", [mine.get("wall_s")]) + [st.get("wall_s")]
         _write(out, data)
         args.report = True
+    if args.alloc_study:
+        from safetensors.torch import load_file
+        found = sorted(Path(args.cache).glob("fisher-*.safetensors"))
+        if len(found) != 1:
+            raise SystemExit(f"--alloc-study needs exactly one cached Fisher salience in {args.cache}, found {len(found)}")
+        study = alloc_study(load_file(found[0]), group_size=args.group_size, block_rows=args.block_rows)
+        study["fisher_file"] = found[0].name
+        _write(Path(args.alloc_json), study)
+        args.report = True
     if args.reorder_study:
         import torch
         torch.set_num_threads(args.threads)
@@ -270,8 +283,10 @@ def main(argv=None) -> int:
     if not args.report:
         run(args)
     data = migrate(json.loads(out.read_text()))
+    alloc = Path(args.alloc_json)
+    study = json.loads(alloc.read_text()) if alloc.exists() else None
     report(data, Path(args.results), out.with_suffix(".png"),
-           analysis_g128(data) + analysis_g64(data) + reorder_section(data))
+           analysis_g128(data, alloc_section(study, data)) + analysis_g64(data) + reorder_section(data))
     print(table(data))
     return 0
 

@@ -85,8 +85,9 @@ Fisher at BPW {ABLATION_BPW}: regrouped {get(f'sfmp3-fisher-rtn-{ABLATION_BPW}')
     return text
 
 
-def analysis_g128(data) -> str:
-    """What the group 128 rows say next to group 64: the cells both groups have, side by side."""
+def analysis_g128(data, alloc: str = "") -> str:
+    """What the group 128 rows say next to group 64 (the cells both groups have, side by side), then
+    ``alloc`` (the allocation study's markdown)."""
     from quality_report import cell_name, cell_run, grid_cells
     runs = data["runs"]
     pairs = []
@@ -96,7 +97,64 @@ def analysis_g128(data) -> str:
         a, b = cell_run(runs, c), cell_run(runs, (64,) + c[1:])
         if a and b:
             pairs.append(f"{cell_name(c)[5:]}: {a['ppl']:.2f} (BPW {a['bpw']:.3f}) vs {b['ppl']:.2f} (BPW {b['bpw']:.3f})")
-    if not pairs:
+    text = "\n### Group 128 next to group 64\n\nPPL at group 128 vs group 64, same cell: " + "; ".join(pairs) + ".\n" if pairs else ""
+    return text + alloc
+
+
+def alloc_study(fisher: dict, bits: float = 3.25, group_size: int = 128, block_rows: int = 512) -> dict:
+    """Allocation only (no quantization, no model): the code bits per layer type that SFMP's global
+    ranking gives at ``bits`` average code bits when blocks are ranked by their salience SUM (the paper,
+    ``allocation.allocate`` today) and by their salience per weight (sum / real weights). The two agree
+    when every block is full; on ragged shapes (SmolLM2's k/v have 192 rows < 512 block rows) the sum
+    ranks a small block low for its size alone. Also the mean Fisher per weight of each layer type.
+    fisher: name -> fp32 [N, K] (the cached ``fisher_salience``)."""
+    from sfmp_compile.allocation import allocate
+    from sfmp_compile.blocks import BlockGrid
+    from sfmp_compile.eval.report import layer_type
+    from sfmp_compile.reordering import salience_orders
+    orders = salience_orders(fisher)
+    blocks = {}
+    for n, s in fisher.items():
+        g = BlockGrid(s.shape[0], s.shape[1], block_rows, group_size)
+        blocks[n] = (g.block_sums(s, *orders[n]), g.weight_counts())
+
+    def by_type(maps):
+        acc: dict = {}
+        for n, m in maps.items():
+            c = blocks[n][1]
+            a = acc.setdefault(layer_type(n), [0.0, 0])
+            a[0] += float((m.long() * c).sum())
+            a[1] += int(c.sum())
+        return {t: a / b for t, (a, b) in acc.items()}
+
+    density = {n: (s / c.double(), c) for n, (s, c) in blocks.items()}
+    mean_f: dict = {}
+    for n, s in fisher.items():
+        a = mean_f.setdefault(layer_type(n), [0.0, 0])
+        a[0] += float(s.double().sum())
+        a[1] += s.numel()
+    out = {"bits": bits, "group_size": group_size, "block_rows": block_rows,
+           "mean_fisher": {t: a / b for t, (a, b) in mean_f.items()}, "levels": {}}
+    for name, ch in (("3", (2, 3, 4)), ("2", None)):
+        out["levels"][name] = {"sum": by_type(allocate(blocks, bits, ch)), "per_weight": by_type(allocate(density, bits, ch))}
+    return out
+
+
+def alloc_section(study: dict | None, data: dict) -> str:
+    """The allocation study as a table, with the layer-wise search's bits beside it where it ran."""
+    if not study:
         return ""
-    return ("\n### Group 128 next to group 64\n\nPPL at group 128 vs group 64, same cell: "
-            + "; ".join(pairs) + ".\n")
+    types = list(study["mean_fisher"])
+    lw = [r for r in data["runs"].values() if r["method"] == "layerwise" and r["quantizer"] == "rtn"
+          and r["group_size"] == study["group_size"] and r.get("salience") == "fisher" and r.get("target_bpw") == 3.5]
+    lines = ["| | " + " | ".join(types) + " |", "|---|" + "---|" * len(types),
+             "| mean Fisher per weight (×1e-6) | " + " | ".join(f"{study['mean_fisher'][t] * 1e6:.2f}" for t in types) + " |"]
+    for lv, d in study["levels"].items():
+        for how, label in (("sum", "ranked by block sum (today)"), ("per_weight", "ranked by salience per weight")):
+            lines.append(f"| SFMP {lv}-level, {label} | " + " | ".join(f"{d[how][t]:.2f}" for t in types) + " |")
+    for r in lw:
+        lines.append(f"| layer-wise RTN @3.5 (measured run, {r['weight_bits']:.3f} code bits) | "
+                     + " | ".join(f"{r['bits_by_type'].get(t, float('nan')):.2f}" for t in types) + " |")
+    return (f"\nCode bits per layer type from the allocation alone at {study['bits']} average code bits, group "
+            f"{study['group_size']}, block rows {study['block_rows']} (`python benchmarks/quality.py --alloc-study`, "
+            "Fisher from the cache; no quantization):\n\n" + "\n".join(lines) + "\n")

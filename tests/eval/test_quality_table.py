@@ -177,3 +177,15 @@ def test_merge_joins_shards_of_both_groups(tmp_path):
     assert set(merged["setups"]) == {"128", "64"} and set(merged["runs"]) == {"g128-uniform-rtn-3", "uniform-rtn-3"}
     assert merged["runs"]["uniform-rtn-3"]["format_version"] == 1
     assert (tmp_path / "q.png").exists() and qr.BEGIN in (tmp_path / "R.md").read_text()
+
+
+def test_alloc_study_ranks_a_small_block_by_its_sum_low_and_by_its_salience_per_weight_high():
+    import torch
+    from quality_analysis import alloc_study
+    fisher = {"model.layers.0.mlp.up_proj": torch.ones(32, 64),         # full 32 x 32 blocks, salience 1
+              "model.layers.0.self_attn.v_proj": torch.full((8, 64), 2.0)}  # 8-row blocks, salience 2 per weight
+    st = alloc_study(fisher, bits=2.5, group_size=32, block_rows=32)
+    two = st["levels"]["2"]
+    assert two["sum"] == {"up_proj": 2.5, "v_proj": 2.0}  # one up block (sum 1024) outranks v's (512)
+    assert two["per_weight"] == {"up_proj": 2.0, "v_proj": 3.0}
+    assert st["mean_fisher"] == {"up_proj": 1.0, "v_proj": 2.0}
