@@ -29,7 +29,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from sfmp_compile.config import QuantConfig  # noqa: E402  (after the path insert above)
-from quality_analysis import alloc_section, alloc_study, analysis_g64, analysis_g128, reorder_section  # noqa: E402
+from quality_analysis import (alloc_section, alloc_study, analysis_g64, analysis_g128, missed_section,  # noqa: E402
+                              reorder_section)
 from quality_report import ABLATION_BPW, BPWS, reorder_table, report, table  # noqa: E402
 
 
@@ -286,7 +287,8 @@ def main(argv=None) -> int:
     alloc = Path(args.alloc_json)
     study = json.loads(alloc.read_text()) if alloc.exists() else None
     report(data, Path(args.results), out.with_suffix(".png"),
-           analysis_g128(data, alloc_section(study, data)) + analysis_g64(data) + reorder_section(data))
+           analysis_g128(data, alloc_section(study, data)) + missed_section(data, study) + analysis_g64(data)
+           + reorder_section(data))
     print(table(data))
     return 0
 

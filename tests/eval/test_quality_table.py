@@ -189,3 +189,15 @@ def test_alloc_study_ranks_a_small_block_by_its_sum_low_and_by_its_salience_per_
     assert two["sum"] == {"up_proj": 2.5, "v_proj": 2.0}  # one up block (sum 1024) outranks v's (512)
     assert two["per_weight"] == {"up_proj": 2.0, "v_proj": 3.0}
     assert st["mean_fisher"] == {"up_proj": 1.0, "v_proj": 2.0}
+
+
+def test_missed_lines_name_each_missed_cell_with_its_kv_bits():
+    from quality_analysis import missed_lines
+    bt = lambda k, v: {"k_proj": k, "v_proj": v}  # noqa: E731
+    runs = runs_of(rec("uniform", "rtn", 100.0, 2.25, bits=2), rec("uniform", "rtn", 25.0, 3.25, bits=3),
+                   dict(rec("sfmp", "rtn", 40.0, 3.0, levels=3, target=3.0, tag=""), bits_by_type=bt(2.9, 3.0)),
+                   dict(rec("sfmp", "rtn", 30.0, 3.0, levels=2, target=3.0, tag=""), bits_by_type=bt(2.9, 3.0)),
+                   dict(rec("layerwise", "rtn", 35.0, 3.0, levels=3, target=3.0), bits_by_type=bt(3.6, 4.0)))
+    lines = missed_lines({"runs": runs})
+    assert len(lines) == 1 and lines[0].startswith("- g128 RTN @3.0, SFMP 3-level 40.00 misses layer-wise and uniform line")
+    assert "k_proj / v_proj 2.90 / 3.00 vs 3.60 / 4.00" in lines[0]
