@@ -84,7 +84,7 @@ def run_specs(group_size: int = 64):
 def grid_specs(group_size: int):
     """The method x quantizer x BPW grid at one group, keys ``g{group}-...``: uniform RTN at its integer
     points, then SFMP 3-level / 2-level / layer-wise Fisher RTN at each BPW, then GPTQ (uniform 3/4,
-    SFMP 3-level, layer-wise, SFMP 2-level at 3.0..4.0, the 2-bit / BPW 2.5 cells last)."""
+    SFMP 3-level, layer-wise, SFMP 2-level at 3.5, 4.0, 3.0, the 2-bit / BPW 2.5 cells last)."""
     p = f"g{group_size}-"
     specs = [(f"{p}uniform-rtn-{b}", lambda B, b=b: B.uniform(b, "rtn")) for b in (2, 3, 4)]
     for bpw in BPWS:
@@ -92,9 +92,11 @@ def grid_specs(group_size: int):
                   (f"{p}sfmp2-fisher-rtn-{bpw}", lambda B, bpw=bpw: B.sfmp(bpw, "fisher", 2, "rtn")),
                   (f"{p}layerwise-fisher-rtn-{bpw}", lambda B, bpw=bpw: B.layerwise(bpw, "fisher", "rtn"))]
     specs += [(f"{p}uniform-gptq-{b}", lambda B, b=b: B.uniform(b, "gptq")) for b in (3, 4)]
-    specs += [(f"{p}sfmp3-fisher-gptq-{bpw}", lambda B, bpw=bpw: B.sfmp(bpw, "fisher", 3, "gptq")) for bpw in BPWS[1:]]
-    specs += [(f"{p}layerwise-fisher-gptq-{bpw}", lambda B, bpw=bpw: B.layerwise(bpw, "fisher", "gptq")) for bpw in BPWS[1:]]
-    specs += [(f"{p}sfmp2-fisher-gptq-{bpw}", lambda B, bpw=bpw: B.sfmp(bpw, "fisher", 2, "gptq")) for bpw in BPWS[1:]]
+    # 3.5 and 4.0 first: the uniform 3/4-bit points bracket them (BPW 3.0 needs the 2-bit point too)
+    gptq_bpws = (3.5, 4.0, 3.0)
+    specs += [(f"{p}sfmp3-fisher-gptq-{bpw}", lambda B, bpw=bpw: B.sfmp(bpw, "fisher", 3, "gptq")) for bpw in gptq_bpws]
+    specs += [(f"{p}layerwise-fisher-gptq-{bpw}", lambda B, bpw=bpw: B.layerwise(bpw, "fisher", "gptq")) for bpw in gptq_bpws]
+    specs += [(f"{p}sfmp2-fisher-gptq-{bpw}", lambda B, bpw=bpw: B.sfmp(bpw, "fisher", 2, "gptq")) for bpw in gptq_bpws]
     bpw = BPWS[0]
     specs += [(f"{p}uniform-gptq-2", lambda B: B.uniform(2, "gptq")),
               (f"{p}sfmp3-fisher-gptq-{bpw}", lambda B: B.sfmp(bpw, "fisher", 3, "gptq")),
