@@ -98,7 +98,34 @@ def analysis_g128(data, alloc: str = "") -> str:
         if a and b:
             pairs.append(f"{cell_name(c)[5:]}: {a['ppl']:.2f} (BPW {a['bpw']:.3f}) vs {b['ppl']:.2f} (BPW {b['bpw']:.3f})")
     text = "\n### Group 128 next to group 64\n\nPPL at group 128 vs group 64, same cell: " + "; ".join(pairs) + ".\n" if pairs else ""
+
+    def g(k, f="ppl"):
+        r = runs.get(k)
+        return float("nan") if r is None else r[f]
+
+    if all(f"g128-{m}-fisher-rtn-{b}" in runs for m in ("sfmp3", "layerwise") for b in (3.0, 3.5, 4.0)):
+        from quality_report import goal_rows
+        rows = [r for r in goal_rows(runs) if r["quantizer"] == "rtn" and r["levels"] == 3]
+        missed = {gr: sum("missed" in r[k] for r in rows if r["group"] == gr for k in ("vs_layerwise", "vs_uniform"))
+                  for gr in (128, 64)}
+        text += f"""
+With RTN, SFMP 3-level misses {missed[128]} of its 8 comparisons (layer-wise and uniform line at 4 BPWs) at
+group 128 (format v2) and {missed[64]} of 8 at group 64 (format v1). The two tables differ in both the group
+and the format. The group 64 ablations separate part of it: without any permutation (what v2 nearly
+reaches: a regrouped order costs a few bits per row/column) SFMP at group 64 reads
+{g('sfmp3-fisher-rtn-3.5-noperm'):.2f} at BPW 3.5 (uniform line {_line(runs, 64, 3.5):.2f}) and {g('sfmp3-fisher-rtn-4.0-noperm'):.2f} at 4.0 (layer-wise
+{g('layerwise-fisher-rtn-4.0'):.2f}): v1's permutation cost explains the BPW 4.0 miss, not the 3.5 one. Group 128 leaves
+more code bits at each BPW (BPW 3.5: {g('g128-sfmp3-fisher-rtn-3.5', 'weight_bits'):.3f} vs {g('sfmp3-fisher-rtn-3.5', 'weight_bits'):.3f}). The 2-level scheme
+at BPW 3.0 loses to layer-wise ({g('g128-sfmp2-fisher-rtn-3.0'):.2f} vs {g('g128-layerwise-fisher-rtn-3.0'):.2f}): with widths 2/3 only it
+cannot give v_proj the {runs['g128-layerwise-fisher-rtn-3.0']['bits_by_type']['v_proj']:.2f} bits layer-wise gives it.
+"""
     return text + alloc
+
+
+def _line(runs, group, bpw):
+    from quality_report import uniform_line
+    v = uniform_line(runs, group, "rtn", bpw)
+    return float("nan") if v is None else v[0]
 
 
 def alloc_study(fisher: dict, bits: float = 3.25, group_size: int = 128, block_rows: int = 512) -> dict:
@@ -185,6 +212,19 @@ def missed_lines(data) -> list[str]:
     return out
 
 
+def _kv_gaps(data) -> list[float]:
+    """Layer-wise's v_proj code bits minus SFMP's, per missed goal cell that has a layer-wise run."""
+    from quality_report import find, goal_rows
+    runs, out = data["runs"], []
+    for row in goal_rows(runs):
+        if "missed" in row["vs_layerwise"] + row["vs_uniform"]:
+            sf = find(runs, row["group"], "sfmp", row["quantizer"], levels=row["levels"], bpw=row["bpw"])
+            lw = find(runs, row["group"], "layerwise", row["quantizer"], bpw=row["bpw"])
+            if lw:
+                out.append(lw["bits_by_type"]["v_proj"] - sf["bits_by_type"]["v_proj"])
+    return out
+
+
 def missed_section(data, study: dict | None) -> str:
     """Where a goal is missed: the per-cell evidence (``missed_lines``) and what it points to."""
     lines = missed_lines(data)
@@ -195,9 +235,12 @@ def missed_section(data, study: dict | None) -> str:
         mf = study["mean_fisher"]
         others = [v for t, v in mf.items() if t != "v_proj"]
         three = study["levels"]["3"]
+        gaps = _kv_gaps(data)
+        who = ("Every missed cell has one signature" if gaps and all(x >= 0.3 for x in gaps) else
+               f"{sum(x >= 0.3 for x in gaps)} of the {len(gaps)} missed cells with a layer-wise run share one signature")
         text += f"""
-Every missed cell has one signature: the layer-wise search spends far more bits on the small k/v
-projections than SFMP does. The salience is not what holds SFMP back: v_proj's Fisher per weight is
+{who}: the layer-wise search spends far more bits on the small k/v
+projections than SFMP does (v_proj: {min(gaps, default=float('nan')):.2f}-{max(gaps, default=float('nan')):.2f} bits more). The salience is not what holds SFMP back: v_proj's Fisher per weight is
 {mf['v_proj'] / max(others):.0f}-{mf['v_proj'] / min(others):.0f}× that of the other layer types. The evidence points to the ranking: SFMP
 ranks blocks by their salience *sum* (the paper's rule), and SmolLM2's k/v have 192 rows, so each of their blocks is
 192 × {study['group_size']}, 37.5 % of a full 512 × {study['group_size']} block, and sums as if it were 2.7× less
