@@ -69,6 +69,8 @@ def plot_ppl_panels(panels: dict[str, Sequence[dict]], path: str, fp32_ppl: floa
             ax.set_ylim(*ylim)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
+    for ax in axes[:-1].flat:  # the shared BPW axis is labelled once, under the last row
+        ax.set_xlabel("")
     for ax in axes[:, 0]:
         ax.set_ylabel("perplexity" + (f" (clipped at {ylim[1]:g})" if ylim else ""))
     fig.tight_layout()
