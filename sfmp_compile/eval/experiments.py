@@ -22,6 +22,7 @@ from filelock import FileLock, Timeout
 from torch import nn
 
 from ..config import QuantConfig
+from ..format import FORMAT_VERSION
 from ..linear import SFMPLinear
 from ..plan import Plan, default_regroup, find_linears, make_plan
 from ..quantize import default_bit_choices, quantization_report, quantize
@@ -212,6 +213,9 @@ class Bench:
             "bpw": rep["bpw"], "weight_bits": rep["weight_bits"], "quantized_bytes": rep["quantized_bytes"],
             "model_bytes": rep["quantized_bytes"] + rep["other_bytes"], "fp32_linear_bytes": rep["float_bytes_fp32"],
             "ppl": scores["ppl"], "kl": scores["kl"],
+            # The blocks and the format that produced this BPW (v1 stored int32 permutations).
+            "group_size": plan.config.group_size, "block_rows": plan.config.block_rows,
+            "format_version": FORMAT_VERSION,
             "bits_by_type": report_bits_by_type(rep),
             "alloc_s": alloc_s, "quant_s": quant_s, "total_s": record.get("salience_s", 0.0) + alloc_s + quant_s,
             "eval_s": eval_s,

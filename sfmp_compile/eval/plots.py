@@ -20,27 +20,61 @@ def _pyplot():
     return plt
 
 
-def plot_ppl_vs_bpw(rows: Sequence[dict], path: str, fp32_ppl: float | None, title: str) -> None:
-    """One line per ``row["series"]`` through its (``bpw``, ``ppl``) points, log-scale PPL, the fp32
-    PPL as a dashed line if given; written as a PNG to ``path``."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+def _ppl_axis(ax, rows: Sequence[dict], fp32_ppl: float | None, title: str, peers: Sequence[dict] = ()) -> None:
+    """Draw rows (lines per ``series``) and peers (one marker each, ``label``/``bpw``/``ppl``) on ``ax``."""
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(r["series"], []).append(r)
     for name, rs in groups.items():
         rs = sorted(rs, key=lambda r: r["bpw"])
         ax.plot([r["bpw"] for r in rs], [r["ppl"] for r in rs], "o-", label=name)
+    # Peers are other systems' single formats: points, not lines through unrelated formats.
+    for p, marker in zip(peers, "sDv^P*Xh"):
+        ax.plot([p["bpw"]], [p["ppl"]], marker, color="0.35", ms=6, ls="none", label=p["label"])
     if fp32_ppl:
         ax.axhline(fp32_ppl, color="k", ls="--", lw=1, label=f"fp32 ({fp32_ppl:.2f})")
     ax.set_xlabel("bits per weight (everything stored)")
-    ax.set_ylabel("perplexity")
     ax.set_yscale("log")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
+
+
+def plot_ppl_vs_bpw(rows: Sequence[dict], path: str, fp32_ppl: float | None, title: str,
+                    peers: Sequence[dict] = ()) -> None:
+    """One line per ``row["series"]`` through its (``bpw``, ``ppl``) points, log-scale PPL, the fp32
+    PPL as a dashed line if given, each of ``peers`` as a lone marker; written as a PNG to ``path``."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    _ppl_axis(ax, rows, fp32_ppl, title, peers)
+    ax.set_ylabel("perplexity")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_ppl_panels(panels: dict[str, Sequence[dict]], path: str, fp32_ppl: float | None,
+                    peers: Sequence[dict] = (), ncols: int = 2, ylim: tuple[float, float] | None = None) -> None:
+    """``plot_ppl_vs_bpw`` once per panel (title -> rows), in a grid of ``ncols`` columns sharing the
+    PPL axis (clipped to ``ylim`` if given, so a few unusable points do not flatten the rest); the
+    same ``peers`` on every panel. Written as one PNG to ``path``."""
+    if not panels:
+        raise ValueError("plot_ppl_panels needs at least one panel")
+    plt = _pyplot()
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 4.2 * nrows), sharex=True, sharey=True, squeeze=False)
+    for ax, (title, rows) in zip(axes.flat, panels.items()):
+        _ppl_axis(ax, rows, fp32_ppl, title, peers)
+        if ylim:
+            ax.set_ylim(*ylim)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[:-1].flat:  # the shared BPW axis is labelled once, under the last row
+        ax.set_xlabel("")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("perplexity" + (f" (clipped at {ylim[1]:g})" if ylim else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

@@ -46,3 +46,11 @@ def test_compute_once_caches_on_disk_and_releases_its_lock(tmp_path):
     lock.acquire(timeout=0)  # nobody holds it any more
     lock.release()
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_a_run_records_the_blocks_and_format_that_made_its_bpw():
+    from sfmp_compile.format import FORMAT_VERSION
+    b = _bench().prepare()
+    r = b.uniform(3)
+    assert (r["group_size"], r["block_rows"], r["format_version"]) == (32, 32, FORMAT_VERSION)
+    assert r["method"] == "uniform" and r["weight_bits"] == 3.0 and r["ppl"] > 1 and r["kl"] >= 0

@@ -21,3 +21,14 @@ def test_heatmap_legend_is_the_widths_present(tmp_path, bits, choices):
 def test_heatmap_of_a_float_model_is_refused(tmp_path):
     with pytest.raises(ValueError, match="no SFMPLinear"):
         bitmap_figure(tiny_llama(), str(tmp_path / "x.png"))
+
+
+def test_ppl_panels_draw_peers_on_every_panel_and_refuse_none(tmp_path):
+    from sfmp_compile.eval.plots import plot_ppl_panels
+    rows = [{"series": "uniform", "bpw": b, "ppl": p} for b, p in ((2.25, 90.0), (3.25, 25.0))]
+    png = tmp_path / "q.png"
+    plot_ppl_panels({"a": rows, "b": rows[:1], "c": []}, str(png), 18.2, [{"label": "llama.cpp Q4_0", "bpw": 4.5, "ppl": 22.6}],
+                    ylim=(15, 300))
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="at least one panel"):
+        plot_ppl_panels({}, str(png), None)
