@@ -198,12 +198,30 @@ void chunk_avx2(const Layer& L, int64_t r, int64_t i0, const Acts* acts, float* 
   const __m256i last_mask = _mm256_load_si256(reinterpret_cast<const __m256i*>(lm));
   const bool last_partial = tail < 8;
   alignas(32) float out[MT][CHUNK] = {};
+  alignas(16) c10::Half sh_tail[CHUNK] = {}, zh_tail[CHUNK] = {};
   for (int64_t g = 0; g < L.G; ++g) {
     const int64_t j = L.group_order[r * L.G + g];
     const int b = L.bits[r * L.G + j];
     const int64_t cols = L.stored_cols(j), col0 = j * L.group_size;
     int64_t stride;
     const int32_t* plane = L.chunk_block(r, i0, n, j, stride);
+    // This group's scales and zeros sit in two other streams ([G, N]): ask for the next group's
+    // now, so their misses overlap this group's dot products instead of stalling after them.
+    if (g + 1 < L.G) {
+      const int64_t jn = L.group_order[r * L.G + g + 1];
+      for (int l = 0; l < n; l += 32) {
+        _mm_prefetch(reinterpret_cast<const char*>(L.scales + jn * L.N + row0 + l), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(L.zeros + jn * L.N + row0 + l), _MM_HINT_T0);
+      }
+    }
+    const c10::Half* sh = L.scales + j * L.N + row0;
+    const c10::Half* zh = L.zeros + j * L.N + row0;
+    if (n < CHUNK) {  // a ragged chunk: padded copies, so the vector loads below stay in bounds
+      std::copy(sh, sh + n, sh_tail);
+      std::copy(zh, zh + n, zh_tail);
+      sh = sh_tail;
+      zh = zh_tail;
+    }
     __m256i acc[MT * VECS];
     for (int i = 0; i < MT * VECS; ++i) acc[i] = _mm256_setzero_si256();
     int shift = 0;
@@ -229,12 +247,9 @@ void chunk_avx2(const Layer& L, int64_t r, int64_t i0, const Acts* acts, float* 
       plane += words * stride;
       shift += w;
     }
-    alignas(16) c10::Half sh[CHUNK] = {}, zh[CHUNK] = {};
-    std::copy(L.scales + j * L.N + row0, L.scales + j * L.N + row0 + n, sh);
-    std::copy(L.zeros + j * L.N + row0, L.zeros + j * L.N + row0 + n, zh);
     for (int v = 0; v < nv; ++v) {
-      const __m256 s = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(sh + 8 * v)));
-      const __m256 z = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(zh + 8 * v)));
+      const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sh + 8 * v)));
+      const __m256 z = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(zh + 8 * v)));
       for (int m = 0; m < MT; ++m) {
         const __m256 d = _mm256_fnmadd_ps(z, _mm256_set1_ps(static_cast<float>(acts[m].xsum[j])),
                                           _mm256_cvtepi32_ps(acc[m * VECS + v]));
