@@ -26,6 +26,8 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+from cpu_decode import _best  # noqa: E402
 
 # SmolLM2-135M: hidden 576, MLP 1536, 9 query / 3 KV heads of 64, 30 layers.
 SHAPES = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)]
@@ -42,15 +44,6 @@ def _layers(widths, n_layers):
             calls = {lay: op_call(w.to_layout(lay), "cpu") for lay in ("packed", "panel")}
             out.append((torch.randn(1, k), calls, w.data["qweight"].numel() * 4))
     return out
-
-
-def _time(fn, repeats):
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.thread_time()
-        fn()
-        best = min(best, time.thread_time() - t)
-    return best
 
 
 def main(argv=None):
@@ -82,7 +75,8 @@ def main(argv=None):
                     for _ in range(a.hot):
                         op(x, *args)
             cold()
-            c, h = _time(cold, a.repeats), _time(hot, a.repeats) / a.hot
+            c = _best(cold, a.repeats, time.thread_time)
+            h = _best(hot, a.repeats, time.thread_time) / a.hot
             rows[lay] = {"cold_ms": c * 1e3, "hot_ms": h * 1e3, "cold_gbps": nbytes / c / 1e9}
     speed = {k: rows["packed"][f"{k}_ms"] / rows["panel"][f"{k}_ms"] for k in ("cold", "hot")}
     print(f"{len(layers)} layers, widths {widths}, {nbytes / 2**20:.1f} MiB of qweight, 1 thread, thread CPU time")
