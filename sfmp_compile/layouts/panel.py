@@ -35,39 +35,30 @@ def eligible(bits: Tensor) -> bool:
 
 def _row_blocks(p: PackedWeight):
     """(first word, words per row, rows) of every row-block of ``p``, from its tables."""
-    bits = p.bits.to("cpu", torch.int64)
+    bits, grid = p.bits.to("cpu", torch.int64), p.grid
     R, G = bits.shape
-    cols = torch.tensor([-(-min(p.group_size, p.in_features - j * p.group_size) // 32) * 32 for j in range(G)])
+    cols = torch.tensor([grid.stored_cols(j) for j in range(G)], dtype=torch.int64)
     row_words = (bits * cols).sum(dim=1) // 32
     first = p.group_order.to("cpu", torch.int64)[:, 0] if G else torch.zeros(R, dtype=torch.int64)
     base = p.block_offset.to("cpu", torch.int64).gather(1, first[:, None])[:, 0] if G else first
     for r in range(R):
-        yield int(base[r]), int(row_words[r]), min(p.block_rows, p.out_features - r * p.block_rows)
+        yield int(base[r]), int(row_words[r]), grid.rows_in(r)
 
 
-def _move(q: Tensor, p: PackedWeight, to_panel: bool) -> Tensor:
-    out = q.clone()
+def _panel_index(p: PackedWeight) -> Tensor:
+    """int64 [total_words]: panel word i is packed word ``index[i]`` (one gather each way)."""
+    index = torch.arange(p.qweight.numel())
     c = PANEL_ROWS
     for base, words, rows in _row_blocks(p):
-        n = words * rows
-        src = q[base : base + n]
-        full = rows // c * c
-        if to_panel:
-            slab = src.view(words, rows)
-            head = slab[:, :full].reshape(words, rows // c, c).permute(1, 0, 2).reshape(-1)
-            tail = slab[:, full:].reshape(-1)
-        else:
-            head = src[: words * full].view(rows // c, words, c).permute(1, 0, 2).reshape(words, full)
-            tail = src[words * full :].view(words, rows - full)
-            head = torch.cat([head, tail], dim=1).reshape(-1)
-            tail = head[:0]
-        out[base : base + n] = torch.cat([head, tail])
-    return out
+        slab = index[base : base + words * rows].view(words, rows)  # a row-block: [words, rows]
+        chunks = [slab[:, i0 : i0 + c].reshape(-1) for i0 in range(0, rows, c)]
+        index[base : base + words * rows] = torch.cat(chunks) if chunks else slab.reshape(-1)
+    return index
 
 
 def from_packed(p: PackedWeight) -> dict[str, Tensor]:
     """The panel layout's tensors: ``qweight`` re-ordered, the other six shared with ``p``."""
-    return {"qweight": _move(p.qweight, p, to_panel=True),
+    return {"qweight": p.qweight[_panel_index(p).to(p.qweight.device)],
             **{f: getattr(p, f) for f in TENSORS if f != "qweight"}}
 
 
@@ -76,4 +67,6 @@ def to_packed(t: dict[str, Tensor], row_perm: Tensor, col_perm: Tensor, block_ro
     """The packed form, bit for bit (the words moved back)."""
     p = PackedWeight(**t, row_perm=row_perm, col_perm=col_perm, out_features=out_features,
                      in_features=in_features, block_rows=block_rows, group_size=group_size)
-    return PackedWeight(**{**p.tensors(), "qweight": _move(p.qweight, p, to_panel=False)}, **p.meta())
+    packed = torch.empty_like(p.qweight)
+    packed[_panel_index(p).to(p.qweight.device)] = p.qweight
+    return PackedWeight(**{**p.tensors(), "qweight": packed}, **p.meta())
