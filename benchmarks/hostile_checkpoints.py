@@ -253,18 +253,25 @@ def ckpt_file(ctx, base, edit, resign, into):
 VALUE_EDITS = {"config_eps_changed": lambda c: c.rms_norm_eps == 0.5}
 
 
+def plant_special(path, what: str) -> bool:
+    """Put a FIFO ("fifo"), a directory ("dir" / "directory") or a symlink to /dev/zero ("devzero")
+    at ``path`` and return True; for any other ``what`` plant nothing and return False."""
+    if what == "fifo":
+        os.mkfifo(path)
+    elif what in ("dir", "directory"):
+        os.makedirs(path)
+    elif what == "devzero":
+        os.symlink("/dev/zero", path)
+    return what in ("fifo", "dir", "directory", "devzero")
+
+
 def ckpt_special(ctx, base, name, what, into):
     """A FIFO, directory, symlink to /dev/zero, or nothing in place of one of the checkpoint's files."""
     from sfmp_compile import load_quantized
     d = _copy(ctx, ctx[base])
     p = os.path.join(d, name)
     os.remove(p)
-    if what == "fifo":
-        os.mkfifo(p)
-    elif what == "dir":
-        os.mkdir(p)
-    elif what == "devzero":
-        os.symlink("/dev/zero", p)
+    plant_special(p, what)
     m = load_quantized(d, model=_skeleton(base) if into else None)
     return _same_logits(m, ctx["ref_" + base])
 

@@ -15,6 +15,8 @@ import sys
 import tempfile
 import warnings
 
+from hostile_checkpoints import plant_special
+
 import torch
 from torch import nn
 
@@ -276,14 +278,10 @@ def kernel_cache(ctx, plant, family_m):
         import hashlib
         src = generate.emit_source(key)
         path = os.path.join(kdir, f"{key.name}_{hashlib.sha256(src.encode()).hexdigest()[:12]}.py")
-        if plant == "non_utf8":
+        if plant_special(path, plant):
+            pass
+        elif plant == "non_utf8":
             open(path, "wb").write(b"\xff\xfe\x00garbage")
-        elif plant == "directory":
-            os.makedirs(path)
-        elif plant == "fifo":
-            os.mkfifo(path)
-        elif plant == "devzero":
-            os.symlink("/dev/zero", path)
         elif plant == "planted_code":
             open(path, "wb").write(evil + src.encode())
         elif plant == "symlink_to_evil":
@@ -325,11 +323,7 @@ def autotune_table(ctx, plant):
     _fresh_codegen(cache)
     path = autotune.tuned_cache_path("cpu")
     path.parent.mkdir(parents=True)
-    if plant == "fifo":
-        os.mkfifo(path)
-    elif plant == "directory":
-        os.makedirs(path)
-    else:
+    if not plant_special(path, plant):
         path.write_bytes(AUTOTUNE_PLANTS[plant])
     table = autotune._tuned_table("cpu")
     for k, v in table.items():
