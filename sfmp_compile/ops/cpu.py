@@ -41,7 +41,7 @@ def available() -> bool:
     # A cached compiled graph calls the op by its schema at the time it was compiled; key those
     # graphs on the kernel's sources so an edited schema or body never replays stale code.
     here = Path(__file__).parent
-    fp = cache_key.files_hash([here / "cpu_kernel.cpp", here / "cpu.py"])
+    fp = cache_key.files_hash([*cpu_build.SOURCES, here / "cpu.py"])
     for name in ("sfmp::linear_cpu.v2", "sfmp::embedding_cpu.v2"):
         cache_key.register(name, fp)
     _registered = True

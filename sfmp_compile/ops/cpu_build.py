@@ -1,6 +1,6 @@
 """Build and load the CPU kernel (``cpu_kernel.cpp``) with the C++ compiler torch.compile already needs on CPU.
 
-The shared object is cached under ``<cache>/cpu_kernel/<key>.so``; the key hashes the source, the
+The shared object is cached under ``<cache>/cpu_kernel/<key>.so``; the key hashes the sources, the
 torch version, the compiler, its flags and the CPU's instruction-set flags (the build targets this
 CPU with ``-march=native``), so a changed input never loads a stale build. Builds run under a file
 lock and land by atomic rename: concurrent processes build once, a killed build leaves nothing
@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("cpu_kernel.cpp")
+# Every C++ source of the CPU ops, compiled into one shared object (one build, one cache key).
+SOURCES = (Path(__file__).with_name("cpu_kernel.cpp"),)
 _state: dict[str, object] = {}
 
 
@@ -53,7 +54,7 @@ def _command(cxx: str, out: Path, native: bool) -> list[str]:
     from torch.utils.cpp_extension import include_paths, library_paths
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     lib = library_paths()[0]
-    return [cxx, str(SOURCE), "-o", str(out), "-shared", "-fPIC", "-O3", "-std=c++20", "-fopenmp",
+    return [cxx, *map(str, SOURCES), "-o", str(out), "-shared", "-fPIC", "-O3", "-std=c++20", "-fopenmp",
             *(["-march=native"] if native else []), f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-w",
             *(f"-I{p}" for p in include_paths()), f"-I{sysconfig.get_paths()['include']}",
             f"-L{lib}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{lib}"]
@@ -61,7 +62,7 @@ def _command(cxx: str, out: Path, native: bool) -> list[str]:
 
 def _key(cxx: str, native: bool) -> str:
     h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), torch.__version__.encode(), cxx.encode(), str(native).encode(),
+    for part in (*(p.read_bytes() for p in SOURCES), torch.__version__.encode(), cxx.encode(), str(native).encode(),
                  _cpu_flags().encode() if native else b""):
         h.update(part)
         h.update(b"\0")
