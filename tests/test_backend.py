@@ -332,17 +332,31 @@ def test_cpu_layout_layers_keep_their_op_and_their_permutations_fold():
     assert r.gathers_after < r.gathers_before
 
 
+@pytest.fixture(scope="module")
+def reference_3bit():
+    """``(backend, logits)``: the tiny Llama compiled at 3.0 bits on the exact reference op, on ``_ids(8)``.
+
+    The CPU-kernel tests below all compare against this same compile (same model, plan and input),
+    so it is built once for the module instead of once per test; each test still compiles its own
+    model with its own backend. Read-only: no test compiles or calls through this backend again.
+    The model is held until the module ends: the backend's cache is keyed by parameter identity
+    and drops a layer (and its ``packed_bytes``) once its parameter is freed."""
+    torch._dynamo.reset()
+    be, model = _backend(bits=3.0), tiny_llama()
+    with torch.no_grad():
+        logits = torch.compile(model, backend=be)(_ids(8)).logits
+    torch._dynamo.reset()
+    yield be, logits
+    del model
+
+
 @pytest.mark.parametrize("kernel,op,floor_db", [("packed", "linear_cpu.v2", 30), ("precise", "linear_cpu.v2", 60),
                                                 ("int4", "linear_cpu_int4", 30)])
-def test_cpu_kernels_are_close_to_reference(kernel, op, floor_db):
+def test_cpu_kernels_are_close_to_reference(reference_3bit, kernel, op, floor_db):
     """Every layer runs the chosen CPU kernel, within its activation rounding of the reference compile."""
     from sfmp_compile.eval.metrics import sqnr_db
-    torch._dynamo.reset()
-    model = tiny_llama()
-    ref_be = _backend(bits=3.0)
-    with torch.no_grad():
-        ref = torch.compile(model, backend=ref_be)(_ids()).logits
-    torch._dynamo.reset()
+    _, ref = reference_3bit
+    model = tiny_llama()  # deterministic in its seed: the model the reference compiled
     be = _backend(bits=3.0, cpu_kernel=kernel)
     with torch.no_grad():
         out = torch.compile(model, backend=be)(_ids()).logits
@@ -351,7 +365,7 @@ def test_cpu_kernels_are_close_to_reference(kernel, op, floor_db):
     assert kernel == "int4" or be.resident_bytes == be.packed_bytes  # true-bit resident: nothing widened
 
 
-def test_cpu_int4_backend_holds_one_shared_int4_copy_of_each_weight():
+def test_cpu_int4_backend_holds_one_shared_int4_copy_of_each_weight(reference_3bit):
     """The int4 CPU path keeps only the int4 form: every graph (including recompiles for a new
     length) takes its constants from the backend's cache, the true-bit form is rebuilt exactly on
     demand, and the resident bytes are at most 1/6 of the fp32 linears."""
@@ -362,14 +376,12 @@ def test_cpu_int4_backend_holds_one_shared_int4_copy_of_each_weight():
         return gm.forward
 
     model = tiny_llama()
-    twin_be = _backend(bits=3.0)  # same plan, true-bit form kept: the reference for packed_weights()
+    twin_be, _ = reference_3bit  # same model and plan, true-bit form kept: the reference for packed_weights()
     be = _backend(bits=3.0, cpu_kernel="int4", inner=inner)
     cm = torch.compile(model, backend=be, dynamic=False)
     with torch.no_grad():
         cm(_ids(8))
         cm(_ids(12, seed=1))  # static shapes: a second graph, from the cache
-        torch._dynamo.reset()
-        torch.compile(model, backend=twin_be)(_ids(8))
     assert len(graphs) == 2 and be.quantize_calls == 14
     cached = {e.layer.data["w4"].data_ptr() for e in be._cache.values()}
     for gm in graphs:
