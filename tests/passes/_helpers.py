@@ -55,6 +55,21 @@ def quantized_twin(model: nn.Module, plan, cpu_kernel: str = "reference") -> nn.
     return q
 
 
+def dequantized_from(model: nn.Module, qtwin: nn.Module, names) -> nn.Module:
+    """``dequantized_twin`` built from an already quantized twin (``quantized_twin(model, plan)``):
+    a float copy of ``model`` whose layers ``names`` hold Ŵ of ``qtwin``'s SFMPLinear layers, without
+    quantizing every layer a second time (the cost on large layers). Same Ŵ as
+    ``dequantized_twin(model, plan)`` whenever ``quantize(plan=plan)`` is the per-layer
+    ``quantize_weight``; a test that compares a compile with both twins checks that too."""
+    twin = copy.deepcopy(model)
+    for name in names:
+        mod = twin.get_submodule(name)
+        deq = qtwin.get_submodule(name).packed.dequantize()
+        with torch.no_grad():
+            mod.weight.copy_(deq.t() if type(mod).__name__ == "Conv1D" else deq)
+    return twin
+
+
 def assert_close_rel(a: torch.Tensor, b: torch.Tensor, rel: float) -> None:
     """max |a - b| <= rel * max |b| (logits of random tiny models are O(1) and vary in scale)."""
     err = (a.float() - b.float()).abs().max().item()
