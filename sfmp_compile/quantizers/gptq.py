@@ -53,8 +53,9 @@ def _inverse_hessian_factor_(h: torch.Tensor, damp: float, factor_dtype: torch.d
     copy torch otherwise makes), which leaves h intact as the source of a retry: 2 K² fp32 values
     at most (1.6 GB at K = 14336; fp64 work space makes it 2.5 GB, the old code held ~5 copies).
     fp32 by default: it is what GPTQ's reference implementation factorises in, it halves the work
-    space and the time, and on the 4096 × 14336 layer of benchmarks/gptq_memory.py it gives the same
-    GPTQ loss as fp64 (docs/SCALE.md); a failed fp32 factorisation is retried with more damping.
+    space and the time, and the GPTQ loss stays within 2e-5 (relative) of fp64's, no worse on
+    average (benchmarks/gptq_factor_precision.py, docs/SCALE.md (c)); a failed fp32 factorisation
+    is retried with more damping, as an fp64 one is.
     Dead columns (diag 0: inputs that were always zero) get H_kk = 1 so the matrix stays positive
     definite; their weights never influence the output and are zeroed by the caller. If the damped
     matrix is still not positive definite (round-off on a near-singular H), λ is raised tenfold
@@ -69,7 +70,7 @@ def _inverse_hessian_factor_(h: torch.Tensor, damp: float, factor_dtype: torch.d
     work = torch.empty(K, K, dtype=factor_dtype, device=h.device).mT  # column-major: LAPACK's own layout
     info = torch.empty((), dtype=torch.int32, device=h.device)
     for _ in range(8):
-        work.copy_(h)  # h is symmetric, so the layout swap changes nothing
+        work.copy_(h)  # the same matrix in the other memory layout: LAPACK reads h's lower triangle, as before
         work.diagonal().add_(lam)
         torch.linalg.cholesky_ex(work, out=(work, info))
         if int(info) == 0:
