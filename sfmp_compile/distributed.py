@@ -95,7 +95,11 @@ class OrderedSums:
         self.pending: dict[str, tuple[torch.Tensor, int]] = {}
 
     def _add(self, name: str, value: torch.Tensor, count: int) -> None:
-        self.sums[name] = self.sums[name] + value if name in self.sums else value
+        # In place (the same bits as ``+``): no second K × K Hessian while one item's share is added.
+        if name in self.sums:
+            self.sums[name].add_(value)
+        else:
+            self.sums[name] = value
         self.counts[name] = self.counts.get(name, 0) + count
 
     def record(self, name: str, value: torch.Tensor, count: int) -> None:

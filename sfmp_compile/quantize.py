@@ -24,11 +24,13 @@ from .salience import linear_weight
 
 
 def quantize_weight(weight: torch.Tensor, layer_plan: LayerPlan, config, hessian: torch.Tensor | None = None,
-                    name: str | None = None) -> PackedWeight:
+                    name: str | None = None, overwrite_hessian: bool = False) -> PackedWeight:
     """Quantize one [N, K] float weight (original order) under its plan into a PackedWeight.
 
     hessian: fp32 [K, K] (original column order) for the GPTQ quantizer; ignored by RTN. name: the
-    layer's name, for errors and the all-zeros warning.
+    layer's name, for errors and the all-zeros warning. overwrite_hessian: permute and factorise
+    ``hessian`` in its own storage (it is garbage afterwards) instead of a copy: what the model
+    paths do, one K × K matrix less (0.8 GB at K = 14336); the result is the same either way.
     """
     N, K = weight.shape
     if layer_plan.shape != (N, K):
@@ -43,13 +45,20 @@ def quantize_weight(weight: torch.Tensor, layer_plan: LayerPlan, config, hessian
         from .quantizers.gptq import gptq_quantize
         if hessian is None:
             raise ValueError("the gptq quantizer needs calibration data (a Hessian per layer)")
-        h = hessian.float().to(w.device).index_select(0, co.to(w.device)).index_select(1, co.to(w.device))
+        from .quantizers.gptq import permute_hessian_
+        h = hessian.to(w.device, torch.float32)
+        if overwrite_hessian:
+            h = permute_hessian_(h, co)
+        else:
+            h = h.index_select(0, co.to(w.device)).index_select(1, co.to(w.device))
     else:
         h = None
     try:
         if config.quantizer == "gptq":
+            # h and w are this function's own (a permuted copy, or the caller's to overwrite): work space
             codes, scales, zeros = gptq_quantize(w, group_bits, config.group_size, h, damp=config.gptq_damp,
-                                                 clip=config.clip_search, name=name)
+                                                 clip=config.clip_search, name=name, overwrite=True)
+            del h
         else:
             cw = layer_plan.col_weight
             cw = cw.float().to(w.device)[co.to(w.device)] if cw is not None else None
@@ -112,7 +121,8 @@ def quantize(model: nn.Module, bits: float = 3.0, *, calibration: Iterable | Non
             # Quantize one layer and hand back its dequantized weight, which feeds the later layers.
             m = layers[name]
             check_weight(name, m.weight)
-            pw = quantize_weight(linear_weight(m), plan.layers[name], config, hessian, name=name)
+            pw = quantize_weight(linear_weight(m), plan.layers[name], config, hessian, name=name,
+                                 overwrite_hessian=True)  # gptq_model hands over each Hessian once
             if progress is not None:
                 progress(name)
             return pw, pw.dequantize(torch.float32).to(m.weight.device)

@@ -241,7 +241,8 @@ class _Streamer:
             for j, (n, m) in enumerate(mods.items()):
                 pw = None
                 if self.ranks.owner(j) == self.ranks.rank:
-                    pw = quantize_weight(linear_weight(m), plan.layers[n], self.config, hess.pop(n, None), name=n)
+                    pw = quantize_weight(linear_weight(m), plan.layers[n], self.config, hess.pop(n, None), name=n,
+                                         overwrite_hessian=True)
                 hess.pop(n, None)
                 packed[n] = self.ranks.broadcast_object(pw, self.ranks.owner(j))
             if gptq and i + 1 < len(self.blocks):

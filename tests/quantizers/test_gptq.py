@@ -147,3 +147,114 @@ def test_sequential_matches_all_at_once_for_first_block():
     # Block 1 saw the zeroed ("quantized") block 0 outputs in sequential mode, so its Hessians differ.
     n1 = "model.layers.1.self_attn.q_proj"
     assert not torch.allclose(seen_seq[n1], seen_all[n1])
+
+
+# --------------------------------------------------------------------------------------------------
+# In-place Hessian work (issue 11: an 8B down_proj's 14336² Hessian must not be copied)
+# --------------------------------------------------------------------------------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from sfmp_compile.config import QuantConfig  # noqa: E402
+from sfmp_compile.plan import LayerPlan  # noqa: E402
+from sfmp_compile.quantize import quantize_weight  # noqa: E402
+from sfmp_compile.quantizers.gptq import _inverse_hessian_factor_, permute_hessian_  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(K=st.integers(1, 70), chunk=st.integers(1, 80), seed=st.integers(0, 2**16))
+def test_permute_hessian_in_place_is_the_double_gather(K, chunk, seed):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(K, K, generator=g)  # need not be symmetric
+    order = torch.randperm(K, generator=g)
+    want = h.index_select(0, order).index_select(1, order)
+    ptr = h.data_ptr()
+    got = permute_hessian_(h, order, chunk=chunk)
+    assert got.data_ptr() == ptr and torch.equal(got, want)
+
+
+def _reference_factor(h, damp):
+    """The pre-issue-11 factorisation: fp64 copies, out of place."""
+    h = h.double().clone()
+    diag = torch.diagonal(h)
+    diag[diag == 0] = 1.0
+    a = h + damp * float(diag.mean()) * torch.eye(h.shape[0], dtype=torch.float64)
+    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(a)), upper=True).float()
+
+
+def test_in_place_factor_fp64_is_the_old_factor_and_fp32_is_close():
+    x = correlated_inputs(96, 80)  # rank 80 of 80, outlier channels
+    x[:, 7] = 0  # a dead column
+    h = 2 * x.t() @ x / x.shape[0]
+    ref = _reference_factor(h, 0.01)
+    for dtype, tol in ((torch.float64, 0.0), (torch.float32, 1e-3)):
+        work = h.clone()
+        U, dead = _inverse_hessian_factor_(work, 0.01, dtype)
+        assert U.data_ptr() == work.data_ptr() and U.dtype == torch.float32  # returned in h's own storage
+        assert dead.nonzero().flatten().tolist() == [7]
+        assert torch.equal(U, U.triu())
+        err = float((U - ref).abs().max() / ref.abs().max())
+        assert err <= tol, (dtype, err)
+
+
+def test_in_place_factor_retries_from_the_intact_hessian():
+    """An indefinite H (eigenvalue -0.05) fails at λ = 0.01 and succeeds at λ = 0.1: the retry must
+    start again from H, not from what the failed in-place factorisation left."""
+    K = 40
+    g = torch.Generator().manual_seed(5)
+    q, _ = torch.linalg.qr(torch.randn(K, K, generator=g, dtype=torch.float64))
+    eig = torch.linspace(0.5, 1.5, K, dtype=torch.float64)
+    eig[3] = -0.05
+    h = ((q * eig) @ q.t()).float()
+    h = (h + h.t()) / 2
+    lam = 0.1 * float(torch.diagonal(h).double().mean())
+    a = h.double() + lam * torch.eye(K, dtype=torch.float64)
+    want = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(a)), upper=True).float()
+    U, _ = _inverse_hessian_factor_(h.clone(), 0.01, torch.float64)
+    torch.testing.assert_close(U, want, rtol=1e-6, atol=1e-6)
+
+
+def test_overwrite_gives_the_same_result_as_copies():
+    N, K, gs = 64, 256, 32
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(N, K, generator=g)
+    x = correlated_inputs(512, K)
+    h = 2 * x.t() @ x / 512
+    cfg = QuantConfig(bits=3.0, bit_choices=(2, 3, 4), quantizer="gptq", block_rows=32, group_size=gs)
+    bits = torch.tensor([2, 3, 4], dtype=torch.uint8)[torch.randint(0, 3, (N // 32, K // gs), generator=g)]
+    lp = LayerPlan(torch.randperm(N, generator=g), torch.randperm(K, generator=g), bits)
+    h_kept, w_kept = h.clone(), w.clone()
+    a = quantize_weight(w, lp, cfg, h).dequantize()
+    assert torch.equal(h, h_kept) and torch.equal(w, w_kept)  # default: the caller's tensors untouched
+    b = quantize_weight(w, lp, cfg, h, overwrite_hessian=True).dequantize()
+    assert torch.equal(a, b)
+    assert not torch.equal(h, h_kept)  # it really was the work space
+    codes = gptq_quantize(w.clone(), torch.full((N, K // gs), 3), gs, h_kept.clone(), overwrite=True)
+    assert all(torch.equal(p, q) for p, q in zip(codes, gptq_quantize(w, torch.full((N, K // gs), 3), gs, h_kept)))
+
+
+def test_factor_work_space_is_one_matrix(tmp_path):
+    """Peak RSS of the factorisation (in a fresh process, VmHWM reset first) stays near one extra
+    K×K fp32 matrix (the old code held ~5 fp64-sized copies: > 8 matrices)."""
+    import subprocess
+    import sys
+    import textwrap
+    code = textwrap.dedent("""
+        import torch
+        from sfmp_compile.quantizers.gptq import _inverse_hessian_factor_
+        torch.set_num_threads(1)
+        K = 2048
+        x = torch.randn(300, K)
+        h = x.t() @ x
+        del x
+        def status(key):
+            with open("/proc/self/status") as f:
+                return next(int(l.split()[1]) * 1024 for l in f if l.startswith(key + ":"))
+        base = status("VmRSS")
+        open("/proc/self/clear_refs", "w").write("5")
+        _inverse_hessian_factor_(h, 0.01)
+        print((status("VmHWM") - base) / (K * K * 4))
+    """)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    extra = float(p.stdout.strip().splitlines()[-1])
+    assert extra < 1.6, extra
