@@ -82,13 +82,10 @@ def linear_cpu_grad_input(grad: Tensor, *args) -> Tensor:
     grad.dtype; the packed arguments and ``flags`` as the forward got them (``qweight`` in panel
     order when ``flags & PANEL``)."""
     *packed, flags = args
-    if flags & PANEL:
-        (qweight, bits, block_offset, group_order, segment_ptr, scales, zeros, row_perm, col_perm, n, k, br,
-         gs) = packed
-        t = dict(zip(panel_layout.TENSORS, (qweight, bits, block_offset, group_order, segment_ptr, scales, zeros)))
-        p = panel_layout.to_packed(t, row_perm, col_perm, br, gs, n, k)
-    else:
-        p = PackedWeight(*packed)
+    p = PackedWeight(*packed)
+    if flags & PANEL:  # the words back in the packed order that the reference math reads
+        p = panel_layout.to_packed({f: getattr(p, f) for f in panel_layout.TENSORS}, p.row_perm, p.col_perm,
+                                   p.block_rows, p.group_size, p.out_features, p.in_features)
     return frozen_grad_input(grad, p)
 
 
