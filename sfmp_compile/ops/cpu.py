@@ -3,7 +3,10 @@
 The kernel is C++ (``cpu_kernel.cpp``, AVX2 with a portable twin), built on first use by
 ``cpu_build`` and registered with the dispatcher under the packed signature (``signature.PACKED``)
 plus a trailing ``flags`` int (:func:`flags`). Inductor sees a registered
-op with a fake and an autograd formula, and calls it as an extern kernel.
+op with a fake and an autograd formula, and calls it as an extern kernel. Its Autograd kernel is C++
+too (``cpu_autograd.cpp``): a call that needs no gradient goes straight to the kernel (a Python
+autograd kernel cost ~13-20 us a call under ``no_grad``); one that does records the frozen-weight
+backward, :func:`linear_cpu_grad_input`.
 
 Numerics: activations are quantized per (row, group) to int8 (absmax/127) — the same trade llama.cpp
 makes with its Q8 activations — and all code x activation sums are exact int32. Against the fp32
@@ -19,9 +22,11 @@ from torch import Tensor
 
 from pathlib import Path
 
+from ..format import PackedWeight
+from ..layouts import panel as panel_layout
 from . import cache_key, cpu_build
-from .reference import fake_embedding, fake_linear, register_packed_autograd
-from .signature import PACKED
+from .reference import fake_embedding, fake_linear, frozen_grad_input
+from .signature import PACKED, typed
 
 _registered = False
 
@@ -34,10 +39,8 @@ def available() -> bool:
         return True
     if not cpu_build.load():
         return False
-    op = linear_op()
     torch.library.register_fake("sfmp::linear_cpu.v2")(fake_linear)
     torch.library.register_fake("sfmp::embedding_cpu.v2")(fake_embedding)
-    register_packed_autograd(op, 1 + len(PACKED) + 1)
     # A cached compiled graph calls the op by its schema at the time it was compiled; key those
     # graphs on the kernel's sources so an edited schema or body never replays stale code.
     here = Path(__file__).parent
@@ -69,3 +72,23 @@ def flags(portable: bool = False, residual: bool = False, panel: bool = False) -
     (x ~ xs*xq + xs2*xq2, both int8: about 15-bit activations, a second maddubs per weight vector),
     bit 2 (:data:`PANEL`) reads ``qweight`` in the panel layout's order (layouts/panel.py)."""
     return int(portable) | (2 if residual else 0) | (PANEL if panel else 0)
+
+
+@torch.library.custom_op("sfmp::linear_cpu_grad_input", mutates_args=())
+@typed("grad", PACKED, ("flags", int))
+def linear_cpu_grad_input(grad: Tensor, *args) -> Tensor:
+    """The backward of ``sfmp::linear_cpu.v2`` (called by its C++ Autograd kernel): dX = dY @ Ŵ with
+    frozen weights, exact in fp32 (not the int8 activations' numerics). grad: [..., N] -> [..., K] in
+    grad.dtype; the packed arguments and ``flags`` as the forward got them (``qweight`` in panel
+    order when ``flags & PANEL``)."""
+    *packed, flags = args
+    p = PackedWeight(*packed)
+    if flags & PANEL:  # the words back in the packed order that the reference math reads
+        p = panel_layout.to_packed({f: getattr(p, f) for f in panel_layout.TENSORS}, p.row_perm, p.col_perm,
+                                   p.block_rows, p.group_size, p.out_features, p.in_features)
+    return frozen_grad_input(grad, p)
+
+
+@linear_cpu_grad_input.register_fake
+def _(grad, *args):
+    return grad.new_empty((*grad.shape[:-1], args[10]))

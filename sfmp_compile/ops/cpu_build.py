@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 # Every C++ source of the CPU ops, compiled into one shared object (one build, one cache key).
-SOURCES = (Path(__file__).with_name("cpu_kernel.cpp"),)
+SOURCES = tuple(Path(__file__).with_name(f) for f in ("cpu_kernel.cpp", "cpu_autograd.cpp"))
 _state: dict[str, object] = {}
 
 

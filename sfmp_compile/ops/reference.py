@@ -59,8 +59,13 @@ linear_ref.register_fake(fake_linear)
 @typed("grad", PACKED)
 def linear_ref_grad_input(grad: Tensor, *packed) -> Tensor:
     """dX = dY @ Ŵ (original order). grad: [..., N] -> [..., K] in grad.dtype. Weights are frozen."""
-    w = _packed(packed).dequantize(torch.float32)
-    return (grad.to(torch.float32) @ w).to(grad.dtype)
+    return frozen_grad_input(grad, _packed(packed))
+
+
+def frozen_grad_input(grad: Tensor, p: PackedWeight) -> Tensor:
+    """The backward of every op over the packed layout, as plain math: dX = dY @ Ŵ in fp32 (exact,
+    whatever the forward's activation numerics). grad: [..., N] -> [..., K] in grad.dtype."""
+    return (grad.to(torch.float32) @ p.dequantize(torch.float32)).to(grad.dtype)
 
 
 @linear_ref_grad_input.register_fake
