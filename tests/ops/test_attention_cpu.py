@@ -141,3 +141,10 @@ def test_inductor_calls_it_as_an_extern_op():
     out, code = run_and_get_code(torch.compile(f, fullgraph=True), *args)
     assert "decode_attention_cpu" in "\n".join(code)
     torch.testing.assert_close(out, f(*args))
+
+
+def test_opcheck_schema_and_fake():
+    q, k = torch.randn(1, 4, 1, 8), torch.randn(1, 2, 6, 8)
+    mask = torch.ones(1, 1, 1, 7, dtype=torch.bool)
+    torch.library.opcheck(torch.ops.sfmp.decode_attention_cpu.v1, (q, k, k.clone(), mask, 0.5, 0),
+                          test_utils=("test_schema", "test_faketensor"))
