@@ -7,7 +7,10 @@ whole step (embedding, layers, head) is one ``fullgraph`` graph per input length
 tensor (so a new position is no recompile), and guards on module attributes are dropped
 (``torch.compiler.skip_guard_on_all_nn_modules_unsafe``: the model must not be changed between
 steps, which is what a decode loop does anyway). One-token steps attend through
-:func:`gqa_decode_attention`, which runs SDPA on the KV heads instead of expanding the cache.
+:func:`gqa_decode_attention`: on CPU the ``sfmp::decode_attention_cpu`` kernel, which reads only
+the filled (attended) cache slots, elsewhere SDPA on the KV heads instead of expanding the cache.
+Only the last position's logits are computed (``logits_to_keep=1``), as HF generate and llama.cpp
+do in prefill.
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..ops import attention_cpu
+
 
 ATTENTION = "sfmp_gqa_decode"  # the name StaticDecoder registers its attention function under
 
@@ -23,21 +28,32 @@ ATTENTION = "sfmp_gqa_decode"  # the name StaticDecoder registers its attention 
 def gqa_decode_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                          attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                          **kwargs):
-    """A transformers attention function: one-token steps with grouped KV heads run SDPA on the KV
-    heads, everything else is transformers' own SDPA path.
+    """A transformers attention function: one-token steps on CPU run ``sfmp::decode_attention_cpu``
+    (only the attended cache slots are read), other one-token steps with grouped KV heads run SDPA
+    on the KV heads, everything else is transformers' own SDPA path.
 
     query fp [B, H, 1, D], key/value [B, KVH, L, D] (the whole static cache), attention_mask
     [B, 1, 1, >= L] or None; returns ([B, 1, H, D], None) like every transformers attention function.
-    Why: under torch.compile transformers expands a grouped cache to all H heads (``repeat_kv``)
-    on every step, which for a static cache copies the whole cache per layer per token (41 MB per
-    SmolLM2 step at a 300-slot cache). Query heads h·rep .. h·rep + rep - 1 share KV head h, so the
-    H query rows of one token are rep queries on each of the KVH heads.
+    ``sfmp_decode_kernel=False`` (a keyword the model call passes through) keeps SDPA on CPU too.
+    Why the kernel: SDPA scores every slot of a static cache and only then masks the empty ones
+    (a 264-slot cache holding 64 tokens costs 264 per layer per token); the kernel looks at the
+    mask first. Why SDPA on the KV heads: under torch.compile transformers expands a grouped cache
+    to all H heads (``repeat_kv``) on every step, which for a static cache copies the whole cache
+    per layer per token (41 MB per SmolLM2 step at a 300-slot cache). Query heads h·rep .. h·rep +
+    rep - 1 share KV head h, so the H query rows of one token are rep queries on each KVH head.
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    use_kernel = kwargs.pop("sfmp_decode_kernel", True)
     B, H, T, D = query.shape
     kvh, L = key.shape[1], key.shape[2]
-    if (T != 1 or kvh == H or H % kvh or dropout or kwargs.get("position_bias") is not None
+    if (T != 1 or H % kvh or dropout or kwargs.get("position_bias") is not None
             or kwargs.get("cache") is not None or kwargs.get("softcap") is not None):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    if use_kernel and query.device.type == "cpu" and not query.requires_grad and attention_cpu.available():
+        out = attention_cpu.decode_attention(query, key, value, attention_mask, scaling)
+        return out.transpose(1, 2), None  # [B, 1, H, D]: T = 1, so already contiguous
+    if kvh == H:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     mask = attention_mask[:, :, :, :L] if attention_mask is not None else None
@@ -61,15 +77,16 @@ class StaticDecoder:
     model: a transformers causal LM (eval mode). max_len: KV-cache length (prompt + new tokens).
     backend: a ``torch.compile`` backend (e.g. ``sfmp_backend(bits=3)``), default Inductor.
     A model on transformers' SDPA attention is switched to :func:`gqa_decode_attention` (same
-    results; its one-token steps skip the cache expansion).
+    results; its one-token steps skip the cache expansion, and on CPU the empty cache slots).
+    decode_kernel=False keeps SDPA for one-token steps on CPU (comparisons).
     """
 
     def __init__(self, model: nn.Module, max_len: int, backend: str | Callable = "inductor",
-                 skip_module_guards: bool = True):
+                 skip_module_guards: bool = True, decode_kernel: bool = True):
         from transformers import StaticCache
         if max_len <= 0:
             raise ValueError(f"max_len must be positive, got {max_len}")
-        self.model, self.max_len = model, max_len
+        self.model, self.max_len, self.decode_kernel = model, max_len, decode_kernel
         _use_gqa_decode_attention(model)
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
         # Allocated now, not lazily inside the first graph: that graph would guard on "not yet
@@ -85,7 +102,10 @@ class StaticDecoder:
         self.pos = 0
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        out = self.model(ids, past_key_values=self.cache, cache_position=positions, use_cache=True)
+        # logits_to_keep=1: the head runs on the last position only (a 256-token prefill would
+        # otherwise compute 256 rows of the 49152 x 576 SmolLM2 head to keep one)
+        out = self.model(ids, past_key_values=self.cache, cache_position=positions, use_cache=True,
+                         logits_to_keep=1, sfmp_decode_kernel=self.decode_kernel)
         return out.logits[:, -1]
 
     def reset(self) -> None:

@@ -1,4 +1,5 @@
-"""Build and load the CPU kernel (``cpu_kernel.cpp``) with the C++ compiler torch.compile already needs on CPU.
+"""Build and load the CPU kernels (``cpu_kernel.cpp``, ``attention_cpu.cpp``) with the C++ compiler
+torch.compile already needs on CPU.
 
 The shared object is cached under ``<cache>/cpu_kernel/<key>.so``; the key hashes the sources, the
 torch version, the compiler, its flags and the CPU's instruction-set flags (the build targets this
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 
 # Every C++ source of the CPU ops, compiled into one shared object (one build, one cache key).
-SOURCES = tuple(Path(__file__).with_name(f) for f in ("cpu_kernel.cpp", "cpu_autograd.cpp"))
+SOURCES = tuple(Path(__file__).with_name(f) for f in ("cpu_kernel.cpp", "cpu_autograd.cpp", "attention_cpu.cpp"))
 _state: dict[str, object] = {}
 
 

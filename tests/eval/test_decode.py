@@ -40,3 +40,24 @@ def test_static_decoder_equals_greedy_and_does_not_recompile(backend):
         assert len(be.reports) == 2  # prompt length and one token: one graph each, no per-position graph
     with pytest.raises(ValueError, match="exceed the cache length"):
         dec(torch.zeros(1, 20, dtype=torch.long))
+
+
+@pytest.mark.parametrize("decode_kernel", [True, False])
+def test_logits_equal_the_full_forward(monkeypatch, decode_kernel):
+    """Prefill and one-token steps (CPU: the decode-attention kernel over a cache with empty slots;
+    last-position logits only) give the logits of the model's own forward over the whole prefix."""
+    from sfmp_compile.ops import attention_cpu
+    torch._dynamo.reset()
+    calls = []
+    real = attention_cpu.decode_attention
+    monkeypatch.setattr(attention_cpu, "decode_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    m = tiny_llama()
+    ids = torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(1))
+    dec = StaticDecoder(m, max_len=24, backend="eager", decode_kernel=decode_kernel)
+    with torch.no_grad():
+        full = m(ids).logits
+    torch.testing.assert_close(dec(ids[:, :6]), full[:, 5], rtol=1e-5, atol=1e-5)
+    assert not calls  # prefill keeps SDPA
+    for t in range(6, 9):
+        torch.testing.assert_close(dec(ids[:, t : t + 1]), full[:, t], rtol=1e-5, atol=1e-5)
+    assert len(calls) == (3 * m.config.num_hidden_layers if decode_kernel and attention_cpu.available() else 0)
