@@ -39,7 +39,10 @@ namespace {
 
 constexpr int CHUNK = 64;        // output rows per unit of work (a multiple of 8)
 constexpr int VECS = CHUNK / 8;  // 8-row int32 vectors per chunk
-constexpr int MAX_MT = 4;        // activation rows sharing one pass over a chunk's weights
+#ifndef SFMP_MAX_MT
+#define SFMP_MAX_MT 4
+#endif
+constexpr int MAX_MT = SFMP_MAX_MT;  // activation rows sharing one pass over a chunk's weights
 constexpr int64_t PREFETCH = 4096;  // bytes of qweight requested ahead of the reads (panel order)
 
 struct Layer {
@@ -379,15 +382,19 @@ void chunk_scalar(const Layer& L, int64_t r, int64_t i0, int mt, const Acts* act
     }
 }
 
+#if SFMP_AVX2
+template <int MT>
+void chunk_avx2_rows(const Layer& L, int64_t r, int64_t i0, int mt, const Acts* acts, float* const* y) {
+  if constexpr (MT > 1)
+    if (mt < MT) return chunk_avx2_rows<MT - 1>(L, r, i0, mt, acts, y);
+  chunk_avx2<MT>(L, r, i0, acts, y);
+}
+#endif
+
 void run_chunk(const Layer& L, int64_t r, int64_t i0, int mt, const Acts* acts, float* const* y, bool portable) {
 #if SFMP_AVX2
   if (!portable) {
-    switch (mt) {
-      case 1: return chunk_avx2<1>(L, r, i0, acts, y);
-      case 2: return chunk_avx2<2>(L, r, i0, acts, y);
-      case 3: return chunk_avx2<3>(L, r, i0, acts, y);
-      default: return chunk_avx2<4>(L, r, i0, acts, y);
-    }
+    return chunk_avx2_rows<MAX_MT>(L, r, i0, mt, acts, y);
   }
 #endif
   chunk_scalar(L, r, i0, mt, acts, y);
