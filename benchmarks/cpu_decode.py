@@ -21,7 +21,9 @@ JSON keys (stable): per row name ("fp32 eager", "fp32 inductor", "fp32 static de
   fp32 with only lm_head/embedding at 8 bits vs fp32; "sqnr_vs_reference_db": compiled 3-bit logits
   vs the same model on the exact reference op; "sqnr_precise_vs_reference_db": the same with
   ``cpu_kernel="precise"`` (residual int8 activations); "profile": top ops of one 3-bit decode step (1 thread).
-Usage: python benchmarks/cpu_decode.py [--llamacpp] [--eval-tokens 2048] [--json F]
+``--focus`` runs only fp32 eager, "sfmp 3-bit" and "llama.cpp Q4_0" (with ``--llamacpp``), the rows the
+speed goals compare; ``--quick`` the HF-cache row instead of the static one.
+Usage: python benchmarks/cpu_decode.py [--llamacpp] [--focus | --quick] [--eval-tokens 2048] [--json F]
 """
 from __future__ import annotations
 
@@ -169,6 +171,8 @@ def main(argv=None):
     ap.add_argument("--json", default="benchmarks/cpu_decode.json")
     ap.add_argument("--quick", action="store_true", help="fp32 eager, SFMP 3-bit (HF cache) and llama.cpp "
                     "F32/Q4_0/Q3_K_M only: no static-decode, BPW, int4 or SQNR rows")
+    ap.add_argument("--focus", action="store_true", help="fp32 eager, SFMP 3-bit (static decode) and llama.cpp "
+                    "Q4_0 only: the decode and prefill goals side by side in a short run")
     a = ap.parse_args(argv)
     torch.set_num_threads(2)
     from sfmp_compile.budget import code_bits_for_bpw, plan_bpw
@@ -189,6 +193,13 @@ def main(argv=None):
     print(f"[{time.strftime('%H:%M:%S')}] fp32 eager: {th}, PPL {ppl_fp32}", flush=True)
     if a.quick:
         return _quick(model, ids, prompt, ev, a, rows, extra, ppl_fp32)
+    if a.focus:
+        _, _, be, dec = _sfmp(model, ids, prompt, ev, a, "sfmp 3-bit", rows, extra, bits=3.0)
+        extra["profile"] = _profile(dec, ids, a.context)
+        extra.update(quantized_resident_bytes=be.resident_bytes, true_bit_bytes=be.packed_bytes,
+                     resident_over_true_bit=be.resident_bytes / be.packed_bytes,
+                     budget_linear_bpw=rows["sfmp 3-bit"]["linear_bpw"])
+        return _finish(rows, extra, a, formats=("Q4_0",))
     torch._dynamo.reset()
     th = _timings(torch.compile(model), ids, prompt, a)
     rows["fp32 inductor"] = {**th["1"], "threads": th, "weight_bytes": fp32_bytes, "ppl": ppl_fp32, "linear_bpw": 32.0}

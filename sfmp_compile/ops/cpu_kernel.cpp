@@ -25,6 +25,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
@@ -38,7 +39,11 @@ namespace {
 
 constexpr int CHUNK = 64;        // output rows per unit of work (a multiple of 8)
 constexpr int VECS = CHUNK / 8;  // 8-row int32 vectors per chunk
-constexpr int MAX_MT = 4;        // activation rows sharing one pass over a chunk's weights
+#ifndef SFMP_MAX_MT
+#define SFMP_MAX_MT 4
+#endif
+constexpr int MAX_MT = SFMP_MAX_MT;  // activation rows sharing one pass over a chunk's weights
+constexpr int64_t PREFETCH = 4096;  // bytes of qweight requested ahead of the reads (panel order)
 
 struct Layer {
   const int32_t* qweight;
@@ -50,6 +55,7 @@ struct Layer {
   int64_t N, K, block_rows, group_size, R, G;
   const int64_t* row_base = nullptr;   // panel order only: first word of row-block r
   const int64_t* row_words = nullptr;  // panel order only: words per row of row-block r (all groups)
+  int64_t words = 0;                   // qweight's length in int32 words
   int64_t rows_in(int64_t r) const { return std::min(block_rows, N - r * block_rows); }
   // Where block (r, j)'s first sub-plane starts for the chunk of rows [i0, i0 + n), and the word
   // stride between its plane rows. Packed order: [words, rows_in(r)] per block. Panel order: per
@@ -150,46 +156,115 @@ void build_acts(const float* x, const Layer& L, int64_t Kp, unsigned width_set, 
 }
 
 #if SFMP_AVX2
-// One pass over a sub-plane for a chunk of up to CHUNK rows: for each word, the chunk's rows are
-// one contiguous run of memory (sequential reads), and the broadcast activations of that word serve
-// every 8-row vector of the run. acc[m * VECS + v]: int32 sums of code * xq for vector v, row m.
-template <int W, int MT>
-inline void plane_dot(const int32_t* plane, int64_t stride, int64_t words, int nv, __m256i last_mask,
-                      bool last_partial, const int32_t* const* pat, __m256i* acc) {
-  constexpr int S = 8 / W;
+// Words of a width-W plane whose int16 pair sums stay exact: one word adds at most
+// S * 2 * (2^W - 1) * 127 to a lane (S = 8/W maddubs of two products each), so the int16 sums are
+// widened to int32 (one madd) only every flush_words<W>() words. W = 8 uses signed codes and
+// widens every word (|q - 128| * 127 * 2 <= 32512).
+template <int W>
+constexpr int flush_words() {
+  return W == 8 ? 1 : 32767 / ((8 / W) * 2 * ((1 << W) - 1) * 127);
+}
+
+// One sub-plane of width W over NV consecutive 8-row vectors of a chunk and MT activation rows:
+// sum[m * NV + v] = int32 sums of code * xq. The NV vectors of one word are one contiguous run
+// (panel order), and every accumulator lives in a register for the whole plane: the former
+// word-outer loop kept 8 accumulators per row in memory and paid a load and a store per vector.
+template <int W, int MT, int NV>
+[[gnu::always_inline]] inline void plane_sums(const int32_t* plane, int64_t stride, int64_t words, bool partial, __m256i last_mask,
+                       const int32_t* const* pat, __m256i* sum) {
+  constexpr int S = 8 / W, F = flush_words<W>();
   const __m256i ones = _mm256_set1_epi16(1);
   const __m256i mask = _mm256_set1_epi8(static_cast<char>((1 << W) - 1));
   const __m256i sign_bit = _mm256_set1_epi8(static_cast<char>(0x80));
-  for (int64_t t = 0; t < words; ++t) {
-    const int32_t* wp = plane + t * stride;
-    for (int v = 0; v < nv; ++v) {
-      const __m256i x = (last_partial && v == nv - 1)
-                            ? _mm256_maskload_epi32(wp + 8 * v, last_mask)
-                            : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 8 * v));
-      __m256i a16[MT];
+  for (int i = 0; i < MT * NV; ++i) sum[i] = _mm256_setzero_si256();
+  for (int64_t t0 = 0; t0 < words; t0 += F) {
+    const int64_t t1 = std::min<int64_t>(words, t0 + F);
+    __m256i a16[MT * NV];
+    for (int i = 0; i < MT * NV; ++i) a16[i] = _mm256_setzero_si256();
+    for (int64_t t = t0; t < t1; ++t) {
+      const int32_t* wp = plane + t * stride;
+      __m256i x[NV];
+      for (int v = 0; v < NV; ++v)
+        x[v] = (partial && v == NV - 1) ? _mm256_maskload_epi32(wp + 8 * v, last_mask)
+                                        : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 8 * v));
       if constexpr (W == 8) {
-        // codes 0..255 as signed (q - 128) so that pair sums fit int16: |q-128|*127*2 <= 32512.
-        const __m256i sq = _mm256_xor_si256(x, sign_bit);
-        const __m256i as = _mm256_abs_epi8(sq);
-        for (int m = 0; m < MT; ++m)
-          a16[m] = _mm256_maddubs_epi16(as, _mm256_sign_epi8(_mm256_set1_epi32(pat[m][t]), sq));
-      } else {
-        for (int m = 0; m < MT; ++m) a16[m] = _mm256_setzero_si256();
-        for (int i = 0; i < S; ++i) {
-          const __m256i c = _mm256_and_si256(_mm256_srli_epi32(x, i * W), mask);
-          // int16 sums over a word: at most S * 2 * (2^W - 1) * 127 <= 7620.
+        for (int v = 0; v < NV; ++v) {
+          const __m256i sq = _mm256_xor_si256(x[v], sign_bit);
+          const __m256i as = _mm256_abs_epi8(sq);
           for (int m = 0; m < MT; ++m)
-            a16[m] = _mm256_add_epi16(a16[m], _mm256_maddubs_epi16(c, _mm256_set1_epi32(pat[m][t * S + i])));
+            a16[m * NV + v] = _mm256_maddubs_epi16(as, _mm256_sign_epi8(_mm256_set1_epi32(pat[m][t]), sq));
+        }
+      } else {
+        for (int i = 0; i < S; ++i) {
+          __m256i c[NV];
+          for (int v = 0; v < NV; ++v) c[v] = _mm256_and_si256(_mm256_srli_epi32(x[v], i * W), mask);
+          for (int m = 0; m < MT; ++m) {
+            const __m256i p = _mm256_set1_epi32(pat[m][t * S + i]);
+            for (int v = 0; v < NV; ++v)
+              a16[m * NV + v] = _mm256_add_epi16(a16[m * NV + v], _mm256_maddubs_epi16(c[v], p));
+          }
         }
       }
-      for (int m = 0; m < MT; ++m)
-        acc[m * VECS + v] = _mm256_add_epi32(acc[m * VECS + v], _mm256_madd_epi16(a16[m], ones));
     }
+    for (int i = 0; i < MT * NV; ++i) sum[i] = _mm256_add_epi32(sum[i], _mm256_madd_epi16(a16[i], ones));
   }
+}
+
+// One block of width B (its sub-planes 8, 4, 2, 1 as B has them, one after another from `plane`)
+// over NV vectors: total[m * NV + v] = sum of code * xq, each plane's sum shifted to its bit offset.
+template <int B, int MT, int NV>
+[[gnu::always_inline]] inline void block_sums(const int32_t* plane, int64_t stride, int64_t cols, int64_t col0, int64_t j, bool partial,
+                       __m256i last_mask, const Acts* acts, __m256i* total) {
+  for (int i = 0; i < MT * NV; ++i) total[i] = _mm256_setzero_si256();
+  int shift = 0;
+  auto one = [&](auto width) {
+    constexpr int w = decltype(width)::value;
+    if constexpr ((B & w) != 0) {
+      const int64_t words = cols * w / 32;
+      const int32_t* pat[MT];
+      for (int m = 0; m < MT; ++m) pat[m] = acts[m].pat[width_slot(w)].data() + col0 * w / 32 * (8 / w);
+      __m256i s[MT * NV];
+      plane_sums<w, MT, NV>(plane, stride, words, partial, last_mask, pat, s);
+      for (int m = 0; m < MT; ++m) {
+        const __m256i bias = _mm256_set1_epi32(w == 8 ? 128 * acts[m].xsum[j] : 0);
+        for (int v = 0; v < NV; ++v)
+          total[m * NV + v] = _mm256_add_epi32(total[m * NV + v], _mm256_slli_epi32(_mm256_add_epi32(s[m * NV + v], bias), shift));
+      }
+      plane += words * stride;
+      shift += w;
+    }
+  };
+  one(std::integral_constant<int, 8>{});
+  one(std::integral_constant<int, 4>{});
+  one(std::integral_constant<int, 2>{});
+  one(std::integral_constant<int, 1>{});
+}
+
+template <int MT, int NV>
+inline void block_sums_for(int b, const int32_t* plane, int64_t stride, int64_t cols, int64_t col0, int64_t j,
+                           bool partial, __m256i last_mask, const Acts* acts, __m256i* total) {
+  switch (b) {
+#define SFMP_CASE(B) \
+  case B: return block_sums<B, MT, NV>(plane, stride, cols, col0, j, partial, last_mask, acts, total);
+    SFMP_CASE(1) SFMP_CASE(2) SFMP_CASE(3) SFMP_CASE(4) SFMP_CASE(5) SFMP_CASE(6) SFMP_CASE(7)
+    default: return block_sums<8, MT, NV>(plane, stride, cols, col0, j, partial, last_mask, acts, total);
+#undef SFMP_CASE
+  }
+}
+
+// 8-row vectors per register block: MT rows x NV vectors of int16 and int32 accumulators must fit
+// the 16 ymm registers beside the loaded words and their decoded bytes.
+#ifndef SFMP_NV1
+#define SFMP_NV1 4
+#endif
+template <int MT>
+constexpr int block_vectors() {
+  return MT == 1 ? SFMP_NV1 : MT == 2 ? 2 : 1;
 }
 
 template <int MT>
 void chunk_avx2(const Layer& L, int64_t r, int64_t i0, const Acts* acts, float* const* y) {
+  constexpr int NV = block_vectors<MT>();
   const int64_t rows = L.rows_in(r), row0 = r * L.block_rows + i0;
   const int n = static_cast<int>(std::min<int64_t>(CHUNK, rows - i0));
   const int nv = (n + 7) / 8, tail = n - 8 * (nv - 1);
@@ -214,6 +289,18 @@ void chunk_avx2(const Layer& L, int64_t r, int64_t i0, const Acts* acts, float* 
         _mm_prefetch(reinterpret_cast<const char*>(L.zeros + jn * L.N + row0 + l), _MM_HINT_T0);
       }
     }
+    if (L.row_base) {
+      // Panel order reads qweight front to back, one layer after another call, each call a few
+      // hundred KB: the hardware prefetcher ramps up too late on every one of them (a cold sweep
+      // ran at a third of the bandwidth a plain sum reads). So keep PREFETCH bytes requested ahead
+      // of this block's end, a block's worth per block; the first block also asks for the window
+      // before it.
+      const char* end = reinterpret_cast<const char*>(plane + cols * b / 32 * n);
+      const char* lim = reinterpret_cast<const char*>(L.qweight + L.words);
+      const char* from = (r == 0 && i0 == 0 && g == 0) ? reinterpret_cast<const char*>(plane)
+                                                       : end + PREFETCH - cols * b / 8 * n;
+      for (const char* p = from; p < end + PREFETCH && p < lim; p += 64) _mm_prefetch(p, _MM_HINT_T0);
+    }
     const c10::Half* sh = L.scales + j * L.N + row0;
     const c10::Half* zh = L.zeros + j * L.N + row0;
     if (n < CHUNK) {  // a ragged chunk: padded copies, so the vector loads below stay in bounds
@@ -222,40 +309,32 @@ void chunk_avx2(const Layer& L, int64_t r, int64_t i0, const Acts* acts, float* 
       sh = sh_tail;
       zh = zh_tail;
     }
-    __m256i acc[MT * VECS];
-    for (int i = 0; i < MT * VECS; ++i) acc[i] = _mm256_setzero_si256();
-    int shift = 0;
-    for (int w : {8, 4, 2, 1}) {
-      if (!(b & w)) continue;
-      const int64_t words = cols * w / 32;
-      const int32_t* pat[MT];
-      for (int m = 0; m < MT; ++m) pat[m] = acts[m].pat[width_slot(w)].data() + col0 * w / 32 * (8 / w);
-      __m256i pacc[MT * VECS];
-      for (int i = 0; i < MT * VECS; ++i) pacc[i] = _mm256_setzero_si256();
-      switch (w) {
-        case 8: plane_dot<8, MT>(plane, stride, words, nv, last_mask, last_partial, pat, pacc); break;
-        case 4: plane_dot<4, MT>(plane, stride, words, nv, last_mask, last_partial, pat, pacc); break;
-        case 2: plane_dot<2, MT>(plane, stride, words, nv, last_mask, last_partial, pat, pacc); break;
-        default: plane_dot<1, MT>(plane, stride, words, nv, last_mask, last_partial, pat, pacc); break;
+    // Applies the group's scale and zero point to `count` vectors from v0 and adds them to out.
+    auto emit = [&](const __m256i* total, int v0, int count, int stride_v) {
+      for (int dv = 0; dv < count; ++dv) {
+        const int v = v0 + dv;
+        const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sh + 8 * v)));
+        const __m256 z = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(zh + 8 * v)));
+        for (int m = 0; m < MT; ++m) {
+          const __m256 d = _mm256_fnmadd_ps(z, _mm256_set1_ps(static_cast<float>(acts[m].xsum[j])),
+                                            _mm256_cvtepi32_ps(total[m * stride_v + dv]));
+          const __m256 o = _mm256_load_ps(out[m] + 8 * v);
+          _mm256_store_ps(out[m] + 8 * v, _mm256_fmadd_ps(_mm256_mul_ps(s, _mm256_set1_ps(acts[m].xs[j])), d, o));
+        }
       }
-      for (int m = 0; m < MT; ++m) {
-        const __m256i bias = _mm256_set1_epi32(w == 8 ? 128 * acts[m].xsum[j] : 0);
-        for (int v = 0; v < nv; ++v)
-          acc[m * VECS + v] = _mm256_add_epi32(acc[m * VECS + v],
-                                               _mm256_slli_epi32(_mm256_add_epi32(pacc[m * VECS + v], bias), shift));
-      }
-      plane += words * stride;
-      shift += w;
+    };
+    int v = 0;
+    for (; v + NV <= nv; v += NV) {
+      __m256i total[MT * NV];
+      block_sums_for<MT, NV>(b, plane + 8 * v, stride, cols, col0, j, last_partial && v + NV == nv, last_mask,
+                             acts, total);
+      emit(total, v, NV, NV);
     }
-    for (int v = 0; v < nv; ++v) {
-      const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sh + 8 * v)));
-      const __m256 z = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(zh + 8 * v)));
-      for (int m = 0; m < MT; ++m) {
-        const __m256 d = _mm256_fnmadd_ps(z, _mm256_set1_ps(static_cast<float>(acts[m].xsum[j])),
-                                          _mm256_cvtepi32_ps(acc[m * VECS + v]));
-        const __m256 o = _mm256_load_ps(out[m] + 8 * v);
-        _mm256_store_ps(out[m] + 8 * v, _mm256_fmadd_ps(_mm256_mul_ps(s, _mm256_set1_ps(acts[m].xs[j])), d, o));
-      }
+    for (; v < nv; ++v) {
+      __m256i total[MT];
+      block_sums_for<MT, 1>(b, plane + 8 * v, stride, cols, col0, j, last_partial && v + 1 == nv, last_mask, acts,
+                            total);
+      emit(total, v, 1, 1);
     }
   }
   for (int m = 0; m < MT; ++m) std::copy(out[m], out[m] + n, y[m] + row0);
@@ -303,15 +382,19 @@ void chunk_scalar(const Layer& L, int64_t r, int64_t i0, int mt, const Acts* act
     }
 }
 
+#if SFMP_AVX2
+template <int MT>
+void chunk_avx2_rows(const Layer& L, int64_t r, int64_t i0, int mt, const Acts* acts, float* const* y) {
+  if constexpr (MT > 1)
+    if (mt < MT) return chunk_avx2_rows<MT - 1>(L, r, i0, mt, acts, y);
+  chunk_avx2<MT>(L, r, i0, acts, y);
+}
+#endif
+
 void run_chunk(const Layer& L, int64_t r, int64_t i0, int mt, const Acts* acts, float* const* y, bool portable) {
 #if SFMP_AVX2
   if (!portable) {
-    switch (mt) {
-      case 1: return chunk_avx2<1>(L, r, i0, acts, y);
-      case 2: return chunk_avx2<2>(L, r, i0, acts, y);
-      case 3: return chunk_avx2<3>(L, r, i0, acts, y);
-      default: return chunk_avx2<4>(L, r, i0, acts, y);
-    }
+    return chunk_avx2_rows<MAX_MT>(L, r, i0, mt, acts, y);
   }
 #endif
   chunk_scalar(L, r, i0, mt, acts, y);
@@ -335,6 +418,7 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::
           group_order.data_ptr<int32_t>(), reinterpret_cast<const c10::Half*>(scales.data_ptr<at::Half>()),
           reinterpret_cast<const c10::Half*>(zeros.data_ptr<at::Half>()), N, K, block_rows, group_size, R, G};
   const int64_t Kp = G ? (G - 1) * group_size + L.stored_cols(G - 1) : 0;
+  L.words = qweight.numel();
   PanelTables panel_tables(L, panel);
 
   at::Tensor xf = x.reshape({-1, K}).to(at::kFloat).contiguous();

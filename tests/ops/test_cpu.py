@@ -33,9 +33,11 @@ def _int8_exact(M, K, group_size, col_perm, gen):
 
 @settings(max_examples=40, deadline=None)
 @given(N=st.integers(1, 150), K=st.integers(1, 300), block_rows=st.sampled_from([8, 24, 64, 512]),
-       group_size=st.sampled_from([32, 64, 128]), widths=st.sampled_from(WIDTH_SETS),
+       group_size=st.sampled_from([32, 64, 128, 512]), widths=st.sampled_from(WIDTH_SETS),
        permute=st.booleans(), M=st.sampled_from([1, 2, 3, 4, 5, 9]), seed=st.integers(0, 2**16))
 def test_kernel_equals_the_reference(N, K, block_rows, group_size, widths, permute, M, seed):
+    if group_size == 512:  # wide groups: the int16 sums are widened more than once per plane (W = 1: every 512 columns)
+        K += 300
     p = random_packed(N, K, block_rows, group_size, widths, permute, seed)
     gen = torch.Generator().manual_seed(seed)
     # exact where int8 is exact: integer sums, then fp32 rounding only
