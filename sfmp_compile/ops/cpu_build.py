@@ -51,14 +51,33 @@ def _cpu_flags() -> str:
     return sys.platform
 
 
-def _command(cxx: str, out: Path, native: bool) -> list[str]:
-    from torch.utils.cpp_extension import include_paths, library_paths
+def _flags(native: bool) -> list[str]:
+    from torch.utils.cpp_extension import include_paths
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    return ["-fPIC", "-O3", "-std=c++20", "-fopenmp", *(["-march=native"] if native else []),
+            f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-w", *(f"-I{p}" for p in include_paths()),
+            f"-I{sysconfig.get_paths()['include']}"]
+
+
+def _compile_commands(cxx: str, objects: list[Path], native: bool) -> list[list[str]]:
+    """One ``-c`` command per source (run side by side: torch's autograd headers alone take a minute)."""
+    return [[cxx, "-c", str(src), "-o", str(obj), *_flags(native)] for src, obj in zip(SOURCES, objects)]
+
+
+def _link_command(cxx: str, objects: list[Path], out: Path) -> list[str]:
+    from torch.utils.cpp_extension import library_paths
     lib = library_paths()[0]
-    return [cxx, *map(str, SOURCES), "-o", str(out), "-shared", "-fPIC", "-O3", "-std=c++20", "-fopenmp",
-            *(["-march=native"] if native else []), f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-w",
-            *(f"-I{p}" for p in include_paths()), f"-I{sysconfig.get_paths()['include']}",
-            f"-L{lib}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{lib}"]
+    return [cxx, *map(str, objects), "-o", str(out), "-shared", "-fopenmp", f"-L{lib}", "-lc10", "-ltorch_cpu",
+            f"-Wl,-rpath,{lib}"]
+
+
+def _run_all(commands: list[list[str]]) -> None:
+    """Run ``commands`` at once; the first failure's last stderr line is the error."""
+    procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for c in commands]
+    errors = [(p.communicate()[1], p.returncode) for p in procs]  # a blocked writer just waits its turn
+    for err, code in errors:
+        if code:
+            raise RuntimeError(err.strip().splitlines()[-1] if err.strip() else f"exit {code}")
 
 
 def _key(cxx: str, native: bool) -> str:
@@ -88,13 +107,14 @@ def _build(cxx: str, native: bool, rebuild: bool = False) -> Path:
         if so.is_file() and _is_elf(so) and not rebuild:
             return so
         tmp = so.with_name(f"{so.stem}.{os.getpid()}.tmp.so")
+        objects = [so.with_name(f"{so.stem}.{os.getpid()}.{i}.o") for i in range(len(SOURCES))]
         try:
-            r = subprocess.run(_command(cxx, tmp, native), capture_output=True, text=True)
-            if r.returncode:
-                raise RuntimeError(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}")
+            _run_all(_compile_commands(cxx, objects, native))
+            _run_all([_link_command(cxx, objects, tmp)])
             os.replace(tmp, so)
         finally:
-            tmp.unlink(missing_ok=True)
+            for f in (tmp, *objects):
+                f.unlink(missing_ok=True)
     return so
 
 

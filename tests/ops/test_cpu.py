@@ -36,8 +36,10 @@ def _int8_exact(M, K, group_size, col_perm, gen):
        group_size=st.sampled_from([32, 64, 128, 512]), widths=st.sampled_from(WIDTH_SETS),
        permute=st.booleans(), M=st.sampled_from([1, 2, 3, 4, 5, 9]), seed=st.integers(0, 2**16))
 def test_kernel_equals_the_reference(N, K, block_rows, group_size, widths, permute, M, seed):
-    if group_size == 512:  # wide groups: the int16 sums are widened more than once per plane (W = 1: every 512 columns)
+    floor = SQNR_FLOOR_DB
+    if group_size == 512:  # wide groups: the int16 sums are widened more than once per plane (W = 2, 4)
         K += 300
+        floor -= 3  # one int8 scale over 512 Gaussian activations: a larger absmax, coarser steps
     p = random_packed(N, K, block_rows, group_size, widths, permute, seed)
     gen = torch.Generator().manual_seed(seed)
     # exact where int8 is exact: integer sums, then fp32 rounding only
@@ -49,7 +51,7 @@ def test_kernel_equals_the_reference(N, K, block_rows, group_size, widths, permu
     x = torch.randn(M, K, generator=gen)
     y, ref = cpu.linear_cpu(x, *packed_args(p)), linear_ref(x, *packed_args(p))
     if N * K >= 4096:  # a floor over a layer's outputs (tiny 1-bit layers cancel to small sums)
-        assert sqnr_db(y, ref) >= SQNR_FLOOR_DB
+        assert sqnr_db(y, ref) >= floor
     assert torch.equal(cpu.linear_cpu(x, *packed_args(p), portable=True), y)
     # residual activations: the second int8 row carries what the first missed
     yr = cpu.linear_cpu(x, *packed_args(p), residual=True)
