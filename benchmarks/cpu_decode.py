@@ -4,8 +4,8 @@ One decode step = a forward of one new token against a KV cache of ``--context``
 forward of ``--prefill`` tokens without a cache; each at 1 and 2 threads (min of repeats). SFMP rows
 are ``torch.compile(model, backend=sfmp_backend(...))`` with the default CPU kernel (the true-bit
 mixed-width C++ kernel over format v1, lm_head and the tied embedding at 8 bits), timed through
-``eval.decode.StaticDecoder`` (static KV cache, one graph per length, no module guards) unless the
-row says "HF cache" (the model called with a DynamicCache, as a plain user would); one row runs on
+``eval.decode.StaticDecoder`` (static KV cache, one graph per length, no module guards, no per-call
+Inductor asserts) unless the row says "HF cache" (the model called with a DynamicCache, as a plain user would); one row runs on
 torch's int4 kernel for comparison. ``--llamacpp`` adds llama.cpp (F32, Q4_0, Q3_K_M, Q4_K_M) from
 ``benchmarks/llamacpp_peer.py`` (its own cached venv, built on first use) in the same run.
 

@@ -14,7 +14,7 @@ do in prefill.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -71,18 +71,50 @@ def _use_gqa_decode_attention(model: nn.Module) -> None:
         model.set_attn_implementation(ATTENTION)
 
 
+# Inductor's generated Python wrapper checks the size and stride of every graph input and of every
+# extern kernel's output on each call: a compiled SmolLM2 step has ~1850 inputs (the quantized
+# layers' tensors are inputs) and 211 extern calls. A static-shape decode loop over a model that
+# does not change between steps (what skip_module_guards already assumes) never trips them.
+LEAN_INDUCTOR = {"size_asserts": False, "scalar_asserts": False, "alignment_asserts": False}
+
+
+def lean_inductor_config(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The Inductor settings StaticDecoder compiles under: :data:`LEAN_INDUCTOR` updated by ``extra``
+    (any ``torch._inductor.config`` names, e.g. ``{"cpp_wrapper": True}``); unknown names raise."""
+    import torch._inductor.config
+    out = {**LEAN_INDUCTOR, **(extra or {})}
+    known = torch._inductor.config.get_config_copy()
+    bad = sorted(k for k in out if k not in known)
+    if bad:
+        raise ValueError(f"unknown torch._inductor.config names {bad}")
+    return out
+
+
+def _with_inductor_config(backend: Callable, config: Mapping[str, Any]) -> Callable:
+    """``backend`` run under ``torch._inductor.config.patch(config)``: a custom backend (e.g.
+    sfmp_backend, whose inner compiler is Inductor) never sees torch.compile's ``options``."""
+    def compile_under(gm, example_inputs):
+        with torch._inductor.config.patch(dict(config)):
+            return backend(gm, example_inputs)
+    return compile_under
+
+
 class StaticDecoder:
     """Prefill and single-token decode of ``model`` through one compiled graph per input length.
 
     model: a transformers causal LM (eval mode). max_len: KV-cache length (prompt + new tokens).
     backend: a ``torch.compile`` backend (e.g. ``sfmp_backend(bits=3)``), default Inductor.
+    inductor_config: ``torch._inductor.config`` settings for the graphs' Inductor compile, on top of
+    :data:`LEAN_INDUCTOR` (no per-call size/stride asserts); applied to "inductor" and to a callable
+    backend (which compiles under them), ignored by other named backends. E.g. ``{"cpp_wrapper": True}``.
     A model on transformers' SDPA attention is switched to :func:`gqa_decode_attention` (same
     results; its one-token steps skip the cache expansion, and on CPU the empty cache slots).
     decode_kernel=False keeps SDPA for one-token steps on CPU (comparisons).
     """
 
     def __init__(self, model: nn.Module, max_len: int, backend: str | Callable = "inductor",
-                 skip_module_guards: bool = True, decode_kernel: bool = True):
+                 skip_module_guards: bool = True, decode_kernel: bool = True,
+                 inductor_config: Mapping[str, Any] | None = None):
         from transformers import StaticCache
         if max_len <= 0:
             raise ValueError(f"max_len must be positive, got {max_len}")
@@ -97,8 +129,13 @@ class StaticDecoder:
         p = next(model.parameters())
         with torch.inference_mode():
             self.cache.early_initialization(1, kv_heads, head_dim, p.dtype, p.device)
-        opts = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe} if skip_module_guards else None
-        self._step = torch.compile(self._forward, backend=backend, fullgraph=True, dynamic=False, options=opts)
+        opts = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe} if skip_module_guards else {}
+        self.inductor_config = lean_inductor_config(inductor_config)
+        if backend == "inductor":
+            opts.update(self.inductor_config)
+        elif self.inductor_config and callable(backend):
+            backend = _with_inductor_config(backend, self.inductor_config)
+        self._step = torch.compile(self._forward, backend=backend, fullgraph=True, dynamic=False, options=opts or None)
         self.pos = 0
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -61,3 +61,31 @@ def test_logits_equal_the_full_forward(monkeypatch, decode_kernel):
     for t in range(6, 9):
         torch.testing.assert_close(dec(ids[:, t : t + 1]), full[:, t], rtol=1e-5, atol=1e-5)
     assert len(calls) == (3 * m.config.num_hidden_layers if decode_kernel and attention_cpu.available() else 0)
+
+
+def test_lean_inductor_config_rejects_unknown_names():
+    from sfmp_compile.eval.decode import LEAN_INDUCTOR, lean_inductor_config
+    assert lean_inductor_config() == LEAN_INDUCTOR
+    assert lean_inductor_config({"size_asserts": True})["size_asserts"] is True
+    with pytest.raises(ValueError, match="unknown torch._inductor.config names.*no_such_option"):
+        lean_inductor_config({"no_such_option": 1})
+
+
+def test_static_decoder_compiles_sfmp_graphs_without_asserts(tmp_path):
+    """Through sfmp_backend's Inductor: the lean settings reach the inner compile (no per-call size
+    asserts in the wrapper), the decode equals the same quantized model compiled without them, and
+    one-token steps reuse one graph."""
+    torch._dynamo.reset()
+    m = tiny_llama(layers=1)
+    ids = torch.randint(0, 256, (1, 4), generator=torch.Generator().manual_seed(1))
+    be = sfmp_backend(bits=3.0, block_rows=32, group_size=32, skip_bits={}, model=m, dump_dir=str(tmp_path))
+    dec = StaticDecoder(m, max_len=12, backend=be)
+    got = dec.generate(ids, 4)
+    code = "\n".join(p.read_text() for p in tmp_path.glob("graph_*/kernels.py"))
+    assert "def call(" in code and "assert_size_stride(" not in code
+    assert len(be.reports) == 2  # prompt and one token
+    checked = StaticDecoder(m, max_len=12, backend=be, inductor_config={"size_asserts": True})
+    assert torch.equal(checked.generate(ids, 4), got)
+    assert len(be.reports) == 4  # its own graphs, not the first decoder's
+    code = "\n".join(p.read_text() for p in sorted(tmp_path.glob("graph_*/kernels.py"))[2:])
+    assert "assert_size_stride(" in code  # the override reached the compile too
