@@ -22,7 +22,7 @@ JSON keys (stable): per row name ("fp32 eager", "fp32 inductor", "fp32 static de
   vs the same model on the exact reference op; "sqnr_precise_vs_reference_db": the same with
   ``cpu_kernel="precise"`` (residual int8 activations); "profile": top ops of one 3-bit decode step (1 thread).
 ``--focus`` runs only fp32 eager, "sfmp 3-bit" and "llama.cpp Q4_0" (with ``--llamacpp``), the rows the
-speed goals compare; ``--quick`` the HF-cache row instead of the static one.
+speed goals compare (committed as benchmarks/cpu_decode_focus.json, same keys); ``--quick`` the HF-cache row instead of the static one.
 Usage: python benchmarks/cpu_decode.py [--llamacpp] [--focus | --quick] [--eval-tokens 2048] [--json F]
 """
 from __future__ import annotations
