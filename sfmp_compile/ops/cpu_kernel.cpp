@@ -43,7 +43,6 @@ constexpr int VECS = CHUNK / 8;  // 8-row int32 vectors per chunk
 #define SFMP_MAX_MT 4
 #endif
 constexpr int MAX_MT = SFMP_MAX_MT;  // activation rows sharing one pass over a chunk's weights
-constexpr int64_t PREFETCH = 4096;  // bytes of qweight requested ahead of the reads (panel order)
 
 struct Layer {
   const int32_t* qweight;
@@ -55,7 +54,6 @@ struct Layer {
   int64_t N, K, block_rows, group_size, R, G;
   const int64_t* row_base = nullptr;   // panel order only: first word of row-block r
   const int64_t* row_words = nullptr;  // panel order only: words per row of row-block r (all groups)
-  int64_t words = 0;                   // qweight's length in int32 words
   int64_t rows_in(int64_t r) const { return std::min(block_rows, N - r * block_rows); }
   // Where block (r, j)'s first sub-plane starts for the chunk of rows [i0, i0 + n), and the word
   // stride between its plane rows. Packed order: [words, rows_in(r)] per block. Panel order: per
@@ -289,18 +287,6 @@ void chunk_avx2(const Layer& L, int64_t r, int64_t i0, const Acts* acts, float* 
         _mm_prefetch(reinterpret_cast<const char*>(L.zeros + jn * L.N + row0 + l), _MM_HINT_T0);
       }
     }
-    if (L.row_base) {
-      // Panel order reads qweight front to back, one layer after another call, each call a few
-      // hundred KB: the hardware prefetcher ramps up too late on every one of them (a cold sweep
-      // ran at a third of the bandwidth a plain sum reads). So keep PREFETCH bytes requested ahead
-      // of this block's end, a block's worth per block; the first block also asks for the window
-      // before it.
-      const char* end = reinterpret_cast<const char*>(plane + cols * b / 32 * n);
-      const char* lim = reinterpret_cast<const char*>(L.qweight + L.words);
-      const char* from = (r == 0 && i0 == 0 && g == 0) ? reinterpret_cast<const char*>(plane)
-                                                       : end + PREFETCH - cols * b / 8 * n;
-      for (const char* p = from; p < end + PREFETCH && p < lim; p += 64) _mm_prefetch(p, _MM_HINT_T0);
-    }
     const c10::Half* sh = L.scales + j * L.N + row0;
     const c10::Half* zh = L.zeros + j * L.N + row0;
     if (n < CHUNK) {  // a ragged chunk: padded copies, so the vector loads below stay in bounds
@@ -418,7 +404,6 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::
           group_order.data_ptr<int32_t>(), reinterpret_cast<const c10::Half*>(scales.data_ptr<at::Half>()),
           reinterpret_cast<const c10::Half*>(zeros.data_ptr<at::Half>()), N, K, block_rows, group_size, R, G};
   const int64_t Kp = G ? (G - 1) * group_size + L.stored_cols(G - 1) : 0;
-  L.words = qweight.numel();
   PanelTables panel_tables(L, panel);
 
   at::Tensor xf = x.reshape({-1, K}).to(at::kFloat).contiguous();
