@@ -10,15 +10,12 @@ the input dtype); a row with nothing attended gives zeros, as CPU SDPA does.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import Tensor
 
-from . import cache_key, cpu_build
+from . import cpu_build
 
 OP_NAME = "sfmp::decode_attention_cpu.v1"
-_registered = False
 
 
 def _fake(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, flags: int = 0) -> Tensor:
@@ -28,15 +25,7 @@ def _fake(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, fl
 @torch.compiler.assume_constant_result  # traced code (Dynamo) runs it eagerly and keeps the answer
 def available() -> bool:
     """Whether ``torch.ops.sfmp.decode_attention_cpu`` can run here (builds and registers it on first call)."""
-    global _registered
-    if _registered:
-        return True
-    if not cpu_build.load():
-        return False
-    torch.library.register_fake(OP_NAME)(_fake)
-    cache_key.register(OP_NAME, cache_key.files_hash([*cpu_build.SOURCES, Path(__file__)]))
-    _registered = True
-    return True
+    return cpu_build.register_python_side(__file__, {OP_NAME: _fake})
 
 
 def decode_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, scale: float | None = None,

@@ -20,35 +20,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pathlib import Path
-
 from ..format import PackedWeight
 from ..layouts import panel as panel_layout
-from . import cache_key, cpu_build
+from . import cpu_build
 from .reference import fake_embedding, fake_linear, frozen_grad_input
 from .signature import PACKED, typed
-
-_registered = False
 
 
 @torch.compiler.assume_constant_result  # traced code (Dynamo) runs it eagerly and keeps the answer
 def available() -> bool:
     """Whether ``torch.ops.sfmp.linear_cpu`` can run here (builds and registers it on first call)."""
-    global _registered
-    if _registered:
-        return True
-    if not cpu_build.load():
-        return False
-    torch.library.register_fake("sfmp::linear_cpu.v2")(fake_linear)
-    torch.library.register_fake("sfmp::embedding_cpu.v2")(fake_embedding)
-    # A cached compiled graph calls the op by its schema at the time it was compiled; key those
-    # graphs on the kernel's sources so an edited schema or body never replays stale code.
-    here = Path(__file__).parent
-    fp = cache_key.files_hash([*cpu_build.SOURCES, here / "cpu.py"])
-    for name in ("sfmp::linear_cpu.v2", "sfmp::embedding_cpu.v2"):
-        cache_key.register(name, fp)
-    _registered = True
-    return True
+    return cpu_build.register_python_side(__file__, {"sfmp::linear_cpu.v2": fake_linear,
+                                                     "sfmp::embedding_cpu.v2": fake_embedding})
 
 
 def linear_cpu(x: Tensor, *packed, portable: bool = False, residual: bool = False, panel: bool = False) -> Tensor:

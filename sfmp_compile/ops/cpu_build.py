@@ -139,3 +139,23 @@ def load() -> bool:
     _state["ok"] = False
     warnings.warn(f"sfmp: the CPU kernel could not be built ({err}); CPU layers run the reference op", stacklevel=2)
     return False
+
+
+def register_python_side(module_file: str, fakes: dict) -> bool:
+    """Load the shared object (:func:`load`), then once per process give each op in ``fakes``
+    ({"sfmp::name.overload": fake}) its fake kernel and its AOT cache fingerprint (the C++ sources
+    plus ``module_file``, the Python side). True where the ops can run here."""
+    if module_file in _state.setdefault("registered", set()):
+        return True
+    if not load():
+        return False
+    # A cached compiled graph calls an op by its schema at the time it was compiled; key those
+    # graphs on the sources so an edited schema or body never replays stale code.
+    from . import cache_key
+    fp = cache_key.files_hash([*SOURCES, Path(module_file)])
+    for name, fake in fakes.items():
+        torch.library.register_fake(name)(fake)
+        cache_key.register(name, fp)
+    _state["registered"].add(module_file)
+    return True
+
