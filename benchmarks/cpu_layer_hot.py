@@ -23,6 +23,8 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+from cpu_decode import _best  # noqa: E402
 
 CASES = [(1536, 576, (3,)), (576, 1536, (3,)), (1536, 576, (4,)), (1536, 576, (2,)), (1536, 576, (2, 3)),
          (1536, 576, (3, 4)), (8192, 576, (8,))]
@@ -49,12 +51,11 @@ def main(argv=None):
             op, args = op_call(w.to_layout("panel"), "cpu")
             x = torch.randn(a.m, k)
             op(x, *args)
-            best = float("inf")
-            for _ in range(a.repeats):
-                t = time.thread_time()
+
+            def window():
                 for _ in range(a.calls):
                     op(x, *args)
-                best = min(best, (time.thread_time() - t) / a.calls)
+            best = _best(window, a.repeats, time.thread_time) / a.calls
             name = f"{n}x{k} w{','.join(map(str, widths))}"
             rows[name] = {"us": best * 1e6, "gw_per_s": n * k * a.m / best / 1e9}
             print(f"| {name:18s} | {best * 1e6:9.1f} us | {rows[name]['gw_per_s']:6.2f} Gw/s |", flush=True)

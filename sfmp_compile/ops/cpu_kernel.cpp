@@ -296,14 +296,14 @@ void chunk_avx2(const Layer& L, int64_t r, int64_t i0, const Acts* acts, float* 
       zh = zh_tail;
     }
     // Applies the group's scale and zero point to `count` vectors from v0 and adds them to out.
-    auto emit = [&](const __m256i* total, int v0, int count, int stride_v) {
+    auto emit = [&](const __m256i* total, int v0, int count) {
       for (int dv = 0; dv < count; ++dv) {
         const int v = v0 + dv;
         const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sh + 8 * v)));
         const __m256 z = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(zh + 8 * v)));
         for (int m = 0; m < MT; ++m) {
           const __m256 d = _mm256_fnmadd_ps(z, _mm256_set1_ps(static_cast<float>(acts[m].xsum[j])),
-                                            _mm256_cvtepi32_ps(total[m * stride_v + dv]));
+                                            _mm256_cvtepi32_ps(total[m * count + dv]));
           const __m256 o = _mm256_load_ps(out[m] + 8 * v);
           _mm256_store_ps(out[m] + 8 * v, _mm256_fmadd_ps(_mm256_mul_ps(s, _mm256_set1_ps(acts[m].xs[j])), d, o));
         }
@@ -314,13 +314,13 @@ void chunk_avx2(const Layer& L, int64_t r, int64_t i0, const Acts* acts, float* 
       __m256i total[MT * NV];
       block_sums_for<MT, NV>(b, plane + 8 * v, stride, cols, col0, j, last_partial && v + NV == nv, last_mask,
                              acts, total);
-      emit(total, v, NV, NV);
+      emit(total, v, NV);
     }
     for (; v < nv; ++v) {
       __m256i total[MT];
       block_sums_for<MT, 1>(b, plane + 8 * v, stride, cols, col0, j, last_partial && v + 1 == nv, last_mask, acts,
                             total);
-      emit(total, v, 1, 1);
+      emit(total, v, 1);
     }
   }
   for (int m = 0; m < MT; ++m) std::copy(out[m], out[m] + n, y[m] + row0);
