@@ -10,7 +10,7 @@ converts to the packed form exactly, so a layer can be saved, moved or compared 
   packed   format v1 (qweight, bits, block_offset, the reference op (any device), the Triton kernels
            group_order, segment_ptr, scales, zeros) (CUDA, or the interpreter), the C++ CPU kernel
   panel    the packed tensors, qweight's words in   the C++ CPU kernel (the default for CPU layers:
-           the CPU kernel's read order, panel.py    one sequential run per 64-row chunk)
+           the CPU kernel's read order, panel.py    one sequential run per 32-row chunk)
   int4     int4 codes + bf16 scale/zero (+ what    torch's int4 CPU kernel (blocks <= 4 bits), see
            the exact inverse needs), cpu_int4.py   layouts/cpu_int4.py (opt-in: ``cpu_kernel="int4"``)
   ======== ======================================= ==================================================

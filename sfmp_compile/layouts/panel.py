@@ -8,14 +8,18 @@ same words so that each chunk's words, for every block of its row-block in stora
 contiguous run::
 
     row-block r (starts where the packed layout's does, same length):
-      chunk 0 (rows 0..63):   block g0 planes [words_g0, 64] | block g1 planes [words_g1, 64] | ...
-      chunk 1 (rows 64..127): ...
-      last chunk: n = rows_in_block mod 64 rows (when not 0), [words, n] per block
+      chunk 0 (rows 0..31):   block g0 planes [words_g0, 32] | block g1 planes [words_g1, 32] | ...
+      chunk 1 (rows 32..63):  ...
+      last chunk: n = rows_in_block mod 32 rows (when not 0), [words, n] per block
 
 where g0, g1, ... is ``group_order[r]`` (the packed storage order). It is a permutation of
 ``qweight``: the same number of words, every other tensor shared with the packed layout, so
 resident bytes stay the checkpoint's. ``block_offset`` keeps its packed meaning; the kernel
 derives panel addresses from it (``Layer::chunk_block``). Both conversions are exact.
+
+32 rows is the kernel's decode register block (4 vectors of 8 rows), so at M = 1 every word the
+kernel loads is the next 128 bytes of one run; with 64-row chunks it read half of each 256-byte
+strip, then came back for the other half, and the decode step was slower (docs/KERNELS.md).
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from ..format import PackedWeight
 
 NAME = "panel"
 TENSORS = ("qweight", "bits", "block_offset", "group_order", "segment_ptr", "scales", "zeros")
-PANEL_ROWS = 64  # = CHUNK in cpu_kernel.cpp (the kernel and this file must agree; tests check it)
+PANEL_ROWS = 32  # = CHUNK in cpu_kernel.cpp (they must agree: the panel tests in tests/ops/test_cpu.py fail otherwise)
 
 
 def eligible(bits: Tensor) -> bool:

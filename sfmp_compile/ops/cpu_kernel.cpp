@@ -37,7 +37,7 @@
 
 namespace {
 
-constexpr int CHUNK = 64;        // output rows per unit of work (a multiple of 8)
+constexpr int CHUNK = 32;        // output rows per unit of work = layouts/panel.py's PANEL_ROWS = 4 vectors (M = 1's block)
 constexpr int VECS = CHUNK / 8;  // 8-row int32 vectors per chunk
 #ifndef SFMP_MAX_MT
 #define SFMP_MAX_MT 4
