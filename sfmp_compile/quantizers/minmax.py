@@ -66,8 +66,46 @@ def warn_if_zeroed(w: torch.Tensor, codes: torch.Tensor, zeros: torch.Tensor, gr
                       f"can resolve (scales < {FP16_MIN_SUBNORMAL:.3g}); rescale the layer or skip it", stacklevel=3)
 
 
-def _codes(w, scale, zero, qmax):
-    return torch.minimum(torch.maximum(torch.round(w / scale[..., None]) + zero[..., None], torch.zeros_like(w)), qmax[..., None])
+def _codes(w, scale, zero, qmax, out=None):
+    """clamp(round(w / scale) + zero, 0, qmax) as fp32 codes, computed in one tensor (``out``, or a new one)."""
+    q = torch.div(w, scale[..., None], out=out)
+    q.round_().add_(zero[..., None])
+    torch.maximum(q, torch.zeros((), dtype=q.dtype, device=q.device), out=q)
+    return torch.minimum(q, qmax[..., None], out=q)
+
+
+CLIP_CHUNK_ELEMS = 1 << 20  # weights per slab of the clip search (a 4 MB work buffer; measured best of 2^13..2^24)
+
+
+def _clip_search(wp: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, qmax: torch.Tensor,
+                 cwp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, zero) [N, G] of the clip ratio with the least weighted error per (row, group).
+
+    wp: [N, G, g] grouped weights; lo, hi, qmax: [N, G]; cwp: [1, G, g] column weights. Slabs of
+    rows run through one reused buffer with in-place ops, where the whole-matrix form allocated
+    about ten [N, G, g] temporaries per ratio (an 8B model's RTN pass spent most of its time
+    there; docs/ARCHITECTURE.md has the figures). Per element the operations and their order are
+    the whole-matrix form's, and each error sums one group, so the choice is bit for bit the same."""
+    N, G, g = wp.shape
+    step = max(1, CLIP_CHUNK_ELEMS // max(1, G * g))
+    scale, zero = torch.empty_like(lo), torch.empty_like(lo)
+    buf = torch.empty((min(step, N), G, g), dtype=wp.dtype, device=wp.device)
+    for r0 in range(0, N, step):
+        r1 = min(N, r0 + step)
+        w, q, b = wp[r0:r1], qmax[r0:r1], buf[: r1 - r0]
+        best_err = best_s = best_z = None
+        for ratio in CLIP_RATIOS:
+            s, z = params_from_range(lo[r0:r1] * ratio, hi[r0:r1] * ratio, q)
+            err = _codes(w, s, z, q, out=b).sub_(z[..., None]).mul_(s[..., None]).sub_(w).pow_(2).mul_(cwp).sum(-1)
+            if best_err is None:
+                best_err, best_s, best_z = err, s, z
+            else:
+                better = err < best_err
+                best_err = torch.where(better, err, best_err)
+                best_s = torch.where(better, s, best_s)
+                best_z = torch.where(better, z, best_z)
+        scale[r0:r1], zero[r0:r1] = best_s, best_z
+    return scale, zero
 
 
 def minmax_quantize(w: torch.Tensor, group_bits: torch.Tensor, group_size: int, *, clip: bool = False,
@@ -88,23 +126,16 @@ def minmax_quantize(w: torch.Tensor, group_bits: torch.Tensor, group_size: int, 
     big = torch.finfo(torch.float32).max
     # The range always contains 0 (as GPTQ does): the reference's clamped zero point otherwise
     # cannot represent a group that lies entirely on one side of zero.
-    lo = torch.where(mask, wp, torch.full_like(wp, big)).amin(-1).clamp_max(0)
-    hi = torch.where(mask, wp, torch.full_like(wp, -big)).amax(-1).clamp_min(0)
+    if K % group_size:  # only the padded tail group needs its padding masked out
+        lo = torch.where(mask, wp, torch.full_like(wp, big)).amin(-1).clamp_max(0)
+        hi = torch.where(mask, wp, torch.full_like(wp, -big)).amax(-1).clamp_min(0)
+    else:
+        lo, hi = wp.amin(-1).clamp_max(0), wp.amax(-1).clamp_min(0)
     scale, zero = params_from_range(lo, hi, qmax)
     if clip:
         cw = torch.ones(K, device=w.device) if col_weight is None else col_weight.float().to(w.device)
         cwp, _ = _grouped(cw[None], group_size)  # [1, G, g]; padded columns weigh 0
-        best_err = None
-        for ratio in CLIP_RATIOS:
-            s, z = params_from_range(lo * ratio, hi * ratio, qmax)
-            err = (((_codes(wp, s, z, qmax) - z[..., None]) * s[..., None] - wp).pow(2) * cwp).sum(-1)
-            if best_err is None:
-                best_err, scale, zero = err, s, z
-            else:
-                better = err < best_err
-                best_err = torch.where(better, err, best_err)
-                scale = torch.where(better, s, scale)
-                zero = torch.where(better, z, zero)
+        scale, zero = _clip_search(wp, lo, hi, qmax, cwp)
     codes = _codes(wp, scale, zero, qmax).view(N, -1)[:, :K].to(torch.uint8)
     if check:
         warn_if_zeroed(w, codes, zero, group_size, name)
