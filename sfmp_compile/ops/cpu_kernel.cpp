@@ -153,24 +153,29 @@ void build_acts(const float* x, const Layer& L, int64_t Kp, unsigned width_set, 
   }
 }
 
+// Prefill's decoded blocks (decode_chunk below): which widths, and from how many activation rows.
+constexpr int64_t TILE_MIN_ROWS = 16;  // activation rows from which decoding a chunk once pays
+inline bool tiled(int b) { return b == 3 || b == 5 || b == 6 || b == 7; }
+
 #if SFMP_AVX2
 // Words of a width-W plane whose int16 pair sums stay exact: one word adds at most
 // S * 2 * (2^W - 1) * 127 to a lane (S = 8/W maddubs of two products each), so the int16 sums are
 // widened to int32 (one madd) only every flush_words<W>() words. W = 8 uses signed codes and
 // widens every word (|q - 128| * 127 * 2 <= 32512).
-template <int W>
+// QMAX: the largest code (a decoded tile, below, holds B-bit codes in the W = 8 layout: unsigned, no sign trick).
+template <int W, int QMAX = (1 << W) - 1>
 constexpr int flush_words() {
-  return W == 8 ? 1 : 32767 / ((8 / W) * 2 * ((1 << W) - 1) * 127);
+  return QMAX == 255 ? 1 : 32767 / ((8 / W) * 2 * QMAX * 127);
 }
 
 // One sub-plane of width W over NV consecutive 8-row vectors of a chunk and MT activation rows:
 // sum[m * NV + v] = int32 sums of code * xq. The NV vectors of one word are one contiguous run
 // (panel order), and every accumulator lives in a register for the whole plane: the former
 // word-outer loop kept 8 accumulators per row in memory and paid a load and a store per vector.
-template <int W, int MT, int NV>
+template <int W, int MT, int NV, int QMAX = (1 << W) - 1>
 [[gnu::always_inline]] inline void plane_sums(const int32_t* plane, int64_t stride, int64_t words, bool partial, __m256i last_mask,
                        const int32_t* const* pat, __m256i* sum) {
-  constexpr int S = 8 / W, F = flush_words<W>();
+  constexpr int S = 8 / W, F = flush_words<W, QMAX>();
   const __m256i ones = _mm256_set1_epi16(1);
   const __m256i mask = _mm256_set1_epi8(static_cast<char>((1 << W) - 1));
   const __m256i sign_bit = _mm256_set1_epi8(static_cast<char>(0x80));
@@ -185,7 +190,7 @@ template <int W, int MT, int NV>
       for (int v = 0; v < NV; ++v)
         x[v] = (partial && v == NV - 1) ? _mm256_maskload_epi32(wp + 8 * v, last_mask)
                                         : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 8 * v));
-      if constexpr (W == 8) {
+      if constexpr (QMAX == 255) {
         for (int v = 0; v < NV; ++v) {
           const __m256i sq = _mm256_xor_si256(x[v], sign_bit);
           const __m256i as = _mm256_abs_epi8(sq);
@@ -250,6 +255,96 @@ inline void block_sums_for(int b, const int32_t* plane, int64_t stride, int64_t 
   }
 }
 
+// Prefill with multi-plane blocks (widths 3, 5, 6, 7): each plane costs its own maddubs per 32
+// weights per activation row, so a 3-bit block costs twice a 4-bit one. With many activation rows
+// the chunk's such blocks are decoded once into whole codes, one byte each in the 8-bit plane
+// layout ([cols / 4 words, np rows], np = the chunk's rows rounded up to 8, zero-padded), and each
+// runs as one plane of codes below 2^B: one maddubs per 32 weights per row, the int16 sums widened
+// as rarely as the code bound allows. The integer sums are the planes' own, so outputs do not change.
+// (TILE_MIN_ROWS and tiled() are above, outside the AVX2 section.)
+
+template <int B>
+void decode_block(const int32_t* plane, int64_t stride, int64_t cols, int n, int np, int32_t* tile) {
+  alignas(32) int32_t lm[8];
+  int shift = 0;
+  auto one = [&](auto width) {
+    constexpr int w = decltype(width)::value;
+    if constexpr ((B & w) != 0) {
+      constexpr int cpw = 32 / w;
+      const int64_t words = cols * w / 32;
+      const __m256i mask = _mm256_set1_epi32((1 << w) - 1);
+      for (int v = 0; v < np / 8; ++v) {
+        const bool partial = 8 * v + 8 > n;
+        for (int l = 0; l < 8; ++l) lm[l] = 8 * v + l < n ? -1 : 0;
+        const __m256i m = _mm256_load_si256(reinterpret_cast<const __m256i*>(lm));
+        for (int64_t t = 0; t < words; ++t) {
+          const int32_t* wp = plane + t * stride + 8 * v;
+          const __m256i x = partial ? _mm256_maskload_epi32(wp, m) : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp));
+          for (int u = 0; u < cpw / 4; ++u) {
+            __m256i acc = _mm256_setzero_si256();
+            for (int k = 0; k < 4; ++k)
+              acc = _mm256_or_si256(acc, _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(x, (4 * u + k) * w), mask), 8 * k + shift));
+            int32_t* dst = tile + (t * (cpw / 4) + u) * np + 8 * v;
+            __m256i* d = reinterpret_cast<__m256i*>(dst);
+            _mm256_storeu_si256(d, _mm256_or_si256(_mm256_loadu_si256(d), acc));
+          }
+        }
+      }
+      plane += words * stride;
+      shift += w;
+    }
+  };
+  one(std::integral_constant<int, 8>{});
+  one(std::integral_constant<int, 4>{});
+  one(std::integral_constant<int, 2>{});
+  one(std::integral_constant<int, 1>{});
+}
+
+// Every tiled block of chunk (r, i0), decoded in storage (group) order one after another into
+// `tile`; false (and `tile` untouched) when the chunk has none.
+bool decode_chunk(const Layer& L, int64_t r, int64_t i0, std::vector<int32_t>& tile) {
+  const int n = static_cast<int>(std::min<int64_t>(CHUNK, L.rows_in(r) - i0)), np = (n + 7) / 8 * 8;
+  int64_t need = 0;
+  for (int64_t g = 0; g < L.G; ++g) {
+    const int64_t j = L.group_order[r * L.G + g];
+    if (tiled(L.bits[r * L.G + j])) need += L.stored_cols(j) / 4 * np;
+  }
+  if (!need) return false;
+  tile.assign(need, 0);
+  int32_t* dst = tile.data();
+  for (int64_t g = 0; g < L.G; ++g) {
+    const int64_t j = L.group_order[r * L.G + g];
+    const int b = L.bits[r * L.G + j];
+    if (!tiled(b)) continue;
+    int64_t stride;
+    const int32_t* plane = L.chunk_block(r, i0, n, j, stride);
+    const int64_t cols = L.stored_cols(j);
+    switch (b) {
+      case 3: decode_block<3>(plane, stride, cols, n, np, dst); break;
+      case 5: decode_block<5>(plane, stride, cols, n, np, dst); break;
+      case 6: decode_block<6>(plane, stride, cols, n, np, dst); break;
+      default: decode_block<7>(plane, stride, cols, n, np, dst); break;
+    }
+    dst += cols / 4 * np;
+  }
+  return true;
+}
+
+// A decoded block over NV vectors: total[m * NV + v] = sum of code * xq (the 8-bit patterns).
+template <int MT, int NV>
+inline void tile_sums_for(int b, const int32_t* tile, int64_t np, int64_t cols, int64_t col0, const Acts* acts,
+                          __m256i* total) {
+  const int32_t* pat[MT];
+  for (int m = 0; m < MT; ++m) pat[m] = acts[m].pat[width_slot(8)].data() + col0 / 4;
+  const __m256i none = _mm256_setzero_si256();
+  switch (b) {
+    case 3: return plane_sums<8, MT, NV, 7>(tile, np, cols / 4, false, none, pat, total);
+    case 5: return plane_sums<8, MT, NV, 31>(tile, np, cols / 4, false, none, pat, total);
+    case 6: return plane_sums<8, MT, NV, 63>(tile, np, cols / 4, false, none, pat, total);
+    default: return plane_sums<8, MT, NV, 127>(tile, np, cols / 4, false, none, pat, total);
+  }
+}
+
 // 8-row vectors per register block: MT rows x NV vectors of int16 and int32 accumulators must fit
 // the 16 ymm registers beside the loaded words and their decoded bytes.
 #ifndef SFMP_NV1
@@ -260,11 +355,12 @@ constexpr int block_vectors() {
   return MT == 1 ? SFMP_NV1 : MT == 2 ? 2 : 1;
 }
 
+// tile: the chunk's decoded blocks (decode_chunk), or null to read every block from its planes.
 template <int MT>
-void chunk_avx2(const Layer& L, int64_t r, int64_t i0, const Acts* acts, float* const* y) {
+void chunk_avx2(const Layer& L, int64_t r, int64_t i0, const Acts* acts, float* const* y, const int32_t* tile) {
   constexpr int NV = block_vectors<MT>();
   const int64_t rows = L.rows_in(r), row0 = r * L.block_rows + i0;
-  const int n = static_cast<int>(std::min<int64_t>(CHUNK, rows - i0));
+  const int n = static_cast<int>(std::min<int64_t>(CHUNK, rows - i0)), np = (n + 7) / 8 * 8;
   const int nv = (n + 7) / 8, tail = n - 8 * (nv - 1);
   alignas(32) int32_t lm[8];
   for (int l = 0; l < 8; ++l) lm[l] = l < tail ? -1 : 0;
@@ -310,6 +406,20 @@ void chunk_avx2(const Layer& L, int64_t r, int64_t i0, const Acts* acts, float* 
       }
     };
     int v = 0;
+    if (tile && tiled(b)) {
+      for (; v + NV <= nv; v += NV) {
+        __m256i total[MT * NV];
+        tile_sums_for<MT, NV>(b, tile + 8 * v, np, cols, col0, acts, total);
+        emit(total, v, NV);
+      }
+      for (; v < nv; ++v) {
+        __m256i total[MT];
+        tile_sums_for<MT, 1>(b, tile + 8 * v, np, cols, col0, acts, total);
+        emit(total, v, 1);
+      }
+      tile += cols / 4 * np;
+      continue;
+    }
     for (; v + NV <= nv; v += NV) {
       __m256i total[MT * NV];
       block_sums_for<MT, NV>(b, plane + 8 * v, stride, cols, col0, j, last_partial && v + NV == nv, last_mask,
@@ -370,19 +480,22 @@ void chunk_scalar(const Layer& L, int64_t r, int64_t i0, int mt, const Acts* act
 
 #if SFMP_AVX2
 template <int MT>
-void chunk_avx2_rows(const Layer& L, int64_t r, int64_t i0, int mt, const Acts* acts, float* const* y) {
+void chunk_avx2_rows(const Layer& L, int64_t r, int64_t i0, int mt, const Acts* acts, float* const* y,
+                     const int32_t* tile) {
   if constexpr (MT > 1)
-    if (mt < MT) return chunk_avx2_rows<MT - 1>(L, r, i0, mt, acts, y);
-  chunk_avx2<MT>(L, r, i0, acts, y);
+    if (mt < MT) return chunk_avx2_rows<MT - 1>(L, r, i0, mt, acts, y, tile);
+  chunk_avx2<MT>(L, r, i0, acts, y, tile);
 }
 #endif
 
-void run_chunk(const Layer& L, int64_t r, int64_t i0, int mt, const Acts* acts, float* const* y, bool portable) {
+void run_chunk(const Layer& L, int64_t r, int64_t i0, int mt, const Acts* acts, float* const* y, bool portable,
+               const int32_t* tile) {
 #if SFMP_AVX2
   if (!portable) {
-    return chunk_avx2_rows<MAX_MT>(L, r, i0, mt, acts, y);
+    return chunk_avx2_rows<MAX_MT>(L, r, i0, mt, acts, y, tile);
   }
 #endif
+  (void)tile;
   chunk_scalar(L, r, i0, mt, acts, y);
 }
 
@@ -414,10 +527,13 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::
   if (M == 0 || N == 0) return out.reshape(shape).to(x.scalar_type());
 
   unsigned width_set = 0;
+  bool any_tiled = false;
   const uint8_t* bp = L.bits;
-  for (int64_t i = 0; i < R * G; ++i)
+  for (int64_t i = 0; i < R * G; ++i) {
+    any_tiled |= tiled(bp[i]);
     for (int w : {1, 2, 4, 8})
       if (bp[i] & w) width_set |= 1u << width_slot(w);
+  }
 
   const float* xp = xf.data_ptr<float>();
   const int32_t* cp = col_perm.numel() ? col_perm.data_ptr<int32_t>() : nullptr;
@@ -425,6 +541,8 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::
   // missed), run as two activation rows over one decode of the weights, their outputs added: about
   // 15-bit activations for the price of a second maddubs per weight vector.
   const int64_t A = residual ? 2 : 1, MA = M * A;
+  const bool use_tile = SFMP_AVX2 && !portable && any_tiled && MA >= TILE_MIN_ROWS;
+  if (use_tile) width_set |= 1u << width_slot(8);  // decoded blocks read the 8-bit patterns
   std::vector<Acts> acts(MA);
   at::parallel_for(0, M, 1, [&](int64_t m0, int64_t m1) {
     std::vector<float> xg(Kp, 0.f), rg(residual ? Kp : 0, 0.f);
@@ -445,13 +563,19 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::
     for (int64_t i0 = 0; i0 < L.rows_in(r); i0 += CHUNK) tiles.emplace_back(r, i0);
   const int64_t T = static_cast<int64_t>(tiles.size());
   at::parallel_for(0, T, 4, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t)
+    std::vector<int32_t> tile;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int32_t* tp = nullptr;
+#if SFMP_AVX2
+      if (use_tile && decode_chunk(L, tiles[t].first, tiles[t].second, tile)) tp = tile.data();
+#endif
       for (int64_t m0 = 0; m0 < MA; m0 += MAX_MT) {
         const int mt = static_cast<int>(std::min<int64_t>(MAX_MT, MA - m0));
         float* ys[MAX_MT];
         for (int m = 0; m < mt; ++m) ys[m] = yp + (m0 + m) * N;
-        run_chunk(L, tiles[t].first, tiles[t].second, mt, acts.data() + m0, ys, portable);
+        run_chunk(L, tiles[t].first, tiles[t].second, mt, acts.data() + m0, ys, portable, tp);
       }
+    }
   });
   if (!direct) {
     const int32_t* rp = row_perm.numel() ? row_perm.data_ptr<int32_t>() : nullptr;

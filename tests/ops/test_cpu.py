@@ -34,7 +34,7 @@ def _int8_exact(M, K, group_size, col_perm, gen):
 @settings(max_examples=40, deadline=None)
 @given(N=st.integers(1, 150), K=st.integers(1, 300), block_rows=st.sampled_from([8, 24, 64, 512]),
        group_size=st.sampled_from([32, 64, 128, 512]), widths=st.sampled_from(WIDTH_SETS),
-       permute=st.booleans(), M=st.sampled_from([1, 2, 3, 4, 5, 9]), seed=st.integers(0, 2**16))
+       permute=st.booleans(), M=st.sampled_from([1, 2, 3, 4, 5, 9, 17]), seed=st.integers(0, 2**16))
 def test_kernel_equals_the_reference(N, K, block_rows, group_size, widths, permute, M, seed):
     floor = SQNR_FLOOR_DB
     if group_size == 512:  # wide groups: the int16 sums are widened more than once per plane (W = 2, 4)
@@ -53,6 +53,8 @@ def test_kernel_equals_the_reference(N, K, block_rows, group_size, widths, permu
     if N * K >= 4096:  # a floor over a layer's outputs (tiny 1-bit layers cancel to small sums)
         assert sqnr_db(y, ref) >= floor
     assert torch.equal(cpu.linear_cpu(x, *packed_args(p), portable=True), y)
+    if M >= 16:  # prefill decodes multi-plane blocks once per chunk: the same integer sums as one row at a time
+        assert torch.equal(torch.cat([cpu.linear_cpu(x[i : i + 1], *packed_args(p)) for i in range(M)]), y)
     # residual activations: the second int8 row carries what the first missed
     yr = cpu.linear_cpu(x, *packed_args(p), residual=True)
     if N * K >= 4096:
