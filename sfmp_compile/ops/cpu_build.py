@@ -1,4 +1,4 @@
-"""Build and load the CPU kernels (``cpu_kernel.cpp``, ``attention_cpu.cpp``) with the C++ compiler
+"""Build and load the CPU kernels (``SOURCES``: cpu_kernel.cpp + cpu_loops.cpp, the autograd kernel, attention_cpu.cpp) with the C++ compiler
 torch.compile already needs on CPU.
 
 The shared object is cached under ``<cache>/cpu_kernel/<key>.so``; the key hashes the sources, the
@@ -22,8 +22,11 @@ from pathlib import Path
 
 import torch
 
-# Every C++ source of the CPU ops, compiled into one shared object (one build, one cache key).
-SOURCES = tuple(Path(__file__).with_name(f) for f in ("cpu_kernel.cpp", "cpu_autograd.cpp", "attention_cpu.cpp"))
+# Every C++ source of the CPU ops, compiled into one shared object (one build, one cache key), and
+# the headers they share (hashed into the key, not compiled on their own).
+SOURCES = tuple(Path(__file__).with_name(f) for f in ("cpu_kernel.cpp", "cpu_loops.cpp", "cpu_autograd.cpp",
+                                                     "attention_cpu.cpp"))
+HEADERS = (Path(__file__).with_name("cpu_kernel.h"),)
 _state: dict[str, object] = {}
 
 
@@ -82,7 +85,7 @@ def _run_all(commands: list[list[str]]) -> None:
 
 def _key(cxx: str, native: bool) -> str:
     h = hashlib.sha256()
-    for part in (*(p.read_bytes() for p in SOURCES), torch.__version__.encode(), cxx.encode(), str(native).encode(),
+    for part in (*(p.read_bytes() for p in (*SOURCES, *HEADERS)), torch.__version__.encode(), cxx.encode(), str(native).encode(),
                  _cpu_flags().encode() if native else b""):
         h.update(part)
         h.update(b"\0")
@@ -152,7 +155,7 @@ def register_python_side(module_file: str, fakes: dict) -> bool:
     # A cached compiled graph calls an op by its schema at the time it was compiled; key those
     # graphs on the sources so an edited schema or body never replays stale code.
     from . import cache_key
-    fp = cache_key.files_hash([*SOURCES, Path(module_file)])
+    fp = cache_key.files_hash([*SOURCES, *HEADERS, Path(module_file)])
     for name, fake in fakes.items():
         torch.library.register_fake(name)(fake)
         cache_key.register(name, fp)
