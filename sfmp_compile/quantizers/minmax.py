@@ -84,8 +84,9 @@ def _clip_search(wp: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, qmax: tor
     wp: [N, G, g] grouped weights; lo, hi, qmax: [N, G]; cwp: [1, G, g] column weights. Slabs of
     rows run through one reused buffer with in-place ops, where the whole-matrix form allocated
     about ten [N, G, g] temporaries per ratio (an 8B model's RTN pass spent most of its time
-    there; benchmarks/RESULTS.md, "Streamed quantization", has the figures). Per element the operations and their order are
-    the whole-matrix form's, and each error sums one group, so the choice is bit for bit the same."""
+    there; figures in benchmarks/RESULTS.md, "Streamed quantization"). Per element the operations
+    and their order are the whole-matrix form's, and each error sums one group, so the choice is
+    bit for bit the same."""
     N, G, g = wp.shape
     step = max(1, CLIP_CHUNK_ELEMS // max(1, G * g))
     scale, zero = torch.empty_like(lo), torch.empty_like(lo)
