@@ -4,6 +4,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+from sfmp_compile.quantizers import minmax
 from sfmp_compile.quantizers.minmax import dequantize_groups, minmax_quantize
 
 
@@ -39,6 +40,24 @@ def test_clip_search_never_worse_on_its_objective():
     e = lambda wq: ((wq - w).pow(2) * cw).view(32, 4, 32).sum(-1)
     assert (e(clipped) <= e(base) + 1e-6).all()
     assert e(clipped).sum() < e(base).sum()
+
+
+@settings(max_examples=25, deadline=None)
+@given(N=st.integers(1, 40), K=st.integers(1, 300), group=st.sampled_from([32, 64, 128]),
+       slab=st.integers(1, 5000), weighted=st.booleans(), seed=st.integers(0, 1000))
+def test_clip_search_does_not_depend_on_its_slab_size(N, K, group, slab, weighted, seed):
+    """The clip search runs in row slabs through one buffer: any slab size picks the same ratios."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(N, K, generator=g) * torch.rand(1, K, generator=g) * 3
+    gb = torch.randint(1, 9, (N, -(-K // group)), generator=g)
+    cw = torch.rand(K, generator=g) + 0.1 if weighted else None
+    whole = minmax_quantize(w, gb, group, clip=True, col_weight=cw)
+    old, minmax.CLIP_CHUNK_ELEMS = minmax.CLIP_CHUNK_ELEMS, slab
+    try:
+        slabs = minmax_quantize(w, gb, group, clip=True, col_weight=cw)
+    finally:
+        minmax.CLIP_CHUNK_ELEMS = old
+    assert all(torch.equal(a, b) for a, b in zip(whole, slabs))
 
 
 def test_mixed_widths_per_group():
