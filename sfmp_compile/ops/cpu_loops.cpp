@@ -60,17 +60,27 @@ template <int W, int MT, int NV, int QMAX = (1 << W) - 1>
   }
 }
 
-// Calls fn(std::integral_constant<int, w>, plane, shift) for each sub-plane of a B-bit block (widths
-// 8, 4, 2, 1 as B has them, the widest holding the lowest bits), `plane` moved past each plane's
-// cols * w / 32 word rows of `stride` words and `shift` its bit offset in the code.
-template <int B, class Fn>
-[[gnu::always_inline]] inline void for_each_plane(const int32_t* plane, int64_t stride, int64_t cols, Fn&& fn) {
+// One block of width B (its sub-planes 8, 4, 2, 1 as B has them, one after another from `plane`)
+// over NV vectors: total[m * NV + v] = sum of code * xq, each plane's sum shifted to its bit offset.
+template <int B, int MT, int NV>
+[[gnu::always_inline]] inline void block_sums(const int32_t* plane, int64_t stride, int64_t cols, int64_t col0, int64_t j, bool partial,
+                       __m256i last_mask, const Acts* acts, __m256i* total) {
+  for (int i = 0; i < MT * NV; ++i) total[i] = _mm256_setzero_si256();
   int shift = 0;
   auto one = [&](auto width) {
     constexpr int w = decltype(width)::value;
     if constexpr ((B & w) != 0) {
-      fn(width, plane, shift);
-      plane += cols * w / 32 * stride;
+      const int64_t words = cols * w / 32;
+      const int32_t* pat[MT];
+      for (int m = 0; m < MT; ++m) pat[m] = acts[m].pat[width_slot(w)].data() + col0 * w / 32 * (8 / w);
+      __m256i s[MT * NV];
+      plane_sums<w, MT, NV>(plane, stride, words, partial, last_mask, pat, s);
+      for (int m = 0; m < MT; ++m) {
+        const __m256i bias = _mm256_set1_epi32(w == 8 ? 128 * acts[m].xsum[j] : 0);
+        for (int v = 0; v < NV; ++v)
+          total[m * NV + v] = _mm256_add_epi32(total[m * NV + v], _mm256_slli_epi32(_mm256_add_epi32(s[m * NV + v], bias), shift));
+      }
+      plane += words * stride;
       shift += w;
     }
   };
@@ -78,26 +88,6 @@ template <int B, class Fn>
   one(std::integral_constant<int, 4>{});
   one(std::integral_constant<int, 2>{});
   one(std::integral_constant<int, 1>{});
-}
-
-// One block of width B (its sub-planes 8, 4, 2, 1 as B has them, one after another from `plane`)
-// over NV vectors: total[m * NV + v] = sum of code * xq, each plane's sum shifted to its bit offset.
-template <int B, int MT, int NV>
-[[gnu::always_inline]] inline void block_sums(const int32_t* plane, int64_t stride, int64_t cols, int64_t col0, int64_t j, bool partial,
-                       __m256i last_mask, const Acts* acts, __m256i* total) {
-  for (int i = 0; i < MT * NV; ++i) total[i] = _mm256_setzero_si256();
-  for_each_plane<B>(plane, stride, cols, [&](auto width, const int32_t* p, int shift) {
-    constexpr int w = decltype(width)::value;
-    const int32_t* pat[MT];
-    for (int m = 0; m < MT; ++m) pat[m] = acts[m].pat[width_slot(w)].data() + col0 * w / 32 * (8 / w);
-    __m256i s[MT * NV];
-    plane_sums<w, MT, NV>(p, stride, cols * w / 32, partial, last_mask, pat, s);
-    for (int m = 0; m < MT; ++m) {
-      const __m256i bias = _mm256_set1_epi32(w == 8 ? 128 * acts[m].xsum[j] : 0);
-      for (int v = 0; v < NV; ++v)
-        total[m * NV + v] = _mm256_add_epi32(total[m * NV + v], _mm256_slli_epi32(_mm256_add_epi32(s[m * NV + v], bias), shift));
-    }
-  });
 }
 
 template <int MT, int NV>
@@ -123,27 +113,38 @@ inline void block_sums_for(int b, const int32_t* plane, int64_t stride, int64_t 
 template <int B>
 void decode_block(const int32_t* plane, int64_t stride, int64_t cols, int n, int np, int32_t* tile) {
   alignas(32) int32_t lm[8];
-  for_each_plane<B>(plane, stride, cols, [&](auto width, const int32_t* p, int shift) {
-    constexpr int w = decltype(width)::value, cpw = 32 / w;
-    const int64_t words = cols * w / 32;
-    const __m256i mask = _mm256_set1_epi32((1 << w) - 1);
-    for (int v = 0; v < np / 8; ++v) {
-      const bool partial = 8 * v + 8 > n;
-      for (int l = 0; l < 8; ++l) lm[l] = 8 * v + l < n ? -1 : 0;
-      const __m256i m = _mm256_load_si256(reinterpret_cast<const __m256i*>(lm));
-      for (int64_t t = 0; t < words; ++t) {
-        const int32_t* wp = p + t * stride + 8 * v;
-        const __m256i x = partial ? _mm256_maskload_epi32(wp, m) : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp));
-        for (int u = 0; u < cpw / 4; ++u) {
-          __m256i acc = _mm256_setzero_si256();
-          for (int k = 0; k < 4; ++k)
-            acc = _mm256_or_si256(acc, _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(x, (4 * u + k) * w), mask), 8 * k + shift));
-          __m256i* d = reinterpret_cast<__m256i*>(tile + (t * (cpw / 4) + u) * np + 8 * v);
-          _mm256_storeu_si256(d, _mm256_or_si256(_mm256_loadu_si256(d), acc));
+  int shift = 0;
+  auto one = [&](auto width) {
+    constexpr int w = decltype(width)::value;
+    if constexpr ((B & w) != 0) {
+      constexpr int cpw = 32 / w;
+      const int64_t words = cols * w / 32;
+      const __m256i mask = _mm256_set1_epi32((1 << w) - 1);
+      for (int v = 0; v < np / 8; ++v) {
+        const bool partial = 8 * v + 8 > n;
+        for (int l = 0; l < 8; ++l) lm[l] = 8 * v + l < n ? -1 : 0;
+        const __m256i m = _mm256_load_si256(reinterpret_cast<const __m256i*>(lm));
+        for (int64_t t = 0; t < words; ++t) {
+          const int32_t* wp = plane + t * stride + 8 * v;
+          const __m256i x = partial ? _mm256_maskload_epi32(wp, m) : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp));
+          for (int u = 0; u < cpw / 4; ++u) {
+            __m256i acc = _mm256_setzero_si256();
+            for (int k = 0; k < 4; ++k)
+              acc = _mm256_or_si256(acc, _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(x, (4 * u + k) * w), mask), 8 * k + shift));
+            int32_t* dst = tile + (t * (cpw / 4) + u) * np + 8 * v;
+            __m256i* d = reinterpret_cast<__m256i*>(dst);
+            _mm256_storeu_si256(d, _mm256_or_si256(_mm256_loadu_si256(d), acc));
+          }
         }
       }
+      plane += words * stride;
+      shift += w;
     }
-  });
+  };
+  one(std::integral_constant<int, 8>{});
+  one(std::integral_constant<int, 4>{});
+  one(std::integral_constant<int, 2>{});
+  one(std::integral_constant<int, 1>{});
 }
 
 // Every tiled block of chunk (r, i0), decoded in storage (group) order one after another into
