@@ -110,6 +110,8 @@ inline void block_sums_for(int b, const int32_t* plane, int64_t stride, int64_t 
 // as rarely as the code bound allows. The integer sums are the planes' own, so outputs do not change.
 // (TILE_MIN_ROWS and tiled() are above, outside the AVX2 section.)
 
+// The per-plane walk (widths 8, 4, 2, 1 as B has them, plane and shift advanced) is block_sums' own,
+// written out again: one shared lambda-taking helper measured slower on the whole model (KERNELS.md).
 template <int B>
 void decode_block(const int32_t* plane, int64_t stride, int64_t cols, int n, int np, int32_t* tile) {
   alignas(32) int32_t lm[8];
