@@ -1,5 +1,5 @@
-"""Build and load the CPU kernels (``SOURCES``: cpu_kernel.cpp + cpu_loops.cpp, the autograd kernel, attention_cpu.cpp) with the C++ compiler
-torch.compile already needs on CPU.
+"""Build and load the CPU kernels (``SOURCES``: cpu_kernel.cpp + cpu_loops.cpp, the autograd kernel,
+attention_cpu.cpp) with the C++ compiler torch.compile already needs on CPU.
 
 The shared object is cached under ``<cache>/cpu_kernel/<key>.so``; the key hashes the sources, the
 torch version, the compiler, its flags and the CPU's instruction-set flags (the build targets this
@@ -27,6 +27,7 @@ import torch
 SOURCES = tuple(Path(__file__).with_name(f) for f in ("cpu_kernel.cpp", "cpu_loops.cpp", "cpu_autograd.cpp",
                                                      "attention_cpu.cpp"))
 HEADERS = (Path(__file__).with_name("cpu_kernel.h"),)
+HASHED = SOURCES + HEADERS  # what the build key and the AOT fingerprints read
 _state: dict[str, object] = {}
 
 
@@ -85,7 +86,7 @@ def _run_all(commands: list[list[str]]) -> None:
 
 def _key(cxx: str, native: bool) -> str:
     h = hashlib.sha256()
-    for part in (*(p.read_bytes() for p in (*SOURCES, *HEADERS)), torch.__version__.encode(), cxx.encode(), str(native).encode(),
+    for part in (*(p.read_bytes() for p in HASHED), torch.__version__.encode(), cxx.encode(), str(native).encode(),
                  _cpu_flags().encode() if native else b""):
         h.update(part)
         h.update(b"\0")
@@ -155,10 +156,9 @@ def register_python_side(module_file: str, fakes: dict) -> bool:
     # A cached compiled graph calls an op by its schema at the time it was compiled; key those
     # graphs on the sources so an edited schema or body never replays stale code.
     from . import cache_key
-    fp = cache_key.files_hash([*SOURCES, *HEADERS, Path(module_file)])
+    fp = cache_key.files_hash([*HASHED, Path(module_file)])
     for name, fake in fakes.items():
         torch.library.register_fake(name)(fake)
         cache_key.register(name, fp)
     _state["registered"].add(module_file)
     return True
-

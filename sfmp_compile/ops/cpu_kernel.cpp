@@ -140,9 +140,7 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::
     std::vector<int32_t> tile;
     for (int64_t t = t0; t < t1; ++t) {
       const int32_t* tp = nullptr;
-#if SFMP_AVX2
       if (use_tile && decode_chunk(L, tiles[t].first, tiles[t].second, tile)) tp = tile.data();
-#endif
       for (int64_t m0 = 0; m0 < MA; m0 += MAX_MT) {
         const int mt = static_cast<int>(std::min<int64_t>(MAX_MT, MA - m0));
         float* ys[MAX_MT];

@@ -26,7 +26,6 @@
 namespace sfmp_cpu {
 
 constexpr int CHUNK = 32;        // output rows per unit of work = layouts/panel.py's PANEL_ROWS = 4 vectors (M = 1's block)
-constexpr int VECS = CHUNK / 8;  // 8-row int32 vectors per chunk
 #ifndef SFMP_MAX_MT
 #define SFMP_MAX_MT 4
 #endif
