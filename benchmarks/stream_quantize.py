@@ -1,7 +1,7 @@
 """Streamed quantization of a Llama-3-8B-shaped checkpoint: peak RSS, seconds per decoder layer, and
 the projection to 70B.
 
-    python benchmarks/stream_quantize.py [--quantizer rtn,gptq] [--layers N] [--tokens 256]
+    python benchmarks/stream_quantize.py [--quantizer rtn,gptq] [--salience activation] [--layers N] [--tokens 256]
                                          [--cache-dir DIR] [--json benchmarks/stream_quantize.json]
 
 The model: hidden 4096, 32 decoder layers, MLP 14336, GQA 32 query / 8 key-value heads, vocab
@@ -10,16 +10,17 @@ into safetensors shards under ``--cache-dir`` (default ~/.cache/sfmp_compile/lla
 about 16 GB; reused by later runs, a ``complete`` marker says it is whole). Nothing is downloaded.
 
 Each run (one per quantizer) is a fresh subprocess calling ``sfmp_compile.stream.stream_quantize``
-with activation salience at 2.75 code bits (group 128, 512-row blocks), calibrated on ``--tokens``
-random token ids (sequences of 128), and reports its peak RSS at its end (``peak_rss``:
-``resource.getrusage(RUSAGE_SELF).ru_maxrss``, or VmHWM when smaller), file-backed pages included.
+with ``--salience`` (activation, or fisher: stream_fisher.py's layer-by-layer backward) at 2.75 code
+bits (group 128, 512-row blocks), calibrated on ``--tokens`` random token ids (sequences of 128), and
+reports its peak RSS at its end (``peak_rss``: ``resource.getrusage(RUSAGE_SELF).ru_maxrss``, or
+VmHWM when smaller), file-backed pages included.
 ``--layers N`` quantizes the first N decoder layers as an N-layer model (the embeddings and head
 are still read and written): a quick check, or GPTQ when all 32 do not fit the time at hand.
 
 JSON (``--json``): {"meta": {...}, "runs": [...]}, one run entry per quantizer with
   params          parameters of the (prefix) model quantized: decoder layers' + embeddings + head
   decoder_layers  how many decoder layers were quantized (32 = the whole model)
-  quantizer       "rtn" or "gptq"; salience "activation"; bits 2.75; calib_tokens
+  quantizer       "rtn" or "gptq"; salience "activation" or "fisher"; bits 2.75; calib_tokens
   peak_rss_bytes  peak RSS of the quantizing process (ru_maxrss, bytes)
   s_per_layer     (salience pass + quantize pass) seconds / decoder layers, excluding writing the
                   embeddings/head and the final copy of model.safetensors (``write_s``)
@@ -143,7 +144,7 @@ def peak_rss() -> int:
         return peak
 
 
-def run_one(model_dir: str, out_dir: str, quantizer: str, layers: int | None, tokens: int) -> dict:
+def run_one(model_dir: str, out_dir: str, quantizer: str, salience: str, layers: int | None, tokens: int) -> dict:
     """In the child process: one streamed quantization and its peak RSS."""
     sys.path.insert(0, str(ROOT))
     from sfmp_compile.stream import stream_quantize
@@ -151,7 +152,7 @@ def run_one(model_dir: str, out_dir: str, quantizer: str, layers: int | None, to
     torch.set_num_threads(int(os.environ.get("SFMP_BENCH_THREADS", "2")))
     seq = min(128, tokens)
     cal = [torch.randint(0, SHAPE["vocab_size"], (1, seq)) for _ in range(max(1, tokens // seq))]
-    r = stream_quantize(model_dir, out_dir, 2.75, calibration=cal, salience="activation", quantizer=quantizer,
+    r = stream_quantize(model_dir, out_dir, 2.75, calibration=cal, salience=salience, quantizer=quantizer,
                         overwrite=True, num_layers=layers)
     r["peak_rss_bytes"] = peak_rss()
     r["calib_tokens"] = seq * len(cal)
@@ -161,6 +162,7 @@ def run_one(model_dir: str, out_dir: str, quantizer: str, layers: int | None, to
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quantizer", default="rtn,gptq")
+    ap.add_argument("--salience", default="activation", choices=("activation", "fisher"))
     ap.add_argument("--layers", type=int, default=None, help="quantize only the first N decoder layers")
     ap.add_argument("--tokens", type=int, default=256, help="calibration tokens (sequences of 128)")
     ap.add_argument("--cache-dir", default=str(Path.home() / ".cache/sfmp_compile/llama3-8b-shaped"))
@@ -169,7 +171,7 @@ def main() -> None:
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        print("RESULT " + json.dumps(run_one(a.cache_dir, a.out_dir, a.child, a.layers, a.tokens)), flush=True)
+        print("RESULT " + json.dumps(run_one(a.cache_dir, a.out_dir, a.child, a.salience, a.layers, a.tokens)), flush=True)
         return
     model_dir = make_model(Path(a.cache_dir).expanduser())
     out_dir = a.out_dir or str(Path(model_dir).parent / "stream-out")
@@ -177,7 +179,7 @@ def main() -> None:
     old = json.loads(Path(a.json).read_text()).get("runs", []) if Path(a.json).exists() else []
     for q in a.quantizer.split(","):
         cmd = [sys.executable, __file__, "--child", q, "--cache-dir", str(model_dir), "--out-dir", out_dir,
-               "--tokens", str(a.tokens)] + (["--layers", str(a.layers)] if a.layers else [])
+               "--tokens", str(a.tokens), "--salience", a.salience] + (["--layers", str(a.layers)] if a.layers else [])
         p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
         if p.returncode or line is None:
@@ -187,7 +189,7 @@ def main() -> None:
         per_layer = (r["salience_s"] + r["quantize_s"]) / n
         lp8, lp70 = layer_params(SHAPE), layer_params(SHAPE_70B)
         entry = {
-            "params": n * lp8 + outer_params(SHAPE), "decoder_layers": n, "quantizer": q, "salience": "activation",
+            "params": n * lp8 + outer_params(SHAPE), "decoder_layers": n, "quantizer": q, "salience": a.salience,
             "bits": 2.75, "calib_tokens": r["calib_tokens"], "peak_rss_bytes": r["peak_rss_bytes"],
             "s_per_layer": per_layer, **{k: r[k] for k in ("salience_s", "quantize_s", "write_s", "total_s", "weight_bits")},
             "checkpoint_bytes": sum(f.stat().st_size for f in Path(out_dir).iterdir()),
@@ -201,7 +203,8 @@ def main() -> None:
         }
         print(json.dumps(entry), flush=True)
         runs.append(entry)
-    keep = [o for o in old if (o["quantizer"], o["decoder_layers"]) not in {(r["quantizer"], r["decoder_layers"]) for r in runs}]
+    run_key = lambda r: (r["quantizer"], r.get("salience", "activation"), r["decoder_layers"])
+    keep = [o for o in old if run_key(o) not in {run_key(r) for r in runs}]
     meta = {"model": "Llama-3-8B-shaped, random bf16 weights", "shape": SHAPE, "machine": f"{os.cpu_count()} CPU cores",
             "threads": int(os.environ.get("SFMP_BENCH_THREADS", "2"))}
     Path(a.json).write_text(json.dumps({"meta": meta, "runs": keep + runs}, indent=1) + "\n")

@@ -197,7 +197,7 @@ def _logits(out) -> torch.Tensor:
     raise TypeError(f"fisher salience cannot read logits from a model output of type {type(out).__name__}")
 
 
-def _sequence_loss(model: nn.Module, item) -> torch.Tensor:
+def sequence_loss(model: nn.Module, item) -> torch.Tensor:
     """L_n for one sequence. A transformers model (``.config``) given token ids: its own ``.loss``
     with labels = input_ids. Any other module, called as ``run_model`` calls it, has its output read
     as logits over the last dimension: token-id input [1, T] with logits [1, T, V] gets the causal
@@ -224,7 +224,7 @@ def fisher_salience(model: nn.Module, layers: Mapping[str, nn.Module], calibrati
     """Diagonal empirical Fisher Σ_n (∂L_n/∂W)², L_n = mean next-token cross-entropy of sequence n;
     fp32 [out, in] per layer (``moments`` unused).
 
-    Takes the calibration items ``run_model`` takes; L_n as ``_sequence_loss`` defines it (a
+    Takes the calibration items ``run_model`` takes; L_n as ``sequence_loss`` defines it (a
     transformers LM's own loss; for any other module, cross-entropy of its output read as logits).
     Gradients flow only into the linear weights (everything else frozen for the duration) and are
     squared into fp32 sums.
@@ -250,7 +250,7 @@ def fisher_salience(model: nn.Module, layers: Mapping[str, nn.Module], calibrati
         with torch.enable_grad():
             for batch in bar(calibration, desc="fisher salience", unit="batch"):
                 for item in _split_sequences(batch):
-                    _sequence_loss(model, item).backward()
+                    sequence_loss(model, item).backward()
                     for n, p in params.items():
                         if p.grad is not None:
                             acc[n].add_(p.grad.float().pow(2))

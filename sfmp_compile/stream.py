@@ -19,13 +19,15 @@ Peak memory: one decoder layer (plus, for GPTQ, its Hessians and the quantizer's
 the calibration hidden states. Sums over calibration items use the in-memory path's formulas in its
 order, so the checkpoint is the one ``quantize`` + ``save_quantized`` write, tensor for tensor;
 under torchrun they are split across ranks and summed in that same order (distributed.py).
-Fisher salience needs a backward through the whole model and is refused here.
+Fisher salience, which needs a backward pass through the whole model, replaces pass 1 with
+stream_fisher.py's layer-by-layer backward.
 """
 from __future__ import annotations
 
 import os
 import tempfile
 import time
+from contextlib import contextmanager
 from typing import Iterable
 
 import torch
@@ -44,10 +46,8 @@ from .quantizers.gptq import (block_outputs, capture_block_inputs, find_decoder_
                               hessian_from_sum)
 from .salience import SALIENCES, check_weights, linear_weight, moment_contribution, salience_from_moments
 from .shards import ShardReader, SafetensorsWriter
-
-FISHER_REFUSAL = ("salience='fisher' needs a backward pass through the whole model, which streamed quantization "
-                  "(one decoder layer at a time) cannot run; quantize in memory instead (sfmp quantize without "
-                  "--stream), or use salience='activation' or 'weight' here")
+from .stream_fisher import SEQUENCES_NEEDED, fisher_summaries, one_sequence_each
+from .stream_steps import InputHooks, materialize, release_params, run_rounds
 
 
 def load_skeleton(model_dir: str, dtype: torch.dtype | None = None, num_layers: int | None = None):
@@ -82,59 +82,6 @@ def _qualified(model: nn.Module, module: nn.Module) -> str:
     return next(n for n, m in model.named_modules() if m is module)
 
 
-def _materialize(module: nn.Module, prefix: str, reader: ShardReader, dtype: torch.dtype, keys: dict) -> None:
-    """Fill ``module``'s meta parameters from the shards (prefix: its name in the state dict + '.').
-    keys: state key -> stored key (a tied parameter is read under the name it is stored as)."""
-    names = [n for n, p in module.named_parameters() if p.is_meta]
-    tensors = reader.load([keys.get(prefix + n, prefix + n) for n in names], dtype)
-    for n in names:
-        owner, _, leaf = n.rpartition(".")
-        mod = module.get_submodule(owner) if owner else module
-        t = tensors[keys.get(prefix + n, prefix + n)]
-        if tuple(t.shape) != tuple(mod._parameters[leaf].shape):
-            raise CheckpointError(f"{reader.model_dir}: tensor {prefix + n} has shape {tuple(t.shape)}, config.json "
-                                  f"implies {tuple(mod._parameters[leaf].shape)}")
-        mod._parameters[leaf] = nn.Parameter(t, requires_grad=False)
-
-
-def _release(module: nn.Module) -> None:
-    """Put ``module``'s parameters back on the meta device (their memory is freed)."""
-    for mod in module.modules():
-        for leaf, p in list(mod._parameters.items()):
-            if p is not None and not p.is_meta:
-                mod._parameters[leaf] = nn.Parameter(p.to("meta"), requires_grad=False)
-
-
-class _Hooks:
-    """Forward pre-hooks that hand each named linear's input to ``fn(name, x)``; removed on exit."""
-
-    def __init__(self, modules: dict[str, nn.Module], fn):
-        self.modules, self.fn = modules, fn
-
-    def __enter__(self):
-        self.handles = [m.register_forward_pre_hook(lambda mod, args, n=n: self.fn(n, args[0]))
-                        for n, m in self.modules.items()]
-
-    def __exit__(self, *exc):
-        for h in self.handles:
-            h.remove()
-
-
-def _run_rounds(blk: nn.Module, inputs: list, ranks: Ranks, n_items: int, sums: OrderedSums | None,
-                keep: bool) -> list:
-    """Run this rank's items through ``blk`` round by round (summing each round's contributions in
-    item order, ``OrderedSums``); returns the outputs as the next block's inputs when ``keep``."""
-    outs = []
-    for j in range(ranks.rounds(n_items)):
-        if j < len(inputs):
-            o = block_outputs(blk, [inputs[j]])
-            if keep:
-                outs += o
-        if sums is not None:
-            sums.end_round(j)
-    return outs
-
-
 class _Streamer:
     """One streamed run's state: skeleton, reader, config, ranks and the calibration hidden states."""
 
@@ -163,19 +110,21 @@ class _Streamer:
         self.read_as.update({c: k for k, c in self.tied.items() if c not in self.reader and k in self.reader})
         self.state_keys = [k for k in state if k not in self.tied]
         self.n_items = len(calibration) if calibration is not None else 0
-        self.first_inputs = self._capture(self.ranks.share(list(calibration))) if calibration is not None else None
+        self.items = self.ranks.share(list(calibration)) if calibration is not None else []  # this rank's
+        self.first_inputs = self._capture(self.items) if calibration is not None else None
 
     def block_layers(self, i: int) -> dict[str, nn.Module]:
         pre = f"{self.stack}.{i}."
         return {n: self.model.get_submodule(n) for n in self.layers if n.startswith(pre)}
 
-    def _capture(self, items: list) -> list:
-        """First-decoder-layer inputs of this rank's items: every parameter outside the stack except
-        an untied output head is read (embeddings, position tables), then released."""
-        head, emb = self.model.get_output_embeddings(), self.model.get_input_embeddings()
+    @contextmanager
+    def outside_stack(self, head: bool = False):
+        """Every parameter outside the decoder stack read for the duration (embeddings, position
+        tables, final norm; the output head only if ``head`` or tied to the embeddings), then released."""
+        out, emb = self.model.get_output_embeddings(), self.model.get_input_embeddings()
         pre = self.stack + "."
         needed = [(n, m) for n, m in self.model.named_modules()
-                  if (m is not head or m is emb) and not n.startswith(pre)
+                  if (head or m is not out or m is emb) and not n.startswith(pre)
                   and any(p.is_meta for p in m.parameters(recurse=False))]
         for n, m in needed:
             for leaf, p in list(m._parameters.items()):
@@ -184,14 +133,19 @@ class _Streamer:
                     t = self.reader.load([self.read_as.get(key, key)], self.dtype)[self.read_as.get(key, key)]
                     m._parameters[leaf] = nn.Parameter(t, requires_grad=False)
         try:
-            return capture_block_inputs(self.model, self.blocks[0], items) if items else []
+            yield
         finally:
             for _, m in needed:
-                _release(m)
+                release_params(m)
+
+    def _capture(self, items: list) -> list:
+        """First-decoder-layer inputs of this rank's items (the model run up to that layer)."""
+        with self.outside_stack():
+            return capture_block_inputs(self.model, self.blocks[0], items) if items else []
 
     def load_block(self, i: int) -> nn.Module:
         blk = self.blocks[i]
-        _materialize(blk, f"{self.stack}.{i}.", self.reader, self.dtype, self.read_as)
+        materialize(blk, f"{self.stack}.{i}.", self.reader, self.dtype, self.read_as)
         return blk
 
     def summaries(self, need_moments: bool):
@@ -205,11 +159,11 @@ class _Streamer:
             weights = {n: linear_weight(m).detach() for n, m in mods.items()}
             if need_moments and mods:
                 sums = OrderedSums(self.ranks, self.n_items, {n: (w.shape[1],) for n, w in weights.items()})
-                with _Hooks(mods, lambda n, x: sums.record(n, *moment_contribution(x))):
-                    inputs = _run_rounds(blk, inputs, self.ranks, self.n_items, sums, keep=i + 1 < len(self.blocks))
+                with InputHooks(mods, lambda n, x: sums.record(n, *moment_contribution(x))):
+                    inputs = run_rounds(blk, inputs, self.ranks, self.n_items, sums, keep=i + 1 < len(self.blocks))
                 moments.update(sums.result(lambda s, c: s / c))
             elif need_moments:
-                inputs = _run_rounds(blk, inputs, self.ranks, self.n_items, None, keep=True)
+                inputs = run_rounds(blk, inputs, self.ranks, self.n_items, None, keep=True)
             sal = {n: salience_from_moments(w, moments[n] if SALIENCES[kind].uses_moments else None)
                    for n, w in weights.items()}
             for n, s in sal.items():
@@ -218,7 +172,7 @@ class _Streamer:
                                      "contain NaN); the weight itself is finite and in range")
             summaries.update(summarize_layers(weights, sal, self.config))
             del weights, sal
-            _release(blk)
+            release_params(blk)
         return {n: summaries[n] for n in self.layers}, ({n: moments[n] for n in self.layers} if moments else None)
 
     def quantize(self, plan, write, layers_meta: dict) -> None:
@@ -233,8 +187,8 @@ class _Streamer:
             hess = {}
             if gptq and mods:
                 sums = OrderedSums(self.ranks, self.n_items, {n: (linear_weight(m).shape[1],) * 2 for n, m in mods.items()})
-                with _Hooks(mods, lambda n, x: sums.record(n, *hessian_contribution(x))):
-                    _run_rounds(blk, inputs, self.ranks, self.n_items, sums, keep=False)
+                with InputHooks(mods, lambda n, x: sums.record(n, *hessian_contribution(x))):
+                    run_rounds(blk, inputs, self.ranks, self.n_items, sums, keep=False)
                 hess = sums.result(hessian_from_sum)
                 del sums
             packed = {}
@@ -259,7 +213,7 @@ class _Streamer:
                 for k, v in SFMPLinear(packed[n], m.bias).state_dict().items():
                     write(f"{n}.{k}", v)
             del packed, mods
-            _release(blk)
+            release_params(blk)
 
     def write_rest(self, write) -> None:
         """Every tensor outside the decoder stack (embeddings, final norm, head), read one at a time."""
@@ -289,7 +243,7 @@ def stream_quantize(model_dir: str, out_dir: str, bits: float = 3.0, *, calibrat
     SFMP checkpoint (format v2, loadable with ``load_quantized``) to ``out_dir``.
 
     bits, calibration (a list of token-id tensors [B, T] or kwargs dicts), salience ("activation" by
-    default with calibration, else "weight"; "fisher" is refused) and options (QuantConfig fields)
+    default with calibration, else "weight"; "fisher" needs one sequence per item) and options (QuantConfig fields)
     as for ``quantize``; the checkpoint holds the same tensors as ``quantize`` + ``save_quantized``
     of the loaded model. dtype: compute and storage dtype of the float tensors (default: as stored).
     num_layers: quantize the first N decoder layers as an N-layer model (a quick prefix run).
@@ -299,8 +253,6 @@ def stream_quantize(model_dir: str, out_dir: str, bits: float = 3.0, *, calibrat
     """
     t0 = time.perf_counter()
     kind = salience or ("activation" if calibration is not None else "weight")
-    if kind == "fisher":
-        raise SFMPConfigError(FISHER_REFUSAL)
     config = QuantConfig(bits=bits, salience=kind, **options)
     if calibration is not None:
         calibration = list(calibration)
@@ -310,12 +262,14 @@ def stream_quantize(model_dir: str, out_dir: str, bits: float = 3.0, *, calibrat
         raise ValueError(f"salience='{kind}' needs calibration= data; use salience='weight' for a data-free run")
     if config.quantizer == "gptq" and calibration is None:
         raise ValueError("quantizer='gptq' needs calibration= data")
+    if kind == "fisher" and not one_sequence_each(calibration):
+        raise ValueError(SEQUENCES_NEEDED)
     ranks = ranks or from_env()
     if ranks.rank == 0:
         check_out_dir(out_dir, overwrite)
     s = _Streamer(model_dir, config, calibration, dtype, num_layers, ranks)
     need_moments = calibration is not None and (SALIENCES[kind].uses_moments or config.clip_search)
-    summaries, moments = s.summaries(need_moments)
+    summaries, moments = fisher_summaries(s, need_moments) if kind == "fisher" else s.summaries(need_moments)
     plan = plan_from_summaries(summaries, config, moments, regroup=default_regroup(config))
     t1 = time.perf_counter()
     writer, checksums, layers_meta = None, {}, {}

@@ -14,7 +14,6 @@ from safetensors.torch import load_file
 
 from sfmp_compile import load_quantized, quantize, save_quantized
 from sfmp_compile.checkpoint_files import CheckpointError
-from sfmp_compile.config import SFMPConfigError
 from sfmp_compile.eval.models import tiny_llama
 from sfmp_compile.stream import stream_quantize
 
@@ -77,27 +76,29 @@ def test_streamed_equals_in_memory(tmp_path, tiny_dir, quantizer, model):
 
 _WORKER = textwrap.dedent("""
     import sys, torch, torch.distributed as dist
-    rank, pg, src, out, quantizer = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+    rank, pg, src, out, quantizer, salience = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], *sys.argv[5:7]
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method="file://" + pg, rank=rank, world_size=2)
     from sfmp_compile.stream import stream_quantize
     g = torch.Generator().manual_seed(1)
     cal = [torch.randint(0, 256, (2, 16), generator=g) for _ in range(3)]
-    stream_quantize(src, out, calibration=cal, quantizer=quantizer, bits=2.75, block_rows=16, group_size=32)
+    cal = [c[:1] for c in cal] if salience == "fisher" else cal  # Fisher in streaming: one sequence per item
+    stream_quantize(src, out, calibration=cal, quantizer=quantizer, salience=salience, bits=2.75, block_rows=16,
+                    group_size=32)
     dist.destroy_process_group()
 """)
 
 
-@pytest.mark.parametrize("quantizer", ["gptq"])
-def test_two_gloo_processes_equal_one(tmp_path, tiny_dir, quantizer):
+@pytest.mark.parametrize("quantizer,salience", [("gptq", "activation"), ("rtn", "fisher")])
+def test_two_gloo_processes_equal_one(tmp_path, tiny_dir, quantizer, salience):
     """2 ranks (items 0, 2 on rank 0, item 1 on rank 1; GPTQ's layers shared out and broadcast) give
-    the 1-process checkpoint bit for bit: moments and Hessians are summed in item order."""
+    the 1-process checkpoint bit for bit: moments, Hessians and Fisher sums are summed in item order."""
     script = tmp_path / "worker.py"
     script.write_text(_WORKER)
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "SFMP_PROGRESS": "0"}
     env.pop("WORLD_SIZE", None)
     procs = [subprocess.Popen([sys.executable, str(script), str(r), str(tmp_path / "pg"), tiny_dir,
-                               str(tmp_path / "two"), quantizer], env=env, stderr=subprocess.PIPE, text=True)
+                               str(tmp_path / "two"), quantizer, salience], env=env, stderr=subprocess.PIPE, text=True)
              for r in range(2)]
     errs = [p.communicate(timeout=300)[1] for p in procs]
     assert all(p.returncode == 0 for p in procs), errs
@@ -106,7 +107,9 @@ def test_two_gloo_processes_equal_one(tmp_path, tiny_dir, quantizer):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        stream_quantize(tiny_dir, str(tmp_path / "one"), calibration=_calibration(), quantizer=quantizer, **OPTS)
+        cal = _calibration() if salience != "fisher" else [c[:1] for c in _calibration()]
+        stream_quantize(tiny_dir, str(tmp_path / "one"), calibration=cal, quantizer=quantizer, salience=salience,
+                        **OPTS)
     finally:
         torch.set_num_threads(threads)
     _same_checkpoint(str(tmp_path / "one"), str(tmp_path / "two"))
@@ -162,11 +165,6 @@ def test_streamed_peak_rss_is_a_layer_not_the_model(tmp_path):
     assert len(load_quantized(str(tmp_path / "q")).model.layers) == 16
 
 
-def test_fisher_is_refused_with_a_pointer(tmp_path, tiny_dir):
-    with pytest.raises(SFMPConfigError, match="in memory"):
-        stream_quantize(tiny_dir, str(tmp_path / "o"), salience="fisher", calibration=_calibration(), **OPTS)
-
-
 def test_corrupt_or_missing_shards_give_one_clear_error(tmp_path, tiny_dir):
     import shutil
     src = tmp_path / "src"
@@ -204,8 +202,10 @@ def test_cli_stream(tmp_path, tiny_dir):
                "--text", str(text), "--calib-sequences", "2", "--seq-len", "32", "--out", str(tmp_path / "o"), "--quiet"])
     assert rc == 0
     assert load_quantized(str(tmp_path / "o")) is not None
-    assert main(["quantize", "--stream", tiny_dir, "--bits", "2.75", "--salience", "fisher",
-                 "--text", str(text), "--out", str(tmp_path / "f"), "--quiet"]) == 2
+    assert main(["quantize", "--stream", tiny_dir, "--bits", "2.75", "--salience", "fisher", "--group-size", "32",
+                 "--block-rows", "16", "--text", str(text), "--calib-sequences", "2", "--seq-len", "32",
+                 "--out", str(tmp_path / "f"), "--quiet"]) == 0
+    assert load_quantized(str(tmp_path / "f")) is not None
 
 
 def test_cli_under_torchrun_needs_stream(tmp_path, monkeypatch, capsys):

@@ -274,7 +274,8 @@ def _swapped_weights(modules: Mapping[nn.Module, torch.Tensor]):
             m.weight.data = w
 
 
-def _layer_output(out):
+def layer_output(out):
+    """A decoder layer's hidden states [B, T, H] from what it returns (the tensor, or a tuple's first)."""
     if isinstance(out, torch.Tensor):
         return out
     if isinstance(out, (tuple, list)):
@@ -321,7 +322,7 @@ def block_outputs(blk: nn.Module, inputs: list, quantized_w: Mapping[nn.Module, 
     outs = []
     with torch.no_grad(), _swapped_weights(quantized_w or {}):
         for args, kwargs in inputs:
-            outs.append(block_input(args, kwargs, _layer_output(blk(*args, **kwargs))))
+            outs.append(block_input(args, kwargs, layer_output(blk(*args, **kwargs))))
     return outs
 
 
