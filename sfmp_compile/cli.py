@@ -88,7 +88,7 @@ def _config(args, bits: float, levels: int | None = None, budget_levels: bool = 
     elif choices is None and levels == 3 and not budget_levels:
         choices = default_bit_choices(bits)
     return QuantConfig(bits=bits, bit_choices=choices, block_rows=args.block_rows, group_size=args.group_size,
-                       salience=args.salience, quantizer=args.quantizer)
+                       salience=args.salience, quantizer=args.quantizer, tp_shards=getattr(args, "tp_shards", 1))
 
 
 def _calibration(tokenizer, args):
@@ -176,7 +176,7 @@ def cmd_quantize(args) -> int:
     # Calibration serves the salience, the clip search's column weights and GPTQ's Hessians.
     cal = _calibration(tok, args)
     opts = dict(calibration=cal, salience=config.salience, block_rows=config.block_rows,
-                group_size=config.group_size, quantizer=config.quantizer)
+                group_size=config.group_size, quantizer=config.quantizer, tp_shards=config.tp_shards)
     if budget is None:
         plan = make_plan(model, config.bits, bit_choices=config.bit_choices, **opts)
         target = f"code bits {config.bits:g}"
@@ -321,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     _budget_options(q, required=True, many=False)
     _common_quant(q)
     _common_data(q)
+    q.add_argument("--tp-shards", type=_positive, default=1,
+                   help="tensor-parallel ranks the checkpoint will be served on: permutations stay inside each "
+                        "rank's shard (docs/SCALE.md)")
     q.add_argument("--out", required=True, help="output directory (must not exist)")
     q.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     q.add_argument("--stream", action="store_true",

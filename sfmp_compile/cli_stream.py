@@ -31,7 +31,7 @@ def cmd_quantize_stream(args, config) -> int:
         cal = _calibration(tok, args)
     r = stream_quantize(src, args.out, config.bits, calibration=cal, salience=config.salience, tokenizer=tok,
                         overwrite=args.overwrite, bit_choices=config.bit_choices, block_rows=config.block_rows,
-                        group_size=config.group_size, quantizer=config.quantizer)
+                        group_size=config.group_size, quantizer=config.quantizer, tp_shards=config.tp_shards)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"quantized {r['decoder_layers']} decoder layers of {args.model} streamed in {r['total_s']:.1f} s "
               f"({r['s_per_layer']:.2f} s/layer) -> {args.out}\n  achieved weight_bits {r['weight_bits']:.3f}")

@@ -44,7 +44,8 @@ from .progress import bar
 from .quantize import quantize_weight
 from .quantizers.gptq import (block_outputs, capture_block_inputs, find_decoder_layers, hessian_contribution,
                               hessian_from_sum)
-from .salience import SALIENCES, check_weights, linear_weight, moment_contribution, salience_from_moments
+from .salience import (SALIENCES, calibration_dtype, check_weights, linear_weight, moment_contribution,
+                       salience_from_moments)
 from .shards import ShardReader, SafetensorsWriter
 from .stream_fisher import SEQUENCES_NEEDED, fisher_summaries, one_sequence_each
 from .stream_steps import InputHooks, materialize, release_params, run_rounds
@@ -52,7 +53,7 @@ from .stream_steps import InputHooks, materialize, release_params, run_rounds
 
 def load_skeleton(model_dir: str, dtype: torch.dtype | None = None, num_layers: int | None = None):
     """(skeleton, reader, dtype): the config.json model with parameters on the meta device and real
-    buffers, the directory's ShardReader, and the compute dtype (``dtype``, else the input
+    buffers, the directory's ShardReader, and the storage dtype (``dtype``, else the input
     embedding's stored dtype). num_layers: build only the first N decoder layers (a prefix run)."""
     from transformers import AutoConfig, AutoModelForCausalLM
     if not os.path.isfile(os.path.join(model_dir, CONFIG)):
@@ -72,7 +73,7 @@ def load_skeleton(model_dir: str, dtype: torch.dtype | None = None, num_layers: 
     if dtype is None:
         dtype = reader.dtype_of(emb + ".weight")
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise SFMPConfigError(f"compute dtype must be fp32, fp16 or bf16, got {dtype}")
+        raise SFMPConfigError(f"dtype must be fp32, fp16 or bf16, got {dtype}")
     with _parameters_on_meta():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     return model.eval(), reader, dtype
@@ -88,6 +89,8 @@ class _Streamer:
     def __init__(self, model_dir, config: QuantConfig, calibration, dtype, num_layers, ranks: Ranks):
         self.config, self.ranks = config, ranks
         self.model, self.reader, self.dtype = load_skeleton(model_dir, dtype, num_layers)
+        # what the layers compute in while calibrating (fp32 for a half-precision model: as in memory)
+        self.compute_dtype = calibration_dtype(self.dtype)
         self.layers = find_linears(self.model, config.skip)
         found = find_decoder_layers(self.model, self.layers)
         if not self.layers or found is None:
@@ -120,21 +123,28 @@ class _Streamer:
     @contextmanager
     def outside_stack(self, head: bool = False):
         """Every parameter outside the decoder stack read for the duration (embeddings, position
-        tables, final norm; the output head only if ``head`` or tied to the embeddings), then released."""
+        tables, final norm; the output head only if ``head`` or tied to the embeddings), then released.
+        In the compute dtype, except a plain nn.Embedding input table that the head does not share
+        (or when not ``head``): it stays in the stored dtype (1 GB, not 2, at 8B) with its output cast
+        to the compute dtype, which is exact for a lookup."""
         out, emb = self.model.get_output_embeddings(), self.model.get_input_embeddings()
         pre = self.stack + "."
         needed = [(n, m) for n, m in self.model.named_modules()
                   if (head or m is not out or m is emb) and not n.startswith(pre)
                   and any(p.is_meta for p in m.parameters(recurse=False))]
-        for n, m in needed:
-            for leaf, p in list(m._parameters.items()):
-                if p is not None and p.is_meta:
-                    key = f"{n}.{leaf}" if n else leaf
-                    t = self.reader.load([self.read_as.get(key, key)], self.dtype)[self.read_as.get(key, key)]
-                    m._parameters[leaf] = nn.Parameter(t, requires_grad=False)
+        lookup = type(emb) is nn.Embedding and not (head and emb is out)
+        cast = emb.register_forward_hook(lambda mod, args, y: y.to(self.compute_dtype)) if lookup else None
         try:
+            for n, m in needed:
+                dtype = self.dtype if lookup and m is emb else self.compute_dtype
+                for leaf, p in list(m._parameters.items()):
+                    if p is not None and p.is_meta:
+                        key = self.read_as.get(f"{n}.{leaf}" if n else leaf, f"{n}.{leaf}" if n else leaf)
+                        m._parameters[leaf] = nn.Parameter(self.reader.load([key], dtype)[key], requires_grad=False)
             yield
         finally:
+            if cast is not None:
+                cast.remove()
             for _, m in needed:
                 release_params(m)
 
@@ -143,9 +153,11 @@ class _Streamer:
         with self.outside_stack():
             return capture_block_inputs(self.model, self.blocks[0], items) if items else []
 
-    def load_block(self, i: int) -> nn.Module:
+    def load_block(self, i: int, compute: bool = True) -> nn.Module:
+        """Decoder layer i read from the shards, in the compute dtype (``compute``: it will run) or
+        the stored one (only its weights are read)."""
         blk = self.blocks[i]
-        materialize(blk, f"{self.stack}.{i}.", self.reader, self.dtype, self.read_as)
+        materialize(blk, f"{self.stack}.{i}.", self.reader, self.compute_dtype if compute else self.dtype, self.read_as)
         return blk
 
     def summaries(self, need_moments: bool):
@@ -154,7 +166,7 @@ class _Streamer:
         summaries, moments = {}, {}
         inputs = self.first_inputs
         for i in bar(range(len(self.blocks)), desc="stream salience", unit="decoder layer"):
-            blk, mods = self.load_block(i), self.block_layers(i)
+            blk, mods = self.load_block(i, compute=need_moments), self.block_layers(i)
             check_weights(mods)
             weights = {n: linear_weight(m).detach() for n, m in mods.items()}
             if need_moments and mods:
@@ -183,7 +195,7 @@ class _Streamer:
         gptq = self.config.quantizer == "gptq"
         inputs = self.first_inputs
         for i in bar(range(len(self.blocks)), desc=f"stream quantize ({self.config.quantizer})", unit="decoder layer"):
-            blk, mods = self.load_block(i), self.block_layers(i)
+            blk, mods = self.load_block(i, compute=gptq), self.block_layers(i)
             hess = {}
             if gptq and mods:
                 sums = OrderedSums(self.ranks, self.n_items, {n: (linear_weight(m).shape[1],) * 2 for n, m in mods.items()})
@@ -207,10 +219,12 @@ class _Streamer:
             pre = f"{self.stack}.{i}."
             for k in self.state_keys:
                 if k.startswith(pre) and not any(k.startswith(n + ".") for n in mods):
-                    write(k, self.model.get_parameter(k) if _is_param(self.model, k) else self.model.get_buffer(k))
+                    write(k, self.model.get_parameter(k).to(self.dtype) if _is_param(self.model, k)
+                          else self.model.get_buffer(k))
             for n, m in mods.items():
                 layers_meta[n] = layer_meta(packed[n], m.bias is not None)
-                for k, v in SFMPLinear(packed[n], m.bias).state_dict().items():
+                bias = None if m.bias is None else m.bias.to(self.dtype)
+                for k, v in SFMPLinear(packed[n], bias).state_dict().items():
                     write(f"{n}.{k}", v)
             del packed, mods
             release_params(blk)
@@ -245,7 +259,8 @@ def stream_quantize(model_dir: str, out_dir: str, bits: float = 3.0, *, calibrat
     bits, calibration (a list of token-id tensors [B, T] or kwargs dicts), salience ("activation" by
     default with calibration, else "weight"; "fisher" needs one sequence per item) and options (QuantConfig fields)
     as for ``quantize``; the checkpoint holds the same tensors as ``quantize`` + ``save_quantized``
-    of the loaded model. dtype: compute and storage dtype of the float tensors (default: as stored).
+    of the loaded model. dtype: storage dtype of the float tensors (default: as stored); calibration
+    computes in ``salience.calibration_dtype`` of it, as ``quantize`` does.
     num_layers: quantize the first N decoder layers as an N-layer model (a quick prefix run).
     ranks: the process group (default ``distributed.from_env()``: torchrun's, or one process).
     Returns timings and sizes: decoder_layers, salience_s, quantize_s, write_s, total_s,

@@ -293,3 +293,14 @@ def test_quiet_prints_no_progress_bars(ckpt, monkeypatch, capsys, quiet):
     assert main(["eval", str(ckpt), *DATA] + (["--quiet"] if quiet else [])) == 0
     err = capsys.readouterr().err
     assert ("scoring" in err) is not quiet, err
+
+
+def test_quantize_tp_shards_reaches_the_plan(tmp_path):
+    """--tp-shards 2 is the plan's tp_shards (recorded in sfmp.json from the plan's own config; what
+    it restricts is tests/test_tp.py's), and a head count that cannot be shared is one error line."""
+    out = tmp_path / "tp"
+    assert main(["quantize", "tiny", "--bits", "3", "--tp-shards", "2", "--group-size", "32", "--block-rows", "16",
+                 *DATA, "--out", str(out)]) == 0
+    assert json.loads((out / "sfmp.json").read_text())["quant_config"]["tp_shards"] == 2
+    assert main(["quantize", "tiny", "--bits", "3", "--tp-shards", "3", *DATA, "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()

@@ -145,3 +145,22 @@ def test_non_finite_salience_names_its_cause():
     lin = nn.Linear(4, 2)
     with pytest.raises(ValueError, match=r"0: activation salience is not finite \(the layer's inputs"):
         compute_salience("activation", nn.Sequential(lin), {"0": lin}, [torch.full((2, 4), 1e30)])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_calibrates_in_fp32_and_keeps_its_tensors(dtype):
+    """On the CPU a half-precision model calibrates as its fp32 twin does (the same values, fp32
+    arithmetic: salience.calibration_dtype), and gets its own tensors back, not casts of copies."""
+    from sfmp_compile.quantizers.gptq import collect_hessians
+    from sfmp_compile.salience import calibration_precision
+    half = tiny_llama().to(dtype)
+    twin = tiny_llama().to(dtype).float()
+    cal = [torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    before = {n: (p, p.data, p.data_ptr()) for n, p in half.named_parameters()}
+    with calibration_precision(half):
+        assert all(p.dtype == torch.float32 for p in half.parameters())
+    for fn in (fisher_salience, input_second_moments, collect_hessians):
+        got, want = fn(half, find_linears(half), cal), fn(twin, find_linears(twin), cal)
+        assert all(torch.equal(got[n], want[n]) for n in want), fn.__name__
+    for n, p in half.named_parameters():
+        assert p is before[n][0] and p.dtype == dtype and p.data_ptr() == before[n][2] and p.grad is None

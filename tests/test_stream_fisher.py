@@ -19,13 +19,16 @@ def _sequences(n=3, t=16, batch=1):
     return [torch.randint(0, 256, (batch, t), generator=g) for _ in range(n)]
 
 
-@pytest.mark.parametrize("model", ["tiny", "tied_bf16"])
+@pytest.mark.parametrize("model", ["tiny", "tied_bf16", "untied_bf16"])
 def test_streamed_fisher_equals_whole_model_backward(tmp_path, monkeypatch, model):
     """Every layer's streamed Fisher equals fisher_salience on the loaded model (torch.equal), and the
-    checkpoints match tensor for tensor (clip search on, so E[x²] from the forward sweep is used too)."""
+    checkpoints match tensor for tensor (clip search on, so E[x²] from the forward sweep is used too).
+    bf16: both compute in fp32 (salience.calibration_dtype); the streamer keeps an untied input
+    table in bf16 and casts what it looks up, a tied one is the head and is read in fp32."""
     from transformers import AutoModelForCausalLM
     src = str(tmp_path / "src")
-    (tiny_llama(layers=3) if model == "tiny" else _tied_bf16()).save_pretrained(src)
+    {"tiny": lambda: tiny_llama(layers=3), "tied_bf16": _tied_bf16,
+     "untied_bf16": lambda: tiny_llama().to(torch.bfloat16)}[model]().save_pretrained(src)
     load = lambda: AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32 if model == "tiny" else torch.bfloat16).eval()
     cal = _sequences()
     seen = {}

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..progress import bar
-from ..salience import is_conv1d, run_model as _run
+from ..salience import calibration_precision, is_conv1d, run_model as _run
 from .minmax import minmax_quantize, warn_if_zeroed
 
 
@@ -227,7 +227,7 @@ def collect_hessians(model: nn.Module, layers: Mapping[str, nn.Module], calibrat
     """
     acc = _HessianAccumulator(layers)
     n = 0
-    with acc.hooks(), torch.no_grad():
+    with calibration_precision(model), acc.hooks(), torch.no_grad():
         for batch in calibration:
             _run(model, batch)
             n += 1
@@ -338,43 +338,45 @@ def gptq_model(model: nn.Module, layers: Mapping[str, nn.Module], calibration: I
     Hessians, quantize them, and rerun the block with the dequantized weights to get the next block's
     inputs. Peak extra memory: one block's Hessians plus the calibration hidden states. Layers outside
     the stack (and models without one, or ``sequential=False``) fall back to ``collect_hessians``
-    on the float model. The model's weights are restored before returning.
+    on the float model. The model's weights are restored before returning. The blocks run in
+    ``salience.calibration_dtype`` (fp32 for a half-precision model on the CPU).
     Returns name -> result.
     """
     calibration = list(calibration)
     if not calibration:
         raise ValueError("GPTQ needs calibration data, but the calibration iterable was empty")
-    found = find_decoder_layers(model, layers) if sequential else None
-    results: dict[str, object] = {}
-    done: set[str] = set()
-    if found is not None:
-        prefix, blocks = found
-        inputs = capture_block_inputs(model, blocks[0], calibration)
-        try:
-            for i, blk in enumerate(bar(blocks, desc="GPTQ", unit="decoder layer")):
-                bprefix = f"{prefix}.{i}."
-                mine = {n: m for n, m in layers.items() if n.startswith(bprefix)}
-                quantized_w: dict[nn.Module, torch.Tensor] = {}
-                if mine:
-                    acc = _HessianAccumulator(mine)
-                    with torch.no_grad(), acc.hooks():
-                        for args, kwargs in inputs:
-                            blk(*args, **kwargs)
-                    hess = acc.result()
-                    del acc
-                    for n, m in mine.items():
-                        results[n], quantized_w[m] = quantize_layer(n, hess.pop(n))
-                        done.add(n)
-                if i + 1 < len(blocks):
-                    # The next block sees what the quantized model will feed it (GPTQ's sequential mode).
-                    inputs = block_outputs(blk, inputs, quantized_w)
-                if progress is not None:
-                    progress(i + 1, len(blocks))
-        finally:
-            del inputs
-    rest = {n: m for n, m in layers.items() if n not in done}
-    if rest:
-        hess = collect_hessians(model, rest, calibration)
-        for n in rest:
-            results[n], _ = quantize_layer(n, hess.pop(n))
+    with calibration_precision(model):  # Hessians in fp32 on the CPU (salience.calibration_dtype)
+        found = find_decoder_layers(model, layers) if sequential else None
+        results: dict[str, object] = {}
+        done: set[str] = set()
+        if found is not None:
+            prefix, blocks = found
+            inputs = capture_block_inputs(model, blocks[0], calibration)
+            try:
+                for i, blk in enumerate(bar(blocks, desc="GPTQ", unit="decoder layer")):
+                    bprefix = f"{prefix}.{i}."
+                    mine = {n: m for n, m in layers.items() if n.startswith(bprefix)}
+                    quantized_w: dict[nn.Module, torch.Tensor] = {}
+                    if mine:
+                        acc = _HessianAccumulator(mine)
+                        with torch.no_grad(), acc.hooks():
+                            for args, kwargs in inputs:
+                                blk(*args, **kwargs)
+                        hess = acc.result()
+                        del acc
+                        for n, m in mine.items():
+                            results[n], quantized_w[m] = quantize_layer(n, hess.pop(n))
+                            done.add(n)
+                    if i + 1 < len(blocks):
+                        # The next block sees what the quantized model will feed it (GPTQ's sequential mode).
+                        inputs = block_outputs(blk, inputs, quantized_w)
+                    if progress is not None:
+                        progress(i + 1, len(blocks))
+            finally:
+                del inputs
+        rest = {n: m for n, m in layers.items() if n not in done}
+        if rest:
+            hess = collect_hessians(model, rest, calibration)
+            for n in rest:
+                results[n], _ = quantize_layer(n, hess.pop(n))
     return results
