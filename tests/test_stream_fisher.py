@@ -68,3 +68,21 @@ def test_streamed_fisher_refuses_batched_items(tmp_path):
     with pytest.raises(ValueError, match=r"one sequence per calibration item.*\[1, T\]"):
         stream_quantize(src, str(tmp_path / "o"), calibration=_sequences(batch=2), salience="fisher", **OPTS)
     assert not (tmp_path / "o").exists()
+
+
+def test_smollm2_prefix_streamed_fisher_equals_in_memory(tmp_path):
+    """The real model (tied head, 9 / 3 heads, trained weights), its first 2 decoder layers: the
+    streamed Fisher checkpoint equals in-memory quantize of the same 2-layer model (the whole model:
+    ``python benchmarks/stream_smollm2_check.py rtn fisher``)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from sfmp_compile.eval.models import smollm2_cache_path
+    src = str(smollm2_cache_path())
+    config = AutoConfig.from_pretrained(src)
+    config.num_hidden_layers = 2
+    m = AutoModelForCausalLM.from_pretrained(src, config=config, dtype=torch.float32).eval()
+    cal = [torch.randint(0, 49152, (1, 24), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    opts = dict(bits=2.75, group_size=64, block_rows=64)
+    stream_quantize(src, str(tmp_path / "str"), calibration=cal, salience="fisher", num_layers=2, **opts)
+    quantize(m, calibration=cal, salience="fisher", **opts)
+    save_quantized(m, str(tmp_path / "mem"))
+    _same_checkpoint(str(tmp_path / "mem"), str(tmp_path / "str"))

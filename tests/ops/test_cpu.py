@@ -122,6 +122,11 @@ def test_a_corrupt_cached_build_is_rebuilt(tmp_path, monkeypatch):
     """A damaged shared object under the cache key is replaced, never loaded as is (and a build
     with no compiler says so once instead of failing every call)."""
     monkeypatch.setenv("SFMP_CACHE_DIR", str(tmp_path))
+    # a one-line source stands in for the kernels: what is tested is the cache, not a minute of g++
+    src = tmp_path / "one.cpp"
+    src.write_text('extern "C" int sfmp_one() { return 1; }\n')
+    monkeypatch.setattr(cpu_build, "SOURCES", (src,))
+    monkeypatch.setattr(cpu_build, "HASHED", (src,))
     cxx = cpu_build.compiler()
     so = cpu_build.cache_dir() / f"{cpu_build._key(cxx, True)}.so"
     so.parent.mkdir(parents=True)
