@@ -85,11 +85,10 @@ def run_model(model: nn.Module, batch) -> object:
 
 def calibration_dtype(dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.dtype:
     """The dtype calibration passes (E[x²], Fisher, GPTQ's Hessians) compute in for tensors of
-    ``dtype`` on ``device``: fp32 for fp16 / bf16 on the CPU, else ``dtype`` itself. The CPU's
-    half-precision matmuls are software paths without native bf16: measured on this project's
-    AVX2 machine (one 14336 × 4096 bf16 linear, 128 tokens, 1 thread) 1.5 s forward and 60 s
-    backward, against 0.3 s and 0.6 s in fp32. fp32 also rounds less; the values are the same (a
-    half-precision number is exactly an fp32 one)."""
+    ``dtype`` on ``device``: fp32 for fp16 / bf16 on the CPU, else ``dtype`` itself. Why: a CPU
+    without native bf16 runs half-precision matmuls on slow software paths, a backward two orders
+    of magnitude slower than fp32 (docs/SCALE.md (d)). fp32 also rounds less, and the values are
+    the same (a half-precision number is exactly an fp32 one)."""
     half = dtype in (torch.float16, torch.bfloat16)
     return torch.float32 if half and torch.device(device).type == "cpu" else dtype
 
