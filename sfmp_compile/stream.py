@@ -139,7 +139,8 @@ class _Streamer:
                 dtype = self.dtype if lookup and m is emb else self.compute_dtype
                 for leaf, p in list(m._parameters.items()):
                     if p is not None and p.is_meta:
-                        key = self.read_as.get(f"{n}.{leaf}" if n else leaf, f"{n}.{leaf}" if n else leaf)
+                        key = f"{n}.{leaf}" if n else leaf
+                        key = self.read_as.get(key, key)
                         m._parameters[leaf] = nn.Parameter(self.reader.load([key], dtype)[key], requires_grad=False)
             yield
         finally:
@@ -160,6 +161,18 @@ class _Streamer:
         materialize(blk, f"{self.stack}.{i}.", self.reader, self.compute_dtype if compute else self.dtype, self.read_as)
         return blk
 
+    def run_block(self, blk: nn.Module, mods: dict, inputs: list, moments: dict | None, keep: bool = True) -> list:
+        """This rank's items through ``blk`` (returns the next block's inputs when ``keep``). With a
+        ``moments`` dict, E[x²] fp32 [K] of each of ``mods``' inputs is added to it, summed over
+        items in item order across ranks (``OrderedSums``)."""
+        if moments is None or not mods:
+            return run_rounds(blk, inputs, self.ranks, self.n_items, None, keep)
+        sums = OrderedSums(self.ranks, self.n_items, {n: (linear_weight(m).shape[1],) for n, m in mods.items()})
+        with InputHooks(mods, lambda n, x: sums.record(n, *moment_contribution(x))):
+            out = run_rounds(blk, inputs, self.ranks, self.n_items, sums, keep)
+        moments.update(sums.result(lambda t, c: t / c))
+        return out
+
     def summaries(self, need_moments: bool):
         """Pass 1: name -> LayerSummary and name -> E[x²] fp32 [K] (when measured), layer by layer."""
         kind = self.config.salience
@@ -169,13 +182,8 @@ class _Streamer:
             blk, mods = self.load_block(i, compute=need_moments), self.block_layers(i)
             check_weights(mods)
             weights = {n: linear_weight(m).detach() for n, m in mods.items()}
-            if need_moments and mods:
-                sums = OrderedSums(self.ranks, self.n_items, {n: (w.shape[1],) for n, w in weights.items()})
-                with InputHooks(mods, lambda n, x: sums.record(n, *moment_contribution(x))):
-                    inputs = run_rounds(blk, inputs, self.ranks, self.n_items, sums, keep=i + 1 < len(self.blocks))
-                moments.update(sums.result(lambda s, c: s / c))
-            elif need_moments:
-                inputs = run_rounds(blk, inputs, self.ranks, self.n_items, None, keep=True)
+            if need_moments:
+                inputs = self.run_block(blk, mods, inputs, moments, keep=i + 1 < len(self.blocks))
             sal = {n: salience_from_moments(w, moments[n] if SALIENCES[kind].uses_moments else None)
                    for n, w in weights.items()}
             for n, s in sal.items():

@@ -35,8 +35,8 @@ from .distributed import OrderedSums
 from .plan import summarize_layers
 from .progress import bar
 from .quantizers.gptq import block_input, layer_output
-from .salience import check_weights, is_conv1d, linear_weight, moment_contribution, sequence_loss
-from .stream_steps import InputHooks, release_params, run_rounds
+from .salience import check_weights, is_conv1d, linear_weight, sequence_loss
+from .stream_steps import release_params
 
 SEQUENCES_NEEDED = ("salience='fisher' in streamed quantization takes one sequence per calibration item (its loss "
                     "is per sequence, as in memory); split each [B, T] batch into [1, T] items, e.g. "
@@ -104,13 +104,7 @@ def _forward(s, need_moments: bool, tmp: str):
             torch.save([_hidden(*x) for x in inputs], _path(tmp, i))
         handle = blk.register_forward_hook(lambda mod, args, out: kinds.add(isinstance(out, tuple)))
         try:
-            if need_moments and mods:
-                sums = OrderedSums(s.ranks, s.n_items, {n: (linear_weight(m).shape[1],) for n, m in mods.items()})
-                with InputHooks(mods, lambda n, x: sums.record(n, *moment_contribution(x))):
-                    inputs = run_rounds(blk, inputs, s.ranks, s.n_items, sums, keep=True)
-                moments.update(sums.result(lambda t, c: t / c))
-            else:
-                inputs = run_rounds(blk, inputs, s.ranks, s.n_items, None, keep=True)
+            inputs = s.run_block(blk, mods, inputs, moments if need_moments else None)
         finally:
             handle.remove()
         release_params(blk)
