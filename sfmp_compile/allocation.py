@@ -3,6 +3,12 @@
 No search: one global salience ranking decides every block's width. Fractions are taken by
 *weight count*, so ragged edge blocks are charged for what they hold and the average is exact to
 within one block. The achieved average never exceeds the target (it is a memory budget).
+
+Ranking: blocks are ordered by salience *per weight* (block sum / real weights) by default. The
+budget is counted in weights, so that is the greedy order that buys the most salience per bit; the
+paper's order (by block sum, ``rank="sum"``) is the same wherever every block is full, and
+under-ranks ragged ones (a GQA k/v layer of 192 rows sums as 192/512 of a full block). The 3-level
+scan's loss is still Σ S_k / (2^{b_k} - 1)^2 over block sums, whatever the order.
 """
 from __future__ import annotations
 
@@ -11,6 +17,8 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import torch
+
+from .config import RANKS
 
 
 @dataclass(frozen=True)
@@ -50,13 +58,23 @@ def _unflatten(names, blocks, flat_bits: torch.Tensor) -> dict[str, torch.Tensor
     return out
 
 
-def _two_level(sal, cnt, bits: float) -> torch.Tensor:
+def rank_key(sal: torch.Tensor, cnt: torch.Tensor, rank: str = "per_weight") -> torch.Tensor:
+    """The value blocks are ranked by: sal [T] float64 block sums, cnt [T] int64 real weights per
+    block -> float64 [T], salience per weight (``"per_weight"``) or the sum itself (``"sum"``)."""
+    if rank == "sum":
+        return sal
+    if rank != "per_weight":
+        raise ValueError(f"rank must be one of {RANKS}, got {rank!r}")
+    return sal / cnt.clamp(min=1).double()
+
+
+def _two_level(sal, cnt, bits: float, key) -> torch.Tensor:
     lo = math.floor(bits)
     out = torch.full_like(cnt, lo)
     extra = (bits - lo) * float(cnt.sum())  # weights that may carry one more bit
     if extra <= 0:
         return out
-    order = torch.argsort(sal, descending=True, stable=True)
+    order = torch.argsort(key, descending=True, stable=True)
     cum = torch.cumsum(cnt[order], 0).double()
     n_hi = int((cum <= extra * (1 + 1e-12)).sum())  # longest salient prefix that fits
     out[order[:n_hi]] = lo + 1
@@ -64,16 +82,16 @@ def _two_level(sal, cnt, bits: float) -> torch.Tensor:
 
 
 def scan_three_level(sal: torch.Tensor, cnt: torch.Tensor, bits: float, choices: tuple[int, int, int],
-                     grid: int = 100) -> ThreeLevelChoice:
+                     grid: int = 100, key: torch.Tensor | None = None) -> ThreeLevelChoice:
     """The paper's 1-D scan over α1 ∈ {0, 1/grid, ..., 1}.
 
     sal, cnt: float64 / int64 [T] over all blocks. For each α1, α3 = (b - b2 - (b1 - b2) α1)/(b3 - b2),
-    α2 = 1 - α1 - α3 (skipped unless both in [0, 1]); blocks sorted by ascending salience: the lowest
-    ≥ α1 of the weights get b1, the highest ≤ α3 get b3. Returns the α1 with the least
-    Σ S_k / (2^{b_k} - 1)^2.
+    α2 = 1 - α1 - α3 (skipped unless both in [0, 1]); blocks sorted by ascending ``key`` (default:
+    ``sal``, the paper's order; ``rank_key`` gives the others): the lowest ≥ α1 of the weights get b1,
+    the highest ≤ α3 get b3. Returns the α1 with the least Σ S_k / (2^{b_k} - 1)^2.
     """
     b1, b2, b3 = choices
-    order = torch.argsort(sal, stable=True)
+    order = torch.argsort(sal if key is None else key, stable=True)
     s, c = sal[order], cnt[order].double()
     T = s.numel()
     total = float(c.sum())
@@ -102,10 +120,10 @@ def scan_three_level(sal: torch.Tensor, cnt: torch.Tensor, bits: float, choices:
     return best
 
 
-def _three_level(sal, cnt, bits: float, choices) -> torch.Tensor:
+def _three_level(sal, cnt, bits: float, choices, key) -> torch.Tensor:
     b1, b2, b3 = choices
-    choice = scan_three_level(sal, cnt, bits, choices)
-    order = torch.argsort(sal, stable=True)
+    choice = scan_three_level(sal, cnt, bits, choices, key=key)
+    order = torch.argsort(key, stable=True)
     T = sal.numel()
     n1, n3 = choice.n_low, choice.n_high
     sorted_bits = torch.full((T,), b2, dtype=torch.int64)
@@ -138,15 +156,18 @@ def _three_level(sal, cnt, bits: float, choices) -> torch.Tensor:
 
 
 def allocate(blocks: Mapping[str, tuple[torch.Tensor, torch.Tensor]], bits: float,
-             bit_choices: tuple[int, int, int] | None = None) -> dict[str, torch.Tensor]:
+             bit_choices: tuple[int, int, int] | None = None, rank: str = "per_weight") -> dict[str, torch.Tensor]:
     """Give every block of every layer a bit width so the weight-weighted average meets ``bits``.
 
     blocks: name -> (block salience float [R, G], real weights per block int [R, G]).
     bits: target average code bits. bit_choices: None for 2-level (⌊b⌋/⌈b⌉), or (b1, b2, b3).
-    Returns name -> uint8 [R, G] bit map.
+    rank: "per_weight" (default) or "sum", the order blocks are ranked in (module docstring).
+    Returns name -> uint8 [R, G] bit map; widths are monotone in the rank key.
     """
     names, sal, cnt = _flatten(blocks)
-    flat = _two_level(sal, cnt, bits) if bit_choices is None else _three_level(sal, cnt, bits, tuple(bit_choices))
+    key = rank_key(sal, cnt, rank)
+    flat = (_two_level(sal, cnt, bits, key) if bit_choices is None
+            else _three_level(sal, cnt, bits, tuple(bit_choices), key))
     return _unflatten(names, blocks, flat)
 
 

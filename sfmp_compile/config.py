@@ -9,6 +9,7 @@ from dataclasses import dataclass, asdict
 # order, so it holds the names and not the table.
 SALIENCE_KINDS: list[str] = []
 QUANTIZERS = ("rtn", "gptq")
+RANKS = ("per_weight", "sum")  # the block orders allocation.rank_key knows
 MIN_BITS, MAX_BITS = 1, 8
 # Larger blocks only pad: a block wider than a layer acts as the whole layer, but the quantizers
 # allocate [rows, groups * group_size] (and row-blocks likewise), so 2**31 allocated hundreds of GB
@@ -49,6 +50,8 @@ class QuantConfig:
         layers that are still quantized, uniformly and without reordering (default: lm_head, and an
         embedding tied to it, at 8 bits); ``skip_bits={}`` keeps every skipped layer float. Applied by
         the compile backend; ``quantize()`` (the checkpoint path) still keeps skipped layers float.
+    rank: how blocks are ranked for the widths: "per_weight" (salience per weight, the default) or
+        "sum" (the paper's block sum; the two agree where every block is full, ``allocation``).
     tp_shards: tensor-parallel ranks the checkpoint is meant for (1: no restriction). With S > 1 the
         orders on the axis a server splits (rows of column-parallel layers, columns of row-parallel
         ones, ``tp.split_axis``) stay inside each of S equal shards, and shard boundaries must meet
@@ -67,6 +70,7 @@ class QuantConfig:
     skip: tuple[str, ...] = ("lm_head",)
     skip_bits: tuple[tuple[str, int], ...] = (("lm_head", 8),)
     gptq_damp: float = 0.01
+    rank: str = "per_weight"
     tp_shards: int = 1
 
     def __post_init__(self):
@@ -104,6 +108,8 @@ class QuantConfig:
         d = self.gptq_damp
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d) or d < 0:
             raise SFMPConfigError(f"gptq_damp must be a finite number >= 0 (λ = gptq_damp·mean diag H), got {d!r}")
+        if self.rank not in RANKS:
+            raise SFMPConfigError(f"rank must be one of {RANKS} (how blocks are ranked for their widths), got {self.rank!r}")
         t = self.tp_shards
         if isinstance(t, bool) or not isinstance(t, int) or t < 1:
             raise SFMPConfigError(f"tp_shards must be a positive integer (tensor-parallel ranks), got {t!r}")
@@ -137,4 +143,5 @@ class QuantConfig:
             d["bit_choices"] = tuple(d["bit_choices"])
         if "skip" in d:
             d["skip"] = tuple(d["skip"])
+        d.setdefault("rank", "sum")  # written before "rank" existed: those plans ranked by block sum
         return cls(**d)

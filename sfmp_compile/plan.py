@@ -205,7 +205,7 @@ def plan_from_summaries(summaries: Mapping[str, LayerSummary], config: QuantConf
     t1 = time.perf_counter()
     row_groups, col_groups = _tied(row_groups, summaries), _tied(col_groups, summaries)
     bit_maps = allocate({n: (s.block_sums, s.grid.weight_counts()) for n, s in summaries.items()},
-                        config.bits, config.bit_choices)
+                        config.bits, config.bit_choices, config.rank)
     t2 = time.perf_counter()
     orders = {n: (s.row_order, s.col_order) for n, s in summaries.items()}
     if regroup:

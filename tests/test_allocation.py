@@ -4,7 +4,7 @@ import pytest
 import torch
 from hypothesis import assume, given, strategies as st
 
-from sfmp_compile.allocation import allocate, average_bits, scan_three_level
+from sfmp_compile.allocation import RANKS, allocate, average_bits, rank_key, scan_three_level
 from sfmp_compile.blocks import BlockGrid
 
 shapes = st.lists(st.tuples(st.integers(1, 300), st.integers(1, 300)), min_size=1, max_size=4)
@@ -41,30 +41,64 @@ def test_two_level_meets_budget_within_one_block(shapes, bits, seed):
         assert set(m.unique().tolist()) <= {math.floor(bits), math.floor(bits) + 1}
 
 
-@given(shapes=shapes, bits=st.floats(1.01, 7.99), seed=st.integers(0, 1000))
-def test_two_level_more_salient_blocks_never_get_fewer_bits(shapes, bits, seed):
-    layers = _layers(shapes, seed)
-    maps = allocate(layers, bits)
+def _keys(layers, rank):
     sal = torch.cat([layers[n][0].flatten() for n in layers])
+    cnt = torch.cat([layers[n][1].flatten() for n in layers])
+    return rank_key(sal, cnt, rank)
+
+
+@given(shapes=shapes, bits=st.floats(1.01, 7.99), seed=st.integers(0, 1000), rank=st.sampled_from(RANKS))
+def test_two_level_higher_ranked_blocks_never_get_fewer_bits(shapes, bits, seed, rank):
+    layers = _layers(shapes, seed)
+    maps = allocate(layers, bits, rank=rank)
     b = torch.cat([maps[n].flatten().to(torch.int64) for n in layers])
-    order = torch.argsort(sal, descending=True, stable=True)
+    order = torch.argsort(_keys(layers, rank), descending=True, stable=True)
     assert (b[order][1:] <= b[order][:-1]).all()
 
 
 @given(shapes=shapes, seed=st.integers(0, 1000), bits=st.floats(2.0, 4.0),
-       choices=st.sampled_from([(2, 3, 4), (1, 2, 4), (2, 4, 8), (3, 4, 6)]))
-def test_three_level_meets_budget_and_is_monotone(shapes, seed, bits, choices):
+       choices=st.sampled_from([(2, 3, 4), (1, 2, 4), (2, 4, 8), (3, 4, 6)]), rank=st.sampled_from(RANKS))
+def test_three_level_meets_budget_and_is_monotone(shapes, seed, bits, choices, rank):
     assume(choices[0] <= bits <= choices[2])
     layers = _layers(shapes, seed)
-    maps = allocate(layers, bits, choices)
+    maps = allocate(layers, bits, choices, rank=rank)
     got = _achieved(maps, layers)
     assert got <= bits + 1e-9
     gap = max(choices[1] - choices[0], choices[2] - choices[1])
     assert bits - got <= _one_block_bits(layers, gap) + 1e-9
-    sal = torch.cat([layers[n][0].flatten() for n in layers])
     b = torch.cat([maps[n].flatten().to(torch.int64) for n in layers])
-    order = torch.argsort(sal, stable=True)
+    order = torch.argsort(_keys(layers, rank), stable=True)
     assert (b[order][1:] >= b[order][:-1]).all()
+
+
+@given(shapes=st.lists(st.tuples(st.integers(1, 4), st.integers(1, 4)), min_size=1, max_size=4),
+       bits=st.floats(2.01, 6.99), seed=st.integers(0, 1000), three=st.booleans())
+def test_ranks_agree_where_every_block_is_full(shapes, bits, seed, three):
+    # whole blocks only (a power-of-two weight count, so dividing by it keeps every order and tie)
+    layers = _layers([(64 * r, 32 * g) for r, g in shapes], seed)
+    b = round(bits)
+    choices = (b - 1, b, b + 1) if three else None
+    a, b = allocate(layers, bits, choices, rank="sum"), allocate(layers, bits, choices, rank="per_weight")
+    assert all(torch.equal(a[n], b[n]) for n in layers)
+
+
+def test_a_ragged_block_is_ranked_by_its_salience_per_weight():
+    # a 192-row GQA k/v block twice as salient per weight as two full 512-row blocks: its block sum is
+    # only 0.75 of theirs. The budget holds exactly its weights at one bit more.
+    small, full = BlockGrid(192, 128, 512, 128), BlockGrid(512, 128, 512, 128)
+    layers = {"k": (torch.full(small.shape, 2.0 * 192 * 128, dtype=torch.float64), small.weight_counts()),
+              "a": (torch.full(full.shape, 1.0 * 512 * 128, dtype=torch.float64), full.weight_counts()),
+              "b": (torch.full(full.shape, 1.0 * 512 * 128, dtype=torch.float64), full.weight_counts())}
+    bits = 3 + 192 / (192 + 512 + 512)
+    per_weight, by_sum = allocate(layers, bits), allocate(layers, bits, rank="sum")
+    assert (per_weight["k"] == 4).all() and (per_weight["a"] == 3).all() and (per_weight["b"] == 3).all()
+    assert (by_sum["k"] == 3).all()  # ranked below blocks that do not fit the budget
+
+
+def test_unknown_rank_is_refused():
+    g = BlockGrid(32, 32, 32, 32)
+    with pytest.raises(ValueError, match="rank must be one of"):
+        allocate({"x": (torch.ones(g.shape, dtype=torch.float64), g.weight_counts())}, 3.5, rank="mean")
 
 
 def _brute_force_scan(sal, cnt, bits, choices):

@@ -25,6 +25,7 @@ from sfmp_compile.config import QuantConfig, SFMPConfigError
     (dict(group_size=2**31), "larger than"),
     (dict(block_rows=2**31), "larger than"),
     (dict(skip=5), "skip must be a layer-name pattern"),
+    (dict(rank="mean"), "rank must be one of"),
     (dict(skip=["lm_head", 3]), "skip must be a layer-name pattern"),
 ])
 def test_bad_options_get_one_clear_error(kwargs, message):
@@ -35,6 +36,12 @@ def test_bad_options_get_one_clear_error(kwargs, message):
 def test_roundtrip_dict():
     c = QuantConfig(bits=2.75, bit_choices=(2, 3, 4), skip=("lm_head", "*.gate"))
     assert QuantConfig.from_dict(c.to_dict()) == c
+
+
+def test_a_config_written_before_rank_existed_reads_as_ranked_by_sum():
+    old = QuantConfig().to_dict()
+    del old["rank"]
+    assert QuantConfig.from_dict(old).rank == "sum" and QuantConfig().rank == "per_weight"
 
 
 def test_zero_damp_is_allowed():
