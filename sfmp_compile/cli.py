@@ -1,7 +1,7 @@
 """The ``sfmp`` command line: quantize, generate, eval, inspect, bench, demo.
 
-  sfmp quantize MODEL (--bits 2.75 | --bpw 3.5 | --size-mb 60) [--levels 3 | --bit-choices 2,3,4]
-                [--salience fisher] [--quantizer gptq] [--group-size 128] [--block-rows 512] --out DIR
+  sfmp quantize MODEL (--bits 2.75 | --bpw 3.5 | --size-mb 60) [--levels 2 | --bit-choices 2,3,4]
+                [--salience activation] [--quantizer rtn] [--group-size 128] [--block-rows 512] --out DIR
   sfmp quantize --stream MODEL_DIR --bits 2.75 ... --out DIR   (layer by layer; torchrun-able)
   sfmp generate MODEL_OR_DIR --prompt TEXT [--max-new-tokens N] [--compile]
   sfmp eval MODEL_OR_DIR [--compare uniform,layerwise] [--bits 2.75,3.25 | --bpw 3,3.5 | --size-mb 50,60]
@@ -99,12 +99,9 @@ def _calibration(tokenizer, args):
 
 def _positive(text: str) -> int:
     """argparse type for counts (sequences, lengths, tokens, sizes): an integer >= 1."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    v = int(text) if text.strip().lstrip("+-").isdigit() else 0
     if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return v
 
 
@@ -223,7 +220,7 @@ def cmd_eval(args) -> int:
     from .eval.report import format_table
     if not bits_list and not is_checkpoint(args.model):
         bits_list = [3.0]
-    levels = args.levels or (3 if args.bit_choices else 2)
+    levels = args.levels
     configs = [_config(args, b, levels, budget_levels=bool(budgets)) for b in bits_list]
     rows, fp32 = evaluate(args.model, configs, compare, budgets=budgets, levels=levels, reference=args.reference,
                           text_path=args.text, n_calibration=args.calib_sequences, seq_len=args.seq_len,
@@ -285,11 +282,12 @@ def cmd_demo(args) -> int:
 
 
 def _common_quant(p):
-    p.add_argument("--levels", type=int, choices=(2, 3), default=None,
-                   help="2: floor/ceil of --bits (default); 3: three widths around it (the paper's 2,3,4)")
+    # Defaults: the configuration that wins RESULTS.md's quality table (Fisher, GPTQ, 3 levels).
+    p.add_argument("--levels", type=int, choices=(2, 3), default=3,
+                   help="3: three widths around --bits (the paper's 2,3,4; default); 2: floor/ceil of --bits")
     p.add_argument("--bit-choices", default=None, help="three widths for the 3-level scheme, e.g. 2,3,4")
-    p.add_argument("--salience", choices=SALIENCE_KINDS, default="activation")
-    p.add_argument("--quantizer", choices=QUANTIZERS, default="rtn")
+    p.add_argument("--salience", choices=SALIENCE_KINDS, default="fisher")
+    p.add_argument("--quantizer", choices=QUANTIZERS, default="gptq")
     p.add_argument("--group-size", type=_positive, default=128, help="input columns per block and scale group")
     p.add_argument("--block-rows", type=_positive, default=512, help="output rows per block")
 
