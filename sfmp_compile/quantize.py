@@ -5,6 +5,7 @@ before any module is swapped, so an error leaves the user's model untouched.
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable, Iterable, Mapping
 
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from .blocks import BlockGrid
-from .config import MAX_BITS, MIN_BITS
+from .config import MAX_BITS
 from .format import PackedWeight, pack
 from .linear import SFMPLinear
 from .permcodec import stored_breakdown
@@ -74,17 +75,17 @@ def quantize_weight(weight: torch.Tensor, layer_plan: LayerPlan, config, hessian
 def default_bit_choices(bits: float) -> tuple[int, int, int]:
     """The three widths of the 3-level scheme when none are given, for a code-bit target ``bits``.
 
-    The paper's (2, 3, 4) whenever 2 <= bits <= 4; otherwise the three consecutive integers around
-    ``round(bits)``, kept within [MIN_BITS, MAX_BITS] (1.8 -> (1, 2, 3), 4.5 -> (3, 4, 5), 7.9 -> (6, 7, 8)).
-    Why this rule: it keeps the paper's set where the paper uses it, and every target in
-    (MIN_BITS, MAX_BITS] stays reachable (QuantConfig needs choices[0] <= bits <= choices[-1]); a
-    fixed (2, 3, 4) would cap a target above 4 bits at 4. Used by ``sfmp --levels 3`` and by the
-    experiments' BPW-targeted 3-level runs alike.
+    (⌊bits⌋, ⌊bits⌋ + 1, ⌊bits⌋ + 2): the 2-level scheme's two widths plus one more for the most
+    salient blocks (2.75 -> (2, 3, 4), the paper's set; 3.22 -> (3, 4, 5)), kept within MAX_BITS
+    (7.5 -> (6, 7, 8)); an integer target is then uniform, as with 2 levels. Why not the paper's
+    (2, 3, 4) everywhere: the scan's proxy loss Σ S / (2^b - 1)^2 rates a width below ⌊bits⌋ far
+    cheaper than RTN and GPTQ make it, so a set reaching under ⌊bits⌋ spends its least salient
+    blocks on a width that costs more than the budget it frees, while the extra width above pays
+    (benchmarks/RESULTS.md, "Quality on SmolLM2", the widths table). Every target in (MIN_BITS,
+    MAX_BITS] stays reachable. Used by ``sfmp --levels 3``, budgets and the experiments alike.
     """
-    if 2 <= bits <= 4:
-        return (2, 3, 4)
-    c = min(max(round(bits), MIN_BITS + 1), MAX_BITS - 1)
-    return (c - 1, c, c + 1)
+    lo = min(math.floor(bits), MAX_BITS - 2)
+    return (lo, lo + 1, lo + 2)
 
 
 def quantize(model: nn.Module, bits: float = 3.0, *, calibration: Iterable | None = None,

@@ -176,9 +176,12 @@ def test_progress_is_called_once_per_layer_before_the_swap(quantizer):
 
 def test_default_bit_choices_keep_the_papers_set_and_reach_every_target():
     from sfmp_compile.quantize import default_bit_choices
-    for bits in (2.0, 2.5, 3.0, 3.75, 4.0):
+    for bits in (2.0, 2.22, 2.75, 2.99):  # the paper's set where the paper's targets lie
         assert default_bit_choices(bits) == (2, 3, 4)
-    assert default_bit_choices(1.8) == (1, 2, 3) and default_bit_choices(4.5) == (3, 4, 5)
+    for bits in (3.0, 3.22, 3.72):  # never below the 2-level scheme's lower width
+        assert default_bit_choices(bits) == (3, 4, 5)
+    assert default_bit_choices(1.8) == (1, 2, 3) and default_bit_choices(7.9) == (6, 7, 8)
+    assert default_bit_choices(8.0) == (6, 7, 8)
     for bits in [1.01 + i * 0.07 for i in range(100)] + [8.0]:
         ch = default_bit_choices(bits)
         assert ch[0] <= bits <= ch[-1] and list(ch) == list(range(ch[0], ch[0] + 3)), (bits, ch)
