@@ -251,13 +251,14 @@ class Bench:
                                "salience_s": sal_s})
 
     def sfmp(self, bpw: float, salience: str = "fisher", levels: int = 3, quantizer: str = "rtn",
-             reorder_rows: bool = True, reorder_cols: bool = True, regroup: bool | None = None, tag: str = "") -> dict:
+             reorder_rows: bool = True, reorder_cols: bool = True, regroup: bool | None = None, tag: str = "",
+             choices: Sequence[int] | None = None) -> dict:
         sal, sal_s = self.salience(salience)
         weights = self.weights
         t0 = time.perf_counter()
 
         def make(b):
-            ch = default_bit_choices(b) if levels == 3 else None
+            ch = (tuple(choices) if choices else default_bit_choices(b)) if levels == 3 else None
             if ch is not None:
                 b = min(max(b, ch[0]), ch[-1])
             cfg = self.config(bits=b, bit_choices=ch, salience=salience, quantizer=quantizer,
@@ -274,6 +275,7 @@ class Bench:
                                "bit_choices": list(plan.config.bit_choices) if plan.config.bit_choices else None,
                                "reorder_rows": reorder_rows, "reorder_cols": reorder_cols,
                                "regroup": (quantizer != "gptq") if regroup is None else regroup,
+                               "rank": plan.config.rank,
                                "alloc_s": one, "bpw_targeting_s": alloc, "salience_s": sal_s, "tag": tag})
 
 
