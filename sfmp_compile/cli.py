@@ -284,7 +284,7 @@ def cmd_demo(args) -> int:
 def _common_quant(p):
     # Defaults: the configuration that wins RESULTS.md's quality table (Fisher, GPTQ, 3 levels).
     p.add_argument("--levels", type=int, choices=(2, 3), default=3,
-                   help="3: three widths around --bits (the paper's 2,3,4; default); 2: floor/ceil of --bits")
+                   help="3 (default): floor/ceil of --bits and one width above (2.75: the paper's 2,3,4); 2: floor/ceil")
     p.add_argument("--bit-choices", default=None, help="three widths for the 3-level scheme, e.g. 2,3,4")
     p.add_argument("--salience", choices=SALIENCE_KINDS, default="fisher")
     p.add_argument("--quantizer", choices=QUANTIZERS, default="gptq")
