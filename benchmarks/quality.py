@@ -29,8 +29,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from sfmp_compile.config import QuantConfig  # noqa: E402  (after the path insert above)
-from quality_analysis import (alloc_section, alloc_study, analysis_g64, analysis_g128, missed_section,  # noqa: E402
-                              reorder_section)
+from quality_analysis import (alloc_section, alloc_study, analysis_g64, analysis_g128, goal40_section,  # noqa: E402
+                              missed_section, rank_section, reorder_section)
 from quality_report import ABLATION_BPW, BPWS, reorder_table, report, table  # noqa: E402
 
 
@@ -78,6 +78,9 @@ def run_specs(group_size: int = 64):
     for bpw in (3.5, 4.0):
         specs.append((f"sfmp3-fisher-gptq-{bpw}-norow", lambda B, bpw=bpw: B.sfmp(
             bpw, "fisher", 3, "gptq", reorder_rows=False, tag="no row reorder")))
+    # the rest of the grid (issue 10's table at group 64 too), under group 64's unprefixed keys
+    have = {k for k, _ in specs}
+    specs += [(k[len("g64-"):], fn) for k, fn in grid_specs(64) if k[len("g64-"):] not in have]
     return specs
 
 
@@ -97,6 +100,11 @@ def grid_specs(group_size: int):
     specs += [(f"{p}sfmp3-fisher-gptq-{bpw}", lambda B, bpw=bpw: B.sfmp(bpw, "fisher", 3, "gptq")) for bpw in gptq_bpws]
     specs += [(f"{p}layerwise-fisher-gptq-{bpw}", lambda B, bpw=bpw: B.layerwise(bpw, "fisher", "gptq")) for bpw in gptq_bpws]
     specs += [(f"{p}sfmp2-fisher-gptq-{bpw}", lambda B, bpw=bpw: B.sfmp(bpw, "fisher", 2, "gptq")) for bpw in gptq_bpws]
+    # The widths around the code bits (quantize.default_bit_choices): (3, 4, 5) at BPW 4.0 (~3.7 code
+    # bits at group 128, ~3.5 at 64) and 3.5 (~3.2 / ~3.0), (1, 2, 3) at BPW 2.5 (~2.2 at group 128)
+    for bpw, ch in ((4.0, (3, 4, 5)), (3.5, (3, 4, 5)), (2.5, (1, 2, 3))):
+        specs += [(f"{p}sfmp3-fisher-{q}-{bpw}-w{''.join(map(str, ch))}", lambda B, q=q, bpw=bpw, ch=ch: B.sfmp(
+            bpw, "fisher", 3, q, choices=ch, tag=f"widths {ch}")) for q in ("rtn", "gptq")]
     bpw = BPWS[0]
     specs += [(f"{p}uniform-gptq-2", lambda B: B.uniform(2, "gptq")),
               (f"{p}sfmp3-fisher-gptq-{bpw}", lambda B: B.sfmp(bpw, "fisher", 3, "gptq")),
@@ -105,11 +113,16 @@ def grid_specs(group_size: int):
     return specs
 
 
+SUM_RANK_TAG = "ranked by block sum (the paper)"
+
+
 def migrate(data: dict) -> dict:
-    """Bring a quality JSON written before the group became a run dimension up to date, in place:
-    its one ``setup`` (group 64) becomes ``setups["64"]``, and every record gets ``group_size`` and
-    ``block_rows`` from that setup and ``format_version`` 1 (they were measured before format v2, so
-    their BPW counts int32 row/column permutations). Records that carry these fields keep them."""
+    """Bring an older quality JSON up to date, in place: its one ``setup`` (group 64) becomes
+    ``setups["64"]``, and every record gets ``group_size`` and ``block_rows`` from that setup and
+    ``format_version`` 1 (they were measured before format v2, so their BPW counts int32 row/column
+    permutations); SFMP records ranked by block sum (no ``rank``: written before it existed) become
+    ablations keyed ``...-sumrank``, and grid records whose 3-level widths differ from today's
+    ``default_bit_choices`` ablations keyed ``...-w234`` (their widths), tagged so. Records that carry these fields keep them."""
     setups = data.setdefault("setups", {})
     legacy = data.pop("setup", None)
     if legacy is not None:
@@ -120,6 +133,27 @@ def migrate(data: dict) -> dict:
                 raise ValueError(f"run {r.get('key')!r} has no group_size and the JSON has no legacy setup to take it from")
             r["group_size"], r["block_rows"] = legacy["group_size"], legacy["block_rows"]
         r.setdefault("format_version", 1)
+    # SFMP runs from before allocation ranked blocks by salience per weight ranked them by block sum:
+    # they stay as ablation rows under a "-sumrank" key, and their keys go to the per-weight reruns.
+    for key in [k for k, r in data.get("runs", {}).items()
+                if r["method"] == "sfmp" and r.get("rank", "sum") == "sum" and not k.endswith("-sumrank")]:
+        r = data["runs"].pop(key)
+        r["rank"] = "sum"
+        r["tag"] = f"{r['tag']}, {SUM_RANK_TAG}" if r.get("tag") else SUM_RANK_TAG
+        r["label"] += f" {SUM_RANK_TAG}"
+        r["key"] = key + "-sumrank"
+        data["runs"][r["key"]] = r
+    # A grid run whose widths are not what default_bit_choices gives its code bits today (the rule
+    # changed: (3, 4, 5) from 3.5 code bits up) becomes an ablation keyed by its widths.
+    from sfmp_compile.quantize import default_bit_choices
+    for key in [k for k, r in data.get("runs", {}).items() if not r.get("tag") and r.get("bit_choices")
+                and r.get("levels") == 3 and tuple(r["bit_choices"]) != default_bit_choices(r["code_bits_target"])]:
+        r = data["runs"].pop(key)
+        ch = tuple(r["bit_choices"])
+        r["tag"] = f"widths {ch}"
+        r["label"] += f" widths {ch}"
+        r["key"] = f"{key}-w{''.join(map(str, ch))}"
+        data["runs"][r["key"]] = r
     return data
 
 
@@ -200,7 +234,7 @@ def run(args) -> None:
     data = migrate(json.loads(out.read_text())) if out.exists() else {"runs": {}, "setups": {}}
     specs = run_specs(args.group_size)
     if args.only:
-        specs = [s for s in specs if any(o in s[0] for o in args.only.split(","))]
+        specs = [s for s in specs if any(s[0] == o[:-1] if o.endswith("$") else o in s[0] for o in args.only.split(","))]
     k, n = (int(x) for x in args.shard.split("/"))
     specs = [s for i, s in enumerate(specs) if i % n == k]
     todo = [s for s in specs if s[0] not in data["runs"]]
@@ -238,7 +272,7 @@ def main(argv=None) -> int:
                     help="scale group = block columns (default: what users get, QuantConfig's)")
     ap.add_argument("--block-rows", type=int, default=QuantConfig.block_rows)
     ap.add_argument("--shard", default="0/1", help="k/n: run every n-th spec starting at k")
-    ap.add_argument("--only", default=None, help="comma-separated substrings of run keys")
+    ap.add_argument("--only", default=None, help="comma-separated substrings of run keys (KEY$: that key exactly)")
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "sfmp_compile" / "quality"),
                     help="where calibration moments and Fisher salience are cached")
     ap.add_argument("--merge", nargs="*", default=None, help="merge shard JSONs into --out, then report")
@@ -289,7 +323,8 @@ def main(argv=None) -> int:
     alloc = Path(args.alloc_json)
     study = json.loads(alloc.read_text()) if alloc.exists() else None
     report(data, Path(args.results), out.with_suffix(".png"),
-           analysis_g128(data, alloc_section(study, data)) + missed_section(data, study) + analysis_g64(data)
+           rank_section(data) + analysis_g128(data, alloc_section(study, data)) + missed_section(data, study)
+           + goal40_section(data) + analysis_g64(data)
            + reorder_section(data))
     print(table(data))
     return 0

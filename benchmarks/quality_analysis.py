@@ -2,6 +2,8 @@
 (so the text cannot drift from them; a run that is missing reads nan)."""
 from __future__ import annotations
 
+import math
+
 from quality_report import ABLATION_BPW, reorder_table
 
 def analysis_g64(data) -> str:
@@ -13,7 +15,7 @@ def analysis_g64(data) -> str:
         return float("nan") if r is None else r[f]
 
     return f"""
-### Reading the group 64 table (format v1)
+### Reading the group 64 table
 
 - **Allocation cost.** Beyond the shared salience, SFMP's allocation is one reorder + one global
   quantile/scan: {g('sfmp3-fisher-rtn-3.5', 'alloc_s'):.1f} s at BPW 3.5 (most of it the per-layer argsorts).
@@ -23,17 +25,15 @@ def analysis_g64(data) -> str:
   (SFMP's conversion of a BPW target into a code-bit target re-runs the plan ~20 times in a bisection:
   {g('sfmp3-fisher-rtn-3.5', 'bpw_targeting_s'):.0f} s, a cost of targeting BPW exactly, not of the method;
   a user who asks for code bits pays one plan.)
-- **Permutations are expensive on a 135M model.** Row + column permutations are int32 per row and per
-  column: 32(N+K)/(NK) bits per weight, 0.092 BPW summed over SmolLM2's shapes (0.016 for a 4096×4096
-  layer). At equal BPW full SFMP therefore has fewer code bits than layer-wise (BPW 4.0:
-  {g('sfmp3-fisher-rtn-4.0', 'weight_bits'):.3f} vs {g('layerwise-fisher-rtn-4.0', 'weight_bits'):.3f}). Ablations at
-  BPW 3.5 / 4.0 (RTN): full SFMP {g('sfmp3-fisher-rtn-3.5'):.2f} / {g('sfmp3-fisher-rtn-4.0'):.2f}; no row reorder
-  {g('sfmp3-fisher-rtn-3.5-norow'):.2f} / {g('sfmp3-fisher-rtn-4.0-norow'):.2f}; no reordering at all
-  {g('sfmp3-fisher-rtn-3.5-noperm'):.2f} / {g('sfmp3-fisher-rtn-4.0-noperm'):.2f}; layer-wise
-  {g('layerwise-fisher-rtn-3.5'):.2f} / {g('layerwise-fisher-rtn-4.0'):.2f}. At BPW 3.0 reordering pays for
-  itself ({g('sfmp3-fisher-rtn-3.0'):.2f} with, {g('sfmp3-fisher-rtn-3.0-noperm'):.2f} without). Format v2,
-  written after these rows, stores a regrouped order as a few bits per row/column (docs/FORMAT.md): the
-  group 128 rows have it; these group 64 rows were not rerun.
+- **Permutations.** Format v1 stored them as int32 per row and per column: 32(N+K)/(NK) bits per weight,
+  0.092 BPW summed over SmolLM2's shapes (0.016 for a 4096×4096 layer), so at BPW 4.0 a v1 SFMP row had
+  {g('sfmp3-fisher-rtn-4.0-sumrank', 'weight_bits'):.3f} code bits against layer-wise's {g('layerwise-fisher-rtn-4.0', 'weight_bits'):.3f}.
+  Format v2 stores a regrouped order in a few bits per row/column: {g('sfmp3-fisher-rtn-4.0', 'weight_bits'):.3f} code bits now.
+  Ablations at BPW 3.5 / 4.0 (RTN, v2): full SFMP {g('sfmp3-fisher-rtn-3.5'):.2f} / {g('sfmp3-fisher-rtn-4.0'):.2f}; no row
+  reorder {g('sfmp3-fisher-rtn-3.5-norow'):.2f} / {g('sfmp3-fisher-rtn-4.0-norow'):.2f}; no column reorder (3.5)
+  {g('sfmp3-fisher-rtn-3.5-nocol'):.2f}; no reordering at all {g('sfmp3-fisher-rtn-3.5-noperm'):.2f} /
+  {g('sfmp3-fisher-rtn-4.0-noperm'):.2f}; layer-wise {g('layerwise-fisher-rtn-3.5'):.2f} / {g('layerwise-fisher-rtn-4.0'):.2f}.
+  At BPW 3.0: {g('sfmp3-fisher-rtn-3.0'):.2f} with reordering, {g('sfmp3-fisher-rtn-3.0-noperm'):.2f} without.
 - **GPTQ wants the salience order.** GPTQ sweeps columns in storage order, so SFMP's column sort is GPTQ's
   act-order. Uniform 3-bit GPTQ: {g('uniform-gptq-3'):.2f} in original order, {g('uniform-gptq-3-actorder'):.2f} with the
   Fisher column sort (BPW {g('uniform-gptq-3-actorder', 'bpw'):.3f}, the permutation is its g_idx). So with GPTQ the
@@ -108,16 +108,20 @@ def analysis_g128(data, alloc: str = "") -> str:
         rows = [r for r in goal_rows(runs) if r["quantizer"] == "rtn" and r["levels"] == 3]
         missed = {gr: sum("missed" in r[k] for r in rows if r["group"] == gr for k in ("vs_layerwise", "vs_uniform"))
                   for gr in (128, 64)}
+        both = [(g(f"g128-sfmp{lv}-fisher-rtn-{b}"), g(f"sfmp{lv}-fisher-rtn-{b}")) for lv in (3, 2) for b in (2.5, 3.0, 3.5, 4.0)]
+        both = [p for p in both if p[0] == p[0] and p[1] == p[1]]  # both measured (nan != nan)
+        wins = sum(a < b for a, b in both)
+        fmt = {gr: sorted({r["format_version"] for r in runs.values() if r["group_size"] == gr and r["method"] == "sfmp"
+                           and not r.get("tag")}) for gr in (128, 64)}
         text += f"""
 With RTN, SFMP 3-level misses {missed[128]} of its 8 comparisons (layer-wise and uniform line at 4 BPWs) at
-group 128 (format v2) and {missed[64]} of 8 at group 64 (format v1). The two tables differ in both the group
-and the format. The group 64 ablations separate part of it: without any permutation (what v2 nearly
-reaches: a regrouped order costs a few bits per row/column) SFMP at group 64 reads
-{g('sfmp3-fisher-rtn-3.5-noperm'):.2f} at BPW 3.5 (uniform line {_line(runs, 64, 3.5):.2f}) and {g('sfmp3-fisher-rtn-4.0-noperm'):.2f} at 4.0 (layer-wise
-{g('layerwise-fisher-rtn-4.0'):.2f}): v1's permutation cost explains the BPW 4.0 miss, not the 3.5 one. Group 128 leaves
-more code bits at each BPW (BPW 3.5: {g('g128-sfmp3-fisher-rtn-3.5', 'weight_bits'):.3f} vs {g('sfmp3-fisher-rtn-3.5', 'weight_bits'):.3f}). The 2-level scheme
-at BPW 3.0 loses to layer-wise ({g('g128-sfmp2-fisher-rtn-3.0'):.2f} vs {g('g128-layerwise-fisher-rtn-3.0'):.2f}): with widths 2/3 only it
-cannot give v_proj the {runs['g128-layerwise-fisher-rtn-3.0']['bits_by_type']['v_proj']:.2f} bits layer-wise gives it.
+group 128 and {missed[64]} of 8 at group 64 (grid SFMP rows in format {'/'.join(f'v{v}' for v in fmt[128])} and
+{'/'.join(f'v{v}' for v in fmt[64])}). Group 128 leaves more code bits at each BPW (BPW 3.5:
+{g('g128-sfmp3-fisher-rtn-3.5', 'weight_bits'):.3f} vs {g('sfmp3-fisher-rtn-3.5', 'weight_bits'):.3f}): its RTN SFMP
+row is the better one in {wins} of {len(both)} cells both groups have, while uniform RTN is better at group 64
+at equal width (paying 0.23 BPW more for it). The 2-level scheme at BPW 3.0: {g('g128-sfmp2-fisher-rtn-3.0'):.2f}, layer-wise
+{g('g128-layerwise-fisher-rtn-3.0'):.2f}, with v_proj at {runs['g128-sfmp2-fisher-rtn-3.0']['bits_by_type']['v_proj']:.2f}
+bits against layer-wise's {runs['g128-layerwise-fisher-rtn-3.0']['bits_by_type']['v_proj']:.2f}.
 """
     return text + alloc
 
@@ -131,7 +135,7 @@ def _line(runs, group, bpw):
 def alloc_study(fisher: dict, bits: float = 3.25, group_size: int = 128, block_rows: int = 512) -> dict:
     """Allocation only (no quantization, no model): the code bits per layer type that SFMP's global
     ranking gives at ``bits`` average code bits when blocks are ranked by their salience SUM (the paper,
-    ``allocation.allocate`` today) and by their salience per weight (sum / real weights). The two agree
+    ``rank="sum"``) and by their salience per weight (sum / real weights, ``allocate``'s default). The two agree
     when every block is full; on ragged shapes (SmolLM2's k/v have 192 rows < 512 block rows) the sum
     ranks a small block low for its size alone. Also the mean Fisher per weight of each layer type.
     fisher: name -> fp32 [N, K] (the cached ``fisher_salience``)."""
@@ -154,7 +158,6 @@ def alloc_study(fisher: dict, bits: float = 3.25, group_size: int = 128, block_r
             a[1] += int(c.sum())
         return {t: a / b for t, (a, b) in acc.items()}
 
-    density = {n: (s / c.double(), c) for n, (s, c) in blocks.items()}
     mean_f: dict = {}
     for n, s in fisher.items():
         a = mean_f.setdefault(layer_type(n), [0.0, 0])
@@ -163,7 +166,7 @@ def alloc_study(fisher: dict, bits: float = 3.25, group_size: int = 128, block_r
     out = {"bits": bits, "group_size": group_size, "block_rows": block_rows,
            "mean_fisher": {t: a / b for t, (a, b) in mean_f.items()}, "levels": {}}
     for name, ch in (("3", (2, 3, 4)), ("2", None)):
-        out["levels"][name] = {"sum": by_type(allocate(blocks, bits, ch)), "per_weight": by_type(allocate(density, bits, ch))}
+        out["levels"][name] = {r: by_type(allocate(blocks, bits, ch, rank=r)) for r in ("sum", "per_weight")}
     return out
 
 
@@ -177,7 +180,7 @@ def alloc_section(study: dict | None, data: dict) -> str:
     lines = ["| | " + " | ".join(types) + " |", "|---|" + "---|" * len(types),
              "| mean Fisher per weight (×1e-6) | " + " | ".join(f"{study['mean_fisher'][t] * 1e6:.2f}" for t in types) + " |"]
     for lv, d in study["levels"].items():
-        for how, label in (("sum", "ranked by block sum (today)"), ("per_weight", "ranked by salience per weight")):
+        for how, label in (("sum", "ranked by block sum (the paper)"), ("per_weight", "ranked by salience per weight (default)")):
             lines.append(f"| SFMP {lv}-level, {label} | " + " | ".join(f"{d[how][t]:.2f}" for t in types) + " |")
     for r in lw:
         lines.append(f"| layer-wise RTN @3.5 (measured run, {r['weight_bits']:.3f} code bits) | "
@@ -212,48 +215,143 @@ def missed_lines(data) -> list[str]:
     return out
 
 
-def _kv_gaps(data) -> list[float]:
-    """Layer-wise's v_proj code bits minus SFMP's, per missed goal cell that has a layer-wise run."""
-    from quality_report import find, goal_rows
-    runs, out = data["runs"], []
-    for row in goal_rows(runs):
-        if "missed" in row["vs_layerwise"] + row["vs_uniform"]:
-            sf = find(runs, row["group"], "sfmp", row["quantizer"], levels=row["levels"], bpw=row["bpw"])
-            lw = find(runs, row["group"], "layerwise", row["quantizer"], bpw=row["bpw"])
-            if lw:
-                out.append(lw["bits_by_type"]["v_proj"] - sf["bits_by_type"]["v_proj"])
-    return out
+def _why(data, row) -> str:
+    """What a missed cell's own runs say about it (the reasons this table has met so far)."""
+    from quality_report import find
+    runs = data["runs"]
+    g, q, bpw, lv = row["group"], row["quantizer"], row["bpw"], row["levels"]
+    sf = find(runs, g, "sfmp", q, levels=lv, bpw=bpw)
+    b = sf["code_bits_target"]
+    if lv == 2 and abs(b - round(b)) < 0.05:
+        lo = math.floor(b)
+        three = find(runs, g, "sfmp", q, levels=3, bpw=bpw)
+        alt = f"; the 3-level run of the same cell reads {three['ppl']:.2f}" if three else ""
+        return (f"the 2-level widths at {b:.3f} code bits are {{{lo}, {lo + 1}}} with {(lo + 1 - b) * 100:.1f} % of the "
+                f"weights at width {lo}: near-uniform {lo + 1}-bit by construction, and no layer can get the "
+                f"{lo + 2}-bit width that layer-wise's choices give k/v{alt}")
+    return "see the k/v bits against layer-wise's in the line above"
 
 
 def missed_section(data, study: dict | None) -> str:
-    """Where a goal is missed: the per-cell evidence (``missed_lines``) and what it points to."""
+    """Where a goal is missed: the per-cell evidence (``missed_lines``) and what each cell's runs say."""
+    from quality_report import goal_rows
     lines = missed_lines(data)
     if not lines:
         return ""
-    text = "\n### Where the goals are missed, and why\n\n" + "\n".join(lines) + "\n"
-    if study:
-        mf = study["mean_fisher"]
-        others = [v for t, v in mf.items() if t != "v_proj"]
-        three = study["levels"]["3"]
-        gaps = _kv_gaps(data)
-        who = ("Every missed cell has one signature" if gaps and all(x >= 0.3 for x in gaps) else
-               f"{sum(x >= 0.3 for x in gaps)} of the {len(gaps)} missed cells with a layer-wise run share one signature")
-        text += f"""
-{who}: the layer-wise search spends far more bits on the small k/v
-projections than SFMP does (v_proj: {min(gaps, default=float('nan')):.2f}-{max(gaps, default=float('nan')):.2f} bits more). The salience is not what holds SFMP back: v_proj's Fisher per weight is
-{mf['v_proj'] / max(others):.0f}-{mf['v_proj'] / min(others):.0f}× that of the other layer types. The evidence points to the ranking: SFMP
-ranks blocks by their salience *sum* (the paper's rule), and SmolLM2's k/v have 192 rows, so each of their blocks is
-192 × {study['group_size']}, 37.5 % of a full 512 × {study['group_size']} block, and sums as if it were 2.7× less
-salient. From the allocation alone at {study['bits']} code bits (table above): ranked by sum, v_proj gets
-{three['sum']['v_proj']:.2f} bits and k_proj {three['sum']['k_proj']:.2f}; ranked by salience per weight (sum ÷ real
-weights), {three['per_weight']['v_proj']:.2f} and {three['per_weight']['k_proj']:.2f}. The budget is counted in weights, so the
-greedy order that spends it best is value per weight; the paper never meets the difference because it
-requires shapes that divide into full blocks, where the two orders coincide. The under-ranking is a
-property of ragged blocks, not of this model (how much it costs depends on how salient the small
-blocks are): it shows wherever a layer (GQA k/v, any tail row-block or column group) is narrower than
-the block. At group 64 the format-v1 permutations add to it (0.092 BPW, so SFMP
-has fewer code bits than layer-wise at the same BPW, as the code-bit columns show). Not done here (a
-change to `allocation.allocate`, then the SFMP cells rerun): rank by salience per weight, keeping the
-3-level scan's loss on sums. That it closes the gap is a hypothesis: its PPL is not measured.
+    whys = [f"- g{r['group']} {r['quantizer'].upper()} @{r['bpw']}, {r['levels']}-level: {_why(data, r)}."
+            for r in goal_rows(data["runs"]) if "missed" in r["vs_layerwise"] + r["vs_uniform"]]
+    return ("\n### Where the goals are missed, and why\n\n" + "\n".join(lines) + "\n\nWhat each cell's runs say:\n\n"
+            + "\n".join(whys) + "\n\nBefore blocks were ranked per weight, every missed RTN cell had one signature: "
+            "the layer-wise search spent far more bits on the small k/v projections than SFMP did, because ranking by "
+            "block sum under-ranks their 192-row blocks (the allocation study above and the ranking section).\n")
+
+
+def rank_rows(data) -> list[dict]:
+    """Each grid cell measured both ways: the per-weight run (the grid key) beside its ``-sumrank``
+    twin (ranked by block sum, from before the change), with their PPL and k/v code bits."""
+    runs, out = data["runs"], []
+    for key, old in runs.items():
+        if not key.endswith("-sumrank"):
+            continue
+        base = key[: -len("-sumrank")]
+        ch = "".join(map(str, old.get("bit_choices") or ()))
+        twins = [runs.get(base), runs.get(f"{base}-w{ch}")]  # the same widths: only the ranking differs
+        new = next((t for t in twins if t and t.get("rank") == "per_weight" and t.get("bit_choices") == old.get("bit_choices")), None)
+        if new is None:
+            continue
+        out.append({"key": new["key"], "group": new["group_size"], "label": new["label"], "sum": old, "per_weight": new})
+    return sorted(out, key=lambda r: (-r["group"], r["per_weight"]["quantizer"], r["per_weight"]["target_bpw"],
+                                      -r["per_weight"]["levels"], r["key"]))
+
+
+def rank_section(data) -> str:
+    """The ranking change measured cell by cell (``rank_rows``)."""
+    rows = rank_rows(data)
+    if not rows:
+        return ""
+    lines = ["| group | run | PPL, ranked by sum | PPL, per weight | change | v_proj bits (sum → per weight) | "
+             "k_proj bits | formats |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        a, b = r["sum"], r["per_weight"]
+        ba, bb = a["bits_by_type"], b["bits_by_type"]
+        lines.append(f"| {r['group']} | {b['label']} | {a['ppl']:.2f} | {b['ppl']:.2f} | {(b['ppl'] / a['ppl'] - 1) * 100:+.1f} % | "
+                     f"{ba['v_proj']:.2f} → {bb['v_proj']:.2f} | {ba['k_proj']:.2f} → {bb['k_proj']:.2f} | "
+                     f"v{a['format_version']} → v{b['format_version']} |")
+    same = [r for r in rows if r["sum"]["format_version"] == r["per_weight"]["format_version"]]
+    better = sum(r["per_weight"]["ppl"] < r["sum"]["ppl"] for r in same)
+    return f"""
+### Ranking blocks by salience per weight (now the default)
+
+`allocation.allocate` ranks blocks by salience per weight (block sum ÷ real weights, `rank="per_weight"`,
+the default); the paper's order by block sum stays one option away (`QuantConfig(rank="sum")`). The budget
+is counted in weights, so per weight is the greedy order that buys the most salience per bit, and the two
+orders coincide wherever every block is full (the paper's setting; property-tested). They differ on ragged
+blocks: SmolLM2's k/v projections have 192 rows, so each of their blocks is 37.5 % of a 512-row block and,
+ranked by sum, looks 2.7× less salient than it is. Every cell measured both ways (the sum-ranked runs are the
+table's "ranked by block sum (the paper)" rows; at group 64 they also predate format v2, so there the change
+mixes the ranking with v2's cheaper permutations, see the formats column):
+
+{chr(10).join(lines)}
+
+Where only the ranking differs (same format): per weight is better in {better} of {len(same)} cells.
 """
-    return text
+
+
+def widths_table(data) -> str:
+    """PPL of SFMP 3-level (Fisher, per-weight ranking) per width set, for every cell measured with more
+    than one set; the set ``default_bit_choices`` gives the cell in bold."""
+    from sfmp_compile.quantize import default_bit_choices
+    cells: dict = {}
+    for r in data["runs"].values():
+        if (r["method"] == "sfmp" and r.get("levels") == 3 and r.get("salience") == "fisher" and r.get("rank") == "per_weight"
+                and (not r.get("tag") or r["tag"].startswith("widths"))):
+            c = cells.setdefault((r["group_size"], r["quantizer"], r["target_bpw"]), {"bits": r["code_bits_target"]})
+            c[tuple(r["bit_choices"])] = r["ppl"]
+    sets = [(1, 2, 3), (2, 3, 4), (3, 4, 5)]
+    lines = ["| group | quantizer | BPW | code bits | " + " | ".join(map(str, sets)) + " |", "|---|---|---|---|---|---|---|"]
+    for (g, q, bpw), c in sorted(cells.items(), key=lambda kv: (-kv[0][0], kv[0][1], kv[0][2])):
+        if sum(ch in c for ch in sets) < 2:
+            continue
+        d = default_bit_choices(c["bits"])
+        vals = [("-" if ch not in c else (f"**{c[ch]:.2f}**" if ch == d else f"{c[ch]:.2f}")) for ch in sets]
+        lines.append(f"| {g} | {q.upper()} | {bpw} | {c['bits']:.2f} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def goal40_section(data) -> str:
+    """The three widths (what was tried, what became the default), then BPW 4.0 against uniform 4-bit
+    at 4.5 and against llama.cpp."""
+    runs = data["runs"]
+
+    def g(k, f="ppl"):
+        r = runs.get(k)
+        return float("nan") if r is None else r[f]
+
+    return f"""
+### The three widths, and BPW 4.0 against uniform 4-bit at BPW 4.5 and llama.cpp
+
+The 3-level scheme's widths, per cell measured with more than one set (SFMP 3-level, Fisher; in bold the set
+`quantize.default_bit_choices` now gives the cell's code bits b: (⌊b⌋, ⌊b⌋ + 1, ⌊b⌋ + 2), the 2-level
+scheme's two widths plus one above; the paper's (2, 3, 4) wherever 2 ≤ b < 3):
+
+{widths_table(data)}
+
+Why: the scan's proxy loss Σ S / (2^b − 1)² rates a width below ⌊b⌋ far cheaper than RTN and GPTQ make
+it (at 1 and 2 bits most of all), so a set reaching under ⌊b⌋ puts its least salient blocks on a width
+that costs more than the budget it frees, while the width above ⌈b⌉ goes to the most salient blocks
+(v_proj above all: its Fisher per weight is far above the other types', the allocation study) and pays. Where the rule changed a grid cell's widths
+(BPW 3.5 and 4.0 at group 128, 4.0 at group 64) the grid rows were rerun with it (they repeat the "widths
+(3, 4, 5)" ablations), the earlier rows are kept as "widths (2, 3, 4)", and layer-wise, whose choices
+follow the same rule, was rerun too.
+
+**BPW 4.0 against uniform 4-bit at BPW 4.5.** SFMP 3-level GPTQ at BPW 4.0: {g('g128-sfmp3-fisher-gptq-4.0'):.2f} at
+group 128 ({g('g128-sfmp3-fisher-gptq-4.0', 'weight_bits'):.3f} code bits); uniform 4-bit GPTQ {g('g128-uniform-gptq-4'):.2f} at group 128
+(BPW {g('g128-uniform-gptq-4', 'bpw'):.3f}) and {g('uniform-gptq-4'):.2f} at group 64 (BPW {g('uniform-gptq-4', 'bpw'):.3f}). With the
+paper's widths SFMP read {g('g128-sfmp3-fisher-gptq-4.0-w234'):.2f}. llama.cpp Q3_K_M: 20.66 at 4.63 BPW, 32-wide blocks
+on the source grid (the caveat above): SFMP at 0.63 BPW less is {(g('g128-sfmp3-fisher-gptq-4.0') / 20.66 - 1) * 100:+.1f} % from it in PPL.
+Other leads from the issue, measured:
+- salience weighted by the Hessian's diagonal is the activation salience (W² · E[x²], E[x²] = diag H / 2):
+  {g('sfmp3-activation-rtn-3.5'):.2f} against Fisher's {g('sfmp3-fisher-rtn-3.5'):.2f} (group 64, RTN, BPW 3.5) and weight
+  salience's {g('sfmp3-weight-rtn-3.5'):.2f}: not the way;
+- the clip search already runs inside GPTQ (each group's shrink ratio on the error-updated weights).
+"""

@@ -219,6 +219,20 @@ def plot(data: dict, path: Path) -> None:
 
 # ---- the section -----------------------------------------------------------------------------------
 
+def formats_sentence(runs: dict) -> str:
+    """Which rows were measured with which packed format (v1 stored int32 permutations)."""
+    v1 = [r for r in runs.values() if r["format_version"] == 1]
+    grid_v1 = [r for r in v1 if not r.get("tag") and r["method"] == "sfmp"]
+    text = ("Format v2 stores a regrouped order as a few bits per row/column (docs/FORMAT.md); v1 stored int32 "
+            "permutations, 0.092 BPW on SmolLM2's shapes at full reordering, so at equal BPW a v1 SFMP row has "
+            "fewer code bits.")
+    if not v1:
+        return text + " Every row here is v2."
+    if not grid_v1:
+        return text + f" Every grid SFMP row is v2; the {len(v1)} v1 rows (column \"format\") are older group 64 ablations."
+    return text + f" {len(grid_v1)} grid SFMP rows are still v1 (column \"format\")."
+
+
 def setup_lines(data: dict) -> str:
     lines = []
     for g, s in sorted(data["setups"].items(), key=lambda kv: -int(kv[0])):
@@ -246,11 +260,10 @@ group 64; block rows 512, clip search on (E[x²]-weighted), calibration {s['cali
 held-out tokens from the last wiki articles, context {s['context']}. PPL and KL(fp32 ‖ quantized, nats/token) on
 the held-out tokens; the quantized model is evaluated with its exact dequantized weights in fp32. BPW =
 `quantization_report(model)["bpw"]`: codes, fp16 scales and zeros, row/column permutations, bit maps,
-offsets. The group 64 rows were measured with format v1 (int32 permutations, 0.092 BPW on SmolLM2's shapes
-at full reordering); the group 128 rows with format v2 (permutations as a few bits per row/column,
-docs/FORMAT.md), so at equal BPW a v2 SFMP row has more code bits than a v1 row would. SFMP's BPW target is
+offsets. {formats_sentence(data['runs'])} SFMP's BPW target is
 converted to a code-bit target on the plan itself (`budget.code_bits_for_bpw`); layer-wise uses the same
-budget (identity orders). 3-level widths are (2,3,4), or (1,2,3) when the code-bit target is below 2.
+budget (identity orders). 3-level widths: `quantize.default_bit_choices` of the code-bit target b, (⌊b⌋, ⌊b⌋+1, ⌊b⌋+2) (the widths section
+below), the same for layer-wise; blocks ranked by salience per weight.
 Shared salience (not charged to either method): moments {s['moments_s']:.0f} s, Fisher
 {sal.get('fisher', float('nan')):.0f} s, cached on disk and reused across groups. fp32 PPL {fp32(data):.2f}.
 
