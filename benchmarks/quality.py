@@ -116,6 +116,15 @@ def grid_specs(group_size: int):
 SUM_RANK_TAG = "ranked by block sum (the paper)"
 
 
+def _rekey(runs: dict, key: str, suffix: str, tag: str) -> None:
+    """Move runs[key] to key + suffix as an ablation: ``tag`` joins its tag and its label."""
+    r = runs.pop(key)
+    r["tag"] = f"{r['tag']}, {tag}" if r.get("tag") else tag
+    r["label"] += f" {tag}"
+    r["key"] = key + suffix
+    runs[r["key"]] = r
+
+
 def migrate(data: dict) -> dict:
     """Bring an older quality JSON up to date, in place: its one ``setup`` (group 64) becomes
     ``setups["64"]``, and every record gets ``group_size`` and ``block_rows`` from that setup and
@@ -137,23 +146,15 @@ def migrate(data: dict) -> dict:
     # they stay as ablation rows under a "-sumrank" key, and their keys go to the per-weight reruns.
     for key in [k for k, r in data.get("runs", {}).items()
                 if r["method"] == "sfmp" and r.get("rank", "sum") == "sum" and not k.endswith("-sumrank")]:
-        r = data["runs"].pop(key)
-        r["rank"] = "sum"
-        r["tag"] = f"{r['tag']}, {SUM_RANK_TAG}" if r.get("tag") else SUM_RANK_TAG
-        r["label"] += f" {SUM_RANK_TAG}"
-        r["key"] = key + "-sumrank"
-        data["runs"][r["key"]] = r
+        data["runs"][key]["rank"] = "sum"
+        _rekey(data["runs"], key, "-sumrank", SUM_RANK_TAG)
     # A grid run whose widths are not what default_bit_choices gives its code bits today (the rule
     # changed: (3, 4, 5) from 3.5 code bits up) becomes an ablation keyed by its widths.
     from sfmp_compile.quantize import default_bit_choices
     for key in [k for k, r in data.get("runs", {}).items() if not r.get("tag") and r.get("bit_choices")
                 and r.get("levels") == 3 and tuple(r["bit_choices"]) != default_bit_choices(r["code_bits_target"])]:
-        r = data["runs"].pop(key)
-        ch = tuple(r["bit_choices"])
-        r["tag"] = f"widths {ch}"
-        r["label"] += f" widths {ch}"
-        r["key"] = f"{key}-w{''.join(map(str, ch))}"
-        data["runs"][r["key"]] = r
+        ch = tuple(data["runs"][key]["bit_choices"])
+        _rekey(data["runs"], key, f"-w{''.join(map(str, ch))}", f"widths {ch}")
     return data
 
 

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 from quality_report import ABLATION_BPW, reorder_table
+
+
+def _field(runs: dict, key: str, field: str = "ppl") -> float:
+    """runs[key][field], or nan for a run that is missing (the prose then reads nan, never a stale number)."""
+    r = runs.get(key)
+    return float("nan") if r is None else r[field]
 
 def analysis_g64(data) -> str:
     """What the group 64 table says, with its numbers pulled from the runs (so it cannot drift from them)."""
     runs = data["runs"]
 
-    def g(k, f="ppl"):
-        r = runs.get(k)
-        return float("nan") if r is None else r[f]
+    g = partial(_field, runs)
 
     return f"""
 ### Reading the group 64 table
@@ -99,9 +104,7 @@ def analysis_g128(data, alloc: str = "") -> str:
             pairs.append(f"{cell_name(c)[5:]}: {a['ppl']:.2f} (BPW {a['bpw']:.3f}) vs {b['ppl']:.2f} (BPW {b['bpw']:.3f})")
     text = "\n### Group 128 next to group 64\n\nPPL at group 128 vs group 64, same cell: " + "; ".join(pairs) + ".\n" if pairs else ""
 
-    def g(k, f="ppl"):
-        r = runs.get(k)
-        return float("nan") if r is None else r[f]
+    g = partial(_field, runs)
 
     if all(f"g128-{m}-fisher-rtn-{b}" in runs for m in ("sfmp3", "layerwise") for b in (3.0, 3.5, 4.0)):
         from quality_report import goal_rows
@@ -323,9 +326,7 @@ def goal40_section(data) -> str:
     at 4.5 and against llama.cpp."""
     runs = data["runs"]
 
-    def g(k, f="ppl"):
-        r = runs.get(k)
-        return float("nan") if r is None else r[f]
+    g = partial(_field, runs)
 
     return f"""
 ### The three widths, and BPW 4.0 against uniform 4-bit at BPW 4.5 and llama.cpp
