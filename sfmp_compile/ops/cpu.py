@@ -34,12 +34,13 @@ def available() -> bool:
                                                      "sfmp::embedding_cpu.v2": fake_embedding})
 
 
-def linear_cpu(x: Tensor, *packed, portable: bool = False, residual: bool = False, panel: bool = False) -> Tensor:
+def linear_cpu(x: Tensor, *packed, portable: bool = False, residual: bool = False, panel: bool = False,
+               maddubs: bool = False) -> Tensor:
     """y = x @ Ŵᵀ by the CPU kernel. x: [..., K] fp32/bf16/fp16 -> [..., N] x.dtype.
     ``packed``: the arguments of ``reference.packed_args`` (``qweight`` in panel order when
-    ``panel``). ``residual``: two int8 passes over the activations (see :func:`flags`).
-    Requires :func:`available`."""
-    return linear_op()(x, *packed, flags(portable, residual, panel))
+    ``panel``). ``residual``: two int8 passes over the activations; ``maddubs``: the AVX2 dot
+    product even where VNNI is built (see :func:`flags`). Requires :func:`available`."""
+    return linear_op()(x, *packed, flags(portable, residual, panel, maddubs))
 
 
 def linear_op():
@@ -50,11 +51,13 @@ def linear_op():
 PANEL = 4  # the flags bit that says qweight is in the panel layout's order
 
 
-def flags(portable: bool = False, residual: bool = False, panel: bool = False) -> int:
+def flags(portable: bool = False, residual: bool = False, panel: bool = False, maddubs: bool = False) -> int:
     """The op's trailing int: bit 0 forces the portable code (tests), bit 1 the residual activations
     (x ~ xs*xq + xs2*xq2, both int8: about 15-bit activations, a second maddubs per weight vector),
-    bit 2 (:data:`PANEL`) reads ``qweight`` in the panel layout's order (layouts/panel.py)."""
-    return int(portable) | (2 if residual else 0) | (PANEL if panel else 0)
+    bit 2 (:data:`PANEL`) reads ``qweight`` in the panel layout's order (layouts/panel.py), bit 3
+    keeps AVX2's maddubs pair sums where the build has VNNI's dpbusd (tests: both give the same
+    integer sums)."""
+    return int(portable) | (2 if residual else 0) | (PANEL if panel else 0) | (8 if maddubs else 0)
 
 
 @torch.library.custom_op("sfmp::linear_cpu_grad_input", mutates_args=())

@@ -78,7 +78,7 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::
                       const at::Tensor& scales, const at::Tensor& zeros, const at::Tensor& row_perm,
                       const at::Tensor& col_perm, int64_t out_features, int64_t in_features, int64_t block_rows,
                       int64_t group_size, int64_t flags) {
-  const bool portable = flags & 1, residual = flags & 2, panel = flags & 4;
+  const bool portable = flags & 1, residual = flags & 2, panel = flags & 4, no_vnni = flags & 8;
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) == in_features, "sfmp::linear_cpu: x has ", x.dim() ? x.size(-1) : 0,
               " features, the layer takes ", in_features);
   TORCH_CHECK(qweight.is_contiguous() && scales.is_contiguous() && zeros.is_contiguous() &&
@@ -92,13 +92,19 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::
           reinterpret_cast<const c10::Half*>(zeros.data_ptr<at::Half>()), N, K, block_rows, group_size, R, G};
   const int64_t Kp = G ? (G - 1) * group_size + L.stored_cols(G - 1) : 0;
   PanelTables panel_tables(L, panel);
+  L.vnni = L.vnni && !no_vnni;
 
-  at::Tensor xf = x.reshape({-1, K}).to(at::kFloat).contiguous();
-  const int64_t M = xf.size(0);
-  at::Tensor out = at::empty({M, N}, xf.options());  // every row is written by its chunk
+  // A decode step makes ~200 calls of a few microseconds each: a contiguous fp32 x (what compiled
+  // graphs pass) is read as it is, and the output is allocated in its final shape, so no
+  // reshape / to / contiguous goes through the dispatcher.
+  const bool f32 = x.scalar_type() == at::kFloat;
+  at::Tensor xf = f32 && x.is_contiguous() ? x : x.to(at::kFloat).contiguous();
+  int64_t M = 1;
+  for (int64_t d = 0; d + 1 < x.dim(); ++d) M *= x.size(d);
   auto shape = x.sizes().vec();
   shape.back() = N;
-  if (M == 0 || N == 0) return out.reshape(shape).to(x.scalar_type());
+  at::Tensor out = at::empty(shape, xf.options());  // every row is written by its chunk
+  if (M == 0 || N == 0) return f32 ? out : out.to(x.scalar_type());
 
   unsigned width_set = 0;
   bool any_tiled = false;
@@ -158,7 +164,7 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::
       for (int64_t i = 0; i < N; ++i) op[m * N + (rp ? rp[i] : i)] = lo ? hi[i] + lo[i] : hi[i];
     }
   }
-  return out.reshape(shape).to(x.scalar_type());
+  return f32 ? out : out.to(x.scalar_type());
 }
 
 // Rows of W-hat in original coordinates, for an embedding tied to a quantized head: out[..., k] =

@@ -22,6 +22,13 @@
 #else
 #define SFMP_AVX2 0
 #endif
+// u8 x s8 dot products into int32 in one instruction (AVX512-VNNI on 256-bit vectors, or AVX-VNNI):
+// the plane loops then need no int16 pair sums, no widening, and no sign trick for 8-bit codes.
+#if SFMP_AVX2 && ((defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__))
+#define SFMP_VNNI 1
+#else
+#define SFMP_VNNI 0
+#endif
 
 namespace sfmp_cpu {
 
@@ -41,6 +48,7 @@ struct Layer {
   int64_t N, K, block_rows, group_size, R, G;
   const int64_t* row_base = nullptr;   // panel order only: first word of row-block r
   const int64_t* row_words = nullptr;  // panel order only: words per row of row-block r (all groups)
+  bool vnni = SFMP_VNNI;  // the plane loops' dot product: VNNI's dpbusd, or (false) AVX2's maddubs pairs
   int64_t rows_in(int64_t r) const { return std::min(block_rows, N - r * block_rows); }
   // Where block (r, j)'s first sub-plane starts for the chunk of rows [i0, i0 + n), and the word
   // stride between its plane rows. Packed order: [words, rows_in(r)] per block. Panel order: per

@@ -19,9 +19,51 @@ constexpr int flush_words() {
 // sum[m * NV + v] = int32 sums of code * xq. The NV vectors of one word are one contiguous run
 // (panel order), and every accumulator lives in a register for the whole plane: the former
 // word-outer loop kept 8 accumulators per row in memory and paid a load and a store per vector.
-template <int W, int MT, int NV, int QMAX = (1 << W) - 1>
+#if SFMP_VNNI
+[[gnu::always_inline]] inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpbusd_epi32(acc, u, s);
+#else
+  return _mm256_dpbusd_avx_epi32(acc, u, s);
+#endif
+}
+
+// plane_sums (below) on VNNI: one dpbusd per 32 products straight into int32, 8-bit codes as the
+// unsigned bytes they are (so block_sums adds no bias). Two accumulator sets (even and odd shift
+// positions) keep two dependency chains per register block in flight.
+template <int W, int MT, int NV>
+[[gnu::always_inline]] inline void plane_sums_vnni(const int32_t* plane, int64_t stride, int64_t words, bool partial,
+                                                   __m256i last_mask, const int32_t* const* pat, __m256i* sum) {
+  constexpr int S = 8 / W, A = S > 1 ? 2 : 1;
+  const __m256i mask = _mm256_set1_epi8(static_cast<char>((1 << W) - 1));
+  __m256i acc[A][MT * NV];
+  for (int a = 0; a < A; ++a)
+    for (int i = 0; i < MT * NV; ++i) acc[a][i] = _mm256_setzero_si256();
+  for (int64_t t = 0; t < words; ++t) {
+    const int32_t* wp = plane + t * stride;
+    __m256i x[NV];
+    for (int v = 0; v < NV; ++v)
+      x[v] = (partial && v == NV - 1) ? _mm256_maskload_epi32(wp + 8 * v, last_mask)
+                                      : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 8 * v));
+    for (int i = 0; i < S; ++i) {
+      __m256i c[NV];
+      for (int v = 0; v < NV; ++v) c[v] = W == 8 ? x[v] : _mm256_and_si256(_mm256_srli_epi32(x[v], i * W), mask);
+      for (int m = 0; m < MT; ++m) {
+        const __m256i p = _mm256_set1_epi32(pat[m][t * S + i]);
+        for (int v = 0; v < NV; ++v) acc[i % A][m * NV + v] = dot_u8s8(acc[i % A][m * NV + v], c[v], p);
+      }
+    }
+  }
+  for (int i = 0; i < MT * NV; ++i) sum[i] = A > 1 ? _mm256_add_epi32(acc[0][i], acc[A - 1][i]) : acc[0][i];
+}
+#endif
+
+template <int W, int MT, int NV, int QMAX = (1 << W) - 1, bool V = false>
 [[gnu::always_inline]] inline void plane_sums(const int32_t* plane, int64_t stride, int64_t words, bool partial, __m256i last_mask,
                        const int32_t* const* pat, __m256i* sum) {
+#if SFMP_VNNI
+  if constexpr (V) return plane_sums_vnni<W, MT, NV>(plane, stride, words, partial, last_mask, pat, sum);
+#endif
   constexpr int S = 8 / W, F = flush_words<W, QMAX>();
   const __m256i ones = _mm256_set1_epi16(1);
   const __m256i mask = _mm256_set1_epi8(static_cast<char>((1 << W) - 1));
@@ -62,7 +104,7 @@ template <int W, int MT, int NV, int QMAX = (1 << W) - 1>
 
 // One block of width B (its sub-planes 8, 4, 2, 1 as B has them, one after another from `plane`)
 // over NV vectors: total[m * NV + v] = sum of code * xq, each plane's sum shifted to its bit offset.
-template <int B, int MT, int NV>
+template <bool V, int B, int MT, int NV>
 [[gnu::always_inline]] inline void block_sums(const int32_t* plane, int64_t stride, int64_t cols, int64_t col0, int64_t j, bool partial,
                        __m256i last_mask, const Acts* acts, __m256i* total) {
   for (int i = 0; i < MT * NV; ++i) total[i] = _mm256_setzero_si256();
@@ -74,9 +116,9 @@ template <int B, int MT, int NV>
       const int32_t* pat[MT];
       for (int m = 0; m < MT; ++m) pat[m] = acts[m].pat[width_slot(w)].data() + col0 * w / 32 * (8 / w);
       __m256i s[MT * NV];
-      plane_sums<w, MT, NV>(plane, stride, words, partial, last_mask, pat, s);
+      plane_sums<w, MT, NV, (1 << w) - 1, V>(plane, stride, words, partial, last_mask, pat, s);
       for (int m = 0; m < MT; ++m) {
-        const __m256i bias = _mm256_set1_epi32(w == 8 ? 128 * acts[m].xsum[j] : 0);
+        const __m256i bias = _mm256_set1_epi32(w == 8 && !V ? 128 * acts[m].xsum[j] : 0);
         for (int v = 0; v < NV; ++v)
           total[m * NV + v] = _mm256_add_epi32(total[m * NV + v], _mm256_slli_epi32(_mm256_add_epi32(s[m * NV + v], bias), shift));
       }
@@ -90,14 +132,14 @@ template <int B, int MT, int NV>
   one(std::integral_constant<int, 1>{});
 }
 
-template <int MT, int NV>
+template <bool V, int MT, int NV>
 inline void block_sums_for(int b, const int32_t* plane, int64_t stride, int64_t cols, int64_t col0, int64_t j,
                            bool partial, __m256i last_mask, const Acts* acts, __m256i* total) {
   switch (b) {
 #define SFMP_CASE(B) \
-  case B: return block_sums<B, MT, NV>(plane, stride, cols, col0, j, partial, last_mask, acts, total);
+  case B: return block_sums<V, B, MT, NV>(plane, stride, cols, col0, j, partial, last_mask, acts, total);
     SFMP_CASE(1) SFMP_CASE(2) SFMP_CASE(3) SFMP_CASE(4) SFMP_CASE(5) SFMP_CASE(6) SFMP_CASE(7)
-    default: return block_sums<8, MT, NV>(plane, stride, cols, col0, j, partial, last_mask, acts, total);
+    default: return block_sums<V, 8, MT, NV>(plane, stride, cols, col0, j, partial, last_mask, acts, total);
 #undef SFMP_CASE
   }
 }
@@ -180,17 +222,17 @@ bool decode_chunk(const Layer& L, int64_t r, int64_t i0, std::vector<int32_t>& t
 }
 
 // A decoded block over NV vectors: total[m * NV + v] = sum of code * xq (the 8-bit patterns).
-template <int MT, int NV>
+template <bool V, int MT, int NV>
 inline void tile_sums_for(int b, const int32_t* tile, int64_t np, int64_t cols, int64_t col0, const Acts* acts,
                           __m256i* total) {
   const int32_t* pat[MT];
   for (int m = 0; m < MT; ++m) pat[m] = acts[m].pat[width_slot(8)].data() + col0 / 4;
   const __m256i none = _mm256_setzero_si256();
   switch (b) {
-    case 3: return plane_sums<8, MT, NV, 7>(tile, np, cols / 4, false, none, pat, total);
-    case 5: return plane_sums<8, MT, NV, 31>(tile, np, cols / 4, false, none, pat, total);
-    case 6: return plane_sums<8, MT, NV, 63>(tile, np, cols / 4, false, none, pat, total);
-    default: return plane_sums<8, MT, NV, 127>(tile, np, cols / 4, false, none, pat, total);
+    case 3: return plane_sums<8, MT, NV, 7, V>(tile, np, cols / 4, false, none, pat, total);
+    case 5: return plane_sums<8, MT, NV, 31, V>(tile, np, cols / 4, false, none, pat, total);
+    case 6: return plane_sums<8, MT, NV, 63, V>(tile, np, cols / 4, false, none, pat, total);
+    default: return plane_sums<8, MT, NV, 127, V>(tile, np, cols / 4, false, none, pat, total);
   }
 }
 
@@ -205,7 +247,7 @@ constexpr int block_vectors() {
 }
 
 // tile: the chunk's decoded blocks (decode_chunk), or null to read every block from its planes.
-template <int MT>
+template <bool V, int MT>
 void chunk_avx2(const Layer& L, int64_t r, int64_t i0, const Acts* acts, float* const* y, const int32_t* tile) {
   constexpr int NV = block_vectors<MT>();
   const int64_t rows = L.rows_in(r), row0 = r * L.block_rows + i0;
@@ -258,12 +300,12 @@ void chunk_avx2(const Layer& L, int64_t r, int64_t i0, const Acts* acts, float* 
     if (tile && tiled(b)) {
       for (; v + NV <= nv; v += NV) {
         __m256i total[MT * NV];
-        tile_sums_for<MT, NV>(b, tile + 8 * v, np, cols, col0, acts, total);
+        tile_sums_for<V, MT, NV>(b, tile + 8 * v, np, cols, col0, acts, total);
         emit(total, v, NV);
       }
       for (; v < nv; ++v) {
         __m256i total[MT];
-        tile_sums_for<MT, 1>(b, tile + 8 * v, np, cols, col0, acts, total);
+        tile_sums_for<V, MT, 1>(b, tile + 8 * v, np, cols, col0, acts, total);
         emit(total, v, 1);
       }
       tile += cols / 4 * np;
@@ -271,13 +313,13 @@ void chunk_avx2(const Layer& L, int64_t r, int64_t i0, const Acts* acts, float* 
     }
     for (; v + NV <= nv; v += NV) {
       __m256i total[MT * NV];
-      block_sums_for<MT, NV>(b, plane + 8 * v, stride, cols, col0, j, last_partial && v + NV == nv, last_mask,
+      block_sums_for<V, MT, NV>(b, plane + 8 * v, stride, cols, col0, j, last_partial && v + NV == nv, last_mask,
                              acts, total);
       emit(total, v, NV);
     }
     for (; v < nv; ++v) {
       __m256i total[MT];
-      block_sums_for<MT, 1>(b, plane + 8 * v, stride, cols, col0, j, last_partial && v + 1 == nv, last_mask, acts,
+      block_sums_for<V, MT, 1>(b, plane + 8 * v, stride, cols, col0, j, last_partial && v + 1 == nv, last_mask, acts,
                             total);
       emit(total, v, 1);
     }
@@ -328,12 +370,12 @@ void chunk_scalar(const Layer& L, int64_t r, int64_t i0, int mt, const Acts* act
 }
 
 #if SFMP_AVX2
-template <int MT>
+template <bool V, int MT>
 void chunk_avx2_rows(const Layer& L, int64_t r, int64_t i0, int mt, const Acts* acts, float* const* y,
                      const int32_t* tile) {
   if constexpr (MT > 1)
-    if (mt < MT) return chunk_avx2_rows<MT - 1>(L, r, i0, mt, acts, y, tile);
-  chunk_avx2<MT>(L, r, i0, acts, y, tile);
+    if (mt < MT) return chunk_avx2_rows<V, MT - 1>(L, r, i0, mt, acts, y, tile);
+  chunk_avx2<V, MT>(L, r, i0, acts, y, tile);
 }
 #endif
 
@@ -341,7 +383,10 @@ void run_chunk(const Layer& L, int64_t r, int64_t i0, int mt, const Acts* acts, 
                const int32_t* tile) {
 #if SFMP_AVX2
   if (!portable) {
-    return chunk_avx2_rows<MAX_MT>(L, r, i0, mt, acts, y, tile);
+#if SFMP_VNNI
+    if (L.vnni) return chunk_avx2_rows<true, MAX_MT>(L, r, i0, mt, acts, y, tile);
+#endif
+    return chunk_avx2_rows<false, MAX_MT>(L, r, i0, mt, acts, y, tile);
   }
 #endif
   (void)tile;

@@ -53,6 +53,8 @@ def test_kernel_equals_the_reference(N, K, block_rows, group_size, widths, permu
     if N * K >= 4096:  # a floor over a layer's outputs (tiny 1-bit layers cancel to small sums)
         assert sqnr_db(y, ref) >= floor
     assert torch.equal(cpu.linear_cpu(x, *packed_args(p), portable=True), y)
+    # VNNI's dpbusd (where built) and AVX2's maddubs pair sums: the same integer sums
+    assert torch.equal(cpu.linear_cpu(x, *packed_args(p), maddubs=True), y)
     if M >= 16:  # prefill decodes multi-plane blocks once per chunk: the same integer sums as one row at a time
         assert torch.equal(torch.cat([cpu.linear_cpu(x[i : i + 1], *packed_args(p)) for i in range(M)]), y)
     # residual activations: the second int8 row carries what the first missed
@@ -64,6 +66,7 @@ def test_kernel_equals_the_reference(N, K, block_rows, group_size, widths, permu
     pa = (SFMPWeight.from_packed(p).to_layout("panel").data["qweight"], *packed_args(p)[1:])
     for portable in (False, True):
         assert torch.equal(cpu.linear_cpu(x, *pa, portable=portable, panel=True), y)
+        assert torch.equal(cpu.linear_cpu(x, *pa, portable=portable, panel=True, maddubs=True), y)
         assert torch.equal(cpu.linear_cpu(x, *pa, portable=portable, residual=True, panel=True), yr)
 
 
