@@ -58,12 +58,9 @@ template <int W, int MT, int NV>
 }
 #endif
 
-template <int W, int MT, int NV, int QMAX = (1 << W) - 1, bool V = false>
-[[gnu::always_inline]] inline void plane_sums(const int32_t* plane, int64_t stride, int64_t words, bool partial, __m256i last_mask,
-                       const int32_t* const* pat, __m256i* sum) {
-#if SFMP_VNNI
-  if constexpr (V) return plane_sums_vnni<W, MT, NV>(plane, stride, words, partial, last_mask, pat, sum);
-#endif
+template <int W, int MT, int NV, int QMAX>
+[[gnu::always_inline]] inline void plane_sums_maddubs(const int32_t* plane, int64_t stride, int64_t words, bool partial,
+                                                      __m256i last_mask, const int32_t* const* pat, __m256i* sum) {
   constexpr int S = 8 / W, F = flush_words<W, QMAX>();
   const __m256i ones = _mm256_set1_epi16(1);
   const __m256i mask = _mm256_set1_epi8(static_cast<char>((1 << W) - 1));
@@ -100,6 +97,18 @@ template <int W, int MT, int NV, int QMAX = (1 << W) - 1, bool V = false>
     }
     for (int i = 0; i < MT * NV; ++i) sum[i] = _mm256_add_epi32(sum[i], _mm256_madd_epi16(a16[i], ones));
   }
+}
+
+// V: VNNI's loop (only where built), else maddubs; the other one is never instantiated.
+template <int W, int MT, int NV, int QMAX = (1 << W) - 1, bool V = false>
+[[gnu::always_inline]] inline void plane_sums(const int32_t* plane, int64_t stride, int64_t words, bool partial, __m256i last_mask,
+                       const int32_t* const* pat, __m256i* sum) {
+#if SFMP_VNNI
+  if constexpr (V)
+    plane_sums_vnni<W, MT, NV>(plane, stride, words, partial, last_mask, pat, sum);
+  else
+#endif
+    plane_sums_maddubs<W, MT, NV, QMAX>(plane, stride, words, partial, last_mask, pat, sum);
 }
 
 // One block of width B (its sub-planes 8, 4, 2, 1 as B has them, one after another from `plane`)
